@@ -1,0 +1,237 @@
+//! Slice conversions between f32 and the 16-bit types.
+//!
+//! These run on every f16/bf16 load, store and matmul pack, so they use the
+//! hardware paths when the CPU has them (F16C for f16, AVX2 integer ops for
+//! bf16) and fall back to `half`'s scalar conversions elsewhere. Every path
+//! rounds to nearest-even and gives the same bits as the scalar one.
+
+use half::{bf16, f16};
+
+fn check_len(src: usize, dst: usize) {
+    assert_eq!(src, dst, "conversion between slices of different lengths");
+}
+
+/// Widens f16 to f32.
+pub fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+    check_len(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the features the function needs were detected just above.
+        unsafe { x86::f16_to_f32(src, dst) };
+        return;
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = s.to_f32();
+    }
+}
+
+/// Narrows f32 to f16, rounding to nearest-even.
+pub fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
+    check_len(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the features the function needs were detected just above.
+        unsafe { x86::f32_to_f16(src, dst) };
+        return;
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = f16::from_f32(*s);
+    }
+}
+
+/// Widens bf16 to f32 (exact: a 16-bit shift).
+pub fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) {
+    check_len(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected just above.
+        unsafe { x86::bf16_to_f32(src, dst) };
+        return;
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = s.to_f32();
+    }
+}
+
+/// Narrows f32 to bf16, rounding to nearest-even; NaN stays NaN.
+pub fn f32_to_bf16(src: &[f32], dst: &mut [bf16]) {
+    check_len(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected just above.
+        unsafe { x86::f32_to_bf16(src, dst) };
+        return;
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = bf16::from_f32(*s);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use half::{bf16, f16};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX and F16C; `src.len() == dst.len()`.
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+        let n = src.len() / 8 * 8;
+        for i in (0..n).step_by(8) {
+            // SAFETY: i + 8 <= n <= len of both slices; unaligned loads/stores.
+            unsafe {
+                let h = _mm_loadu_si128(src.as_ptr().add(i).cast());
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            }
+        }
+        for i in n..src.len() {
+            dst[i] = src[i].to_f32();
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX and F16C; `src.len() == dst.len()`.
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
+        let n = src.len() / 8 * 8;
+        for i in (0..n).step_by(8) {
+            // SAFETY: i + 8 <= n <= len of both slices; unaligned loads/stores.
+            unsafe {
+                let x = _mm256_loadu_ps(src.as_ptr().add(i));
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+                _mm_storeu_si128(dst.as_mut_ptr().add(i).cast(), h);
+            }
+        }
+        for i in n..src.len() {
+            dst[i] = f16::from_f32(src[i]);
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2; `src.len() == dst.len()`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) {
+        let n = src.len() / 8 * 8;
+        for i in (0..n).step_by(8) {
+            // SAFETY: i + 8 <= n <= len of both slices; unaligned loads/stores.
+            unsafe {
+                let h = _mm_loadu_si128(src.as_ptr().add(i).cast());
+                let w = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h));
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_castsi256_ps(w));
+            }
+        }
+        for i in n..src.len() {
+            dst[i] = src[i].to_f32();
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2; `src.len() == dst.len()`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn f32_to_bf16(src: &[f32], dst: &mut [bf16]) {
+        let n = src.len() / 8 * 8;
+        let one = _mm256_set1_epi32(1);
+        let bias = _mm256_set1_epi32(0x7fff);
+        let quiet = _mm256_set1_epi32(0x0040);
+        for i in (0..n).step_by(8) {
+            // SAFETY: i + 8 <= n <= len of both slices; unaligned loads/stores.
+            unsafe {
+                let x = _mm256_loadu_ps(src.as_ptr().add(i));
+                let bits = _mm256_castps_si256(x);
+                // Round to nearest-even: add 0x7fff plus the kept LSB, then truncate.
+                let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), one);
+                let rounded =
+                    _mm256_srli_epi32::<16>(_mm256_add_epi32(bits, _mm256_add_epi32(bias, lsb)));
+                // NaN keeps its payload's top bits and is made quiet.
+                let nan = _mm256_or_si256(_mm256_srli_epi32::<16>(bits), quiet);
+                let is_nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+                let r = _mm256_blendv_epi8(rounded, nan, is_nan);
+                // Pack the 8 u32 (each < 2^16) into 8 u16 in order.
+                let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(r, r));
+                _mm_storeu_si128(
+                    dst.as_mut_ptr().add(i).cast(),
+                    _mm256_castsi256_si128(packed),
+                );
+            }
+        }
+        for i in n..src.len() {
+            dst[i] = bf16::from_f32(src[i]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every f32 bit pattern class that rounding can trip on: ties, subnormals,
+    /// overflow to infinity, NaNs with payloads, signed zeros.
+    fn tricky() -> Vec<f32> {
+        let mut v = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            65504.0,
+            65520.0,
+            1e-8,
+            -1e-8,
+            6.1e-5,
+            3.0e38,
+            -3.4e38,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MIN_POSITIVE,
+            f32::MAX,
+        ];
+        v.push(f32::from_bits(0x7fc0_1234));
+        v.push(f32::from_bits(0xff80_0001)); // signalling NaN
+        v.push(f32::from_bits(0x3f80_8000)); // exact bf16 tie, even
+        v.push(f32::from_bits(0x3f81_8000)); // exact bf16 tie, odd
+        v.push(f32::from_bits(0x7f7f_ffff)); // rounds to inf in bf16
+        let mut s: u32 = 0x1234_5678;
+        for _ in 0..1000 {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            v.push(f32::from_bits(s));
+        }
+        v
+    }
+
+    #[test]
+    fn bf16_round_trip_matches_scalar() {
+        let src = tricky();
+        let mut h = vec![bf16::ZERO; src.len()];
+        f32_to_bf16(&src, &mut h);
+        for (x, y) in src.iter().zip(&h) {
+            assert_eq!(bf16::from_f32(*x).to_bits(), y.to_bits(), "{x:e}");
+        }
+        let mut back = vec![0.0; src.len()];
+        bf16_to_f32(&h, &mut back);
+        for (y, b) in h.iter().zip(&back) {
+            assert_eq!(y.to_f32().to_bits(), b.to_bits());
+        }
+    }
+
+    #[test]
+    fn f16_round_trip_matches_scalar() {
+        let src = tricky();
+        let mut h = vec![f16::ZERO; src.len()];
+        f32_to_f16(&src, &mut h);
+        for (x, y) in src.iter().zip(&h) {
+            let want = f16::from_f32(*x);
+            if want.is_nan() {
+                assert!(y.is_nan(), "{x:e}");
+            } else {
+                assert_eq!(want.to_bits(), y.to_bits(), "{x:e}");
+            }
+        }
+        let mut back = vec![0.0; src.len()];
+        f16_to_f32(&h, &mut back);
+        for (y, b) in h.iter().zip(&back) {
+            assert!(y.to_f32().to_bits() == b.to_bits() || b.is_nan());
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! `cargo xtask bench matmul`: the T5 shape suite, every operand order,
+//! tessera side by side with its baselines in one run.
+
+use super::best_time;
+use crate::output::write_json;
+use anyhow::{bail, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+use tessera_benches::matmul::{op_name, Case, OPS, T5_SHAPES};
+use tessera_tensor::{bf16, f16, DType, Element};
+
+/// Flags of `bench matmul`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Worker threads for tessera and the baselines.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Operand dtypes to measure (C and accumulation are always f32).
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    dtype: Vec<String>,
+    /// Also time the `matrixmultiply` crate on every f32 case.
+    #[arg(long)]
+    baselines: bool,
+    /// Minimum seconds spent timing each case.
+    #[arg(long, default_value_t = 0.5)]
+    min_time: f64,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Row {
+    m: usize,
+    k: usize,
+    n: usize,
+    op: String,
+    dtype: String,
+    implementation: &'static str,
+    threads: usize,
+    gflops: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    threads: usize,
+    results: Vec<Row>,
+}
+
+fn parse_dtype(s: &str) -> Result<DType> {
+    Ok(match s {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => bail!("--dtype {other:?} is not one of f32, f16, bf16"),
+    })
+}
+
+fn gflops(flops: f64, t: Duration) -> f64 {
+    flops / t.as_secs_f64() / 1e9
+}
+
+/// Times every suite case for operand type `E`.
+fn measure<E: Element>(args: &Args, rows: &mut Vec<Row>) {
+    let min = Duration::from_secs_f64(args.min_time);
+    for shape in T5_SHAPES {
+        for ops in OPS {
+            let mut case = Case::<E>::new(shape, ops);
+            let mut push = |implementation, t| {
+                let row = Row {
+                    m: shape.m,
+                    k: shape.k,
+                    n: shape.n,
+                    op: op_name(ops),
+                    dtype: E::DTYPE.to_string(),
+                    implementation,
+                    threads: args.threads,
+                    gflops: gflops(case_flops(shape), t),
+                };
+                println!(
+                    "{:>5} {:>5} {:>6}  {:<3} {:<5} {:<15} {:>8.1}",
+                    row.m, row.k, row.n, row.op, row.dtype, row.implementation, row.gflops
+                );
+                rows.push(row);
+            };
+            push("tessera", best_time(min, 3, || case.run_tessera()));
+            if args.baselines && E::DTYPE == DType::F32 {
+                let mut case = Case::<f32>::new(shape, ops);
+                push(
+                    "matrixmultiply",
+                    best_time(min, 3, || case.run_matrixmultiply()),
+                );
+            }
+        }
+    }
+}
+
+fn case_flops(s: tessera_benches::matmul::Shape) -> f64 {
+    2.0 * s.m as f64 * s.k as f64 * s.n as f64
+}
+
+/// Runs the suite and prints one row per case and implementation.
+pub fn run(args: Args) -> Result<()> {
+    let dtypes = args
+        .dtype
+        .iter()
+        .map(|d| parse_dtype(d))
+        .collect::<Result<Vec<_>>>()?;
+    if args.threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    tessera_tensor::set_num_threads(args.threads)?;
+    // matrixmultiply's threading reads this once, on first use.
+    std::env::set_var("MATMUL_NUM_THREADS", args.threads.to_string());
+    println!("    m     k      n  op  dtype impl               GFLOP/s");
+    let mut rows = Vec::new();
+    for dtype in dtypes {
+        match dtype {
+            DType::F32 => measure::<f32>(&args, &mut rows),
+            DType::F16 => measure::<f16>(&args, &mut rows),
+            DType::BF16 => measure::<bf16>(&args, &mut rows),
+        }
+    }
+    if let Some(path) = &args.json {
+        write_json(
+            path,
+            &Report {
+                threads: args.threads,
+                results: rows,
+            },
+        )?;
+    }
+    Ok(())
+}
