@@ -1,0 +1,364 @@
+//! `T5Config`: the Hugging Face `config.json` of a T5 model, validated.
+//!
+//! Fields the model does not use are kept verbatim, so a checkpoint saved by
+//! tessera carries the same `config.json` fields it was loaded with.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Why a configuration could not be used; names the file or field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The JSON is malformed or a field has the wrong type.
+    #[error("{path} is not a valid T5 config.json: {source}")]
+    Json {
+        /// The file (or `<string>`).
+        path: String,
+        /// The parser's error, with line and column.
+        source: serde_json::Error,
+    },
+    /// A field has a value the model cannot run with.
+    #[error("config field `{field}` is invalid: {reason}")]
+    Field {
+        /// The JSON field name.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A preset name that tessera does not know.
+    #[error("unknown model preset {0:?}; known presets: flan-t5-small, flan-t5-base, flan-t5-large, flan-t5-xl, flan-t5-xxl")]
+    UnknownPreset(String),
+}
+
+/// The feed-forward block of each layer (`feed_forward_proj`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedForward {
+    /// `wo(relu(wi(x)))` — original T5.
+    Relu,
+    /// `wo(gelu_new(wi_0(x)) * wi_1(x))` — T5 v1.1 and Flan-T5.
+    GatedGelu,
+    /// `wo(relu(wi_0(x)) * wi_1(x))`.
+    GatedRelu,
+}
+
+impl FeedForward {
+    /// Whether the block has two input projections (`wi_0`, `wi_1`).
+    pub fn is_gated(self) -> bool {
+        !matches!(self, FeedForward::Relu)
+    }
+
+    fn parse(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "relu" => Ok(FeedForward::Relu),
+            "gated-gelu" => Ok(FeedForward::GatedGelu),
+            "gated-relu" => Ok(FeedForward::GatedRelu),
+            other => Err(ConfigError::Field {
+                field: "feed_forward_proj",
+                reason: format!("{other:?} is not one of relu, gated-gelu, gated-relu"),
+            }),
+        }
+    }
+}
+
+fn default_num_buckets() -> usize {
+    32
+}
+fn default_max_distance() -> usize {
+    128
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_ff() -> String {
+    "relu".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_eos() -> u32 {
+    1
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+
+/// The configuration of a T5 model, as in Hugging Face's `T5Config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct T5Config {
+    /// Vocabulary size (rows of the embedding and of the LM head).
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Width of one attention head.
+    pub d_kv: usize,
+    /// Width of the feed-forward hidden layer.
+    pub d_ff: usize,
+    /// Encoder layers.
+    pub num_layers: usize,
+    /// Decoder layers (Hugging Face defaults this to `num_layers`).
+    #[serde(default)]
+    pub num_decoder_layers: Option<usize>,
+    /// Attention heads per layer.
+    pub num_heads: usize,
+    /// Relative-position buckets.
+    #[serde(default = "default_num_buckets")]
+    pub relative_attention_num_buckets: usize,
+    /// Distance beyond which relative positions share a bucket.
+    #[serde(default = "default_max_distance")]
+    pub relative_attention_max_distance: usize,
+    /// Dropout probability in training.
+    #[serde(default = "default_dropout")]
+    pub dropout_rate: f64,
+    /// Epsilon of the RMS layer norm.
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    /// `relu`, `gated-gelu` or `gated-relu`.
+    #[serde(default = "default_ff")]
+    pub feed_forward_proj: String,
+    /// Whether `lm_head` shares `shared.weight` (then decoder output is scaled by `d_model^-0.5`).
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+    /// First decoder input token (the pad token for T5).
+    #[serde(default)]
+    pub decoder_start_token_id: u32,
+    /// Padding token id.
+    #[serde(default)]
+    pub pad_token_id: u32,
+    /// End-of-sequence token id.
+    #[serde(default = "default_eos")]
+    pub eos_token_id: u32,
+    /// Every other field of the file, kept so that saving writes it back.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl T5Config {
+    /// Reads and validates a `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_json(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config JSON; `origin` names it in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: T5Config = serde_json::from_str(text).map_err(|source| ConfigError::Json {
+            path: origin.to_string(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The config as pretty JSON, extra fields included.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a T5Config always serialises")
+    }
+
+    /// Checks every field the model depends on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("d_kv", self.d_kv),
+            ("d_ff", self.d_ff),
+            ("num_layers", self.num_layers),
+            ("num_heads", self.num_heads),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+            ),
+            (
+                "relative_attention_max_distance",
+                self.relative_attention_max_distance,
+            ),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Field {
+                    field,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.num_decoder_layers == Some(0) {
+            return Err(ConfigError::Field {
+                field: "num_decoder_layers",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if !(0.0..1.0).contains(&self.dropout_rate) {
+            return Err(ConfigError::Field {
+                field: "dropout_rate",
+                reason: format!("{} is not in [0, 1)", self.dropout_rate),
+            });
+        }
+        if !(self.layer_norm_epsilon > 0.0 && self.layer_norm_epsilon.is_finite()) {
+            return Err(ConfigError::Field {
+                field: "layer_norm_epsilon",
+                reason: format!("{} is not a positive number", self.layer_norm_epsilon),
+            });
+        }
+        if self.relative_attention_num_buckets < 2 {
+            return Err(ConfigError::Field {
+                field: "relative_attention_num_buckets",
+                reason: "needs at least 2 buckets (half are used per direction)".into(),
+            });
+        }
+        for (field, id) in [
+            ("decoder_start_token_id", self.decoder_start_token_id),
+            ("pad_token_id", self.pad_token_id),
+            ("eos_token_id", self.eos_token_id),
+        ] {
+            if id as usize >= self.vocab_size {
+                return Err(ConfigError::Field {
+                    field,
+                    reason: format!(
+                        "token id {id} is outside the vocabulary of {}",
+                        self.vocab_size
+                    ),
+                });
+            }
+        }
+        FeedForward::parse(&self.feed_forward_proj)?;
+        Ok(())
+    }
+
+    /// The feed-forward kind (validated at construction).
+    pub fn feed_forward(&self) -> FeedForward {
+        FeedForward::parse(&self.feed_forward_proj).expect("validated at construction")
+    }
+
+    /// Decoder layers, defaulting to the encoder's count.
+    pub fn decoder_layers(&self) -> usize {
+        self.num_decoder_layers.unwrap_or(self.num_layers)
+    }
+
+    /// Width of all heads together (`num_heads * d_kv`; need not equal `d_model`).
+    pub fn inner_dim(&self) -> usize {
+        self.num_heads * self.d_kv
+    }
+
+    /// The published shapes of a Flan-T5 size: `flan-t5-small`, `-base`,
+    /// `-large`, `-xl`, `-xxl` (a `google/` prefix is accepted).
+    pub fn preset(name: &str) -> Result<Self, ConfigError> {
+        let short = name.strip_prefix("google/").unwrap_or(name);
+        let (d_model, d_ff, layers, heads) = match short {
+            "flan-t5-small" => (512, 1024, 8, 6),
+            "flan-t5-base" => (768, 2048, 12, 12),
+            "flan-t5-large" => (1024, 2816, 24, 16),
+            "flan-t5-xl" => (2048, 5120, 24, 32),
+            "flan-t5-xxl" => (4096, 10240, 24, 64),
+            _ => return Err(ConfigError::UnknownPreset(name.to_string())),
+        };
+        let mut extra = serde_json::Map::new();
+        extra.insert("model_type".into(), "t5".into());
+        extra.insert(
+            "architectures".into(),
+            serde_json::json!(["T5ForConditionalGeneration"]),
+        );
+        extra.insert("is_encoder_decoder".into(), true.into());
+        extra.insert("dense_act_fn".into(), "gelu_new".into());
+        extra.insert("is_gated_act".into(), true.into());
+        extra.insert("initializer_factor".into(), 1.0.into());
+        Ok(T5Config {
+            vocab_size: 32128,
+            d_model,
+            d_kv: 64,
+            d_ff,
+            num_layers: layers,
+            num_decoder_layers: Some(layers),
+            num_heads: heads,
+            relative_attention_num_buckets: 32,
+            relative_attention_max_distance: 128,
+            dropout_rate: 0.1,
+            layer_norm_epsilon: 1e-6,
+            feed_forward_proj: "gated-gelu".into(),
+            tie_word_embeddings: false,
+            decoder_start_token_id: 0,
+            pad_token_id: 0,
+            eos_token_id: 1,
+            extra,
+        })
+    }
+
+    /// Number of parameters, counting `shared` once and `lm_head` when untied.
+    pub fn num_parameters(&self) -> usize {
+        let (d, inner, ff) = (self.d_model, self.inner_dim(), self.d_ff);
+        let ff_params = if self.feed_forward().is_gated() {
+            3 * d * ff
+        } else {
+            2 * d * ff
+        };
+        let attn = 4 * d * inner;
+        let bias = self.relative_attention_num_buckets * self.num_heads;
+        let encoder = self.num_layers * (attn + ff_params + 2 * d) + bias + d;
+        let decoder = self.decoder_layers() * (2 * attn + ff_params + 3 * d) + bias + d;
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
+        self.vocab_size * d + encoder + decoder + head
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_have_the_published_sizes() {
+        // Parameter counts of the Hub checkpoints (safetensors metadata).
+        let cases = [
+            ("flan-t5-small", 76_961_152),
+            ("flan-t5-base", 247_577_856),
+            ("google/flan-t5-large", 783_150_080),
+        ];
+        for (name, params) in cases {
+            let c = T5Config::preset(name).unwrap();
+            c.validate().unwrap();
+            assert_eq!(c.num_parameters(), params, "{name}");
+        }
+        assert!(T5Config::preset("t5-huge").is_err());
+    }
+
+    #[test]
+    fn round_trip_keeps_unknown_fields_and_defaults_decoder_layers() {
+        let text = r#"{"vocab_size": 100, "d_model": 16, "d_kv": 4, "d_ff": 32,
+            "num_layers": 2, "num_heads": 3, "feed_forward_proj": "gated-gelu",
+            "tie_word_embeddings": false, "model_type": "t5", "custom": [1, 2]}"#;
+        let c = T5Config::from_json(text, "test").unwrap();
+        assert_eq!(c.decoder_layers(), 2);
+        assert_eq!(c.inner_dim(), 12);
+        let back = T5Config::from_json(&c.to_json(), "again").unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.extra["custom"], serde_json::json!([1, 2]));
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let bad = r#"{"vocab_size": 100, "d_model": 16, "d_kv": 4, "d_ff": 32,
+            "num_layers": 2, "num_heads": 3, "feed_forward_proj": "swish"}"#;
+        let err = T5Config::from_json(bad, "x").unwrap_err().to_string();
+        assert!(err.contains("feed_forward_proj"), "{err}");
+        let bad = r#"{"vocab_size": 100, "d_model": 0, "d_kv": 4, "d_ff": 32,
+            "num_layers": 2, "num_heads": 3}"#;
+        let err = T5Config::from_json(bad, "x").unwrap_err().to_string();
+        assert!(err.contains("d_model"), "{err}");
+        let err = T5Config::from_json("{", "cfg.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cfg.json"), "{err}");
+    }
+}
