@@ -116,7 +116,7 @@ fn transpose<const R: usize>(dst: &mut [[f32; R]], src: &[f32], ls: usize, lines
     let last = (lines - 1) * ls + kc;
     let src = &src[..last];
     #[cfg(target_arch = "x86_64")]
-    if R % 8 == 0 && lines == R && std::arch::is_x86_feature_detected!("avx2") {
+    if R.is_multiple_of(8) && lines == R && std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 was detected; `src` holds `lines` lines of `kc` floats
         // `ls` apart (sliced just above) and `dst` holds `kc` groups of R.
         unsafe { x86::transpose_full(dst, src, ls) };
