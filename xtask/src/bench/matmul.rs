@@ -1,7 +1,7 @@
 //! `cargo xtask bench matmul`: the T5 shape suite, every operand order,
 //! tessera side by side with its baselines in one run.
 
-use super::best_times;
+use super::{best_times, Contender};
 use crate::output::write_json;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -63,12 +63,11 @@ fn gflops(flops: f64, t: Duration) -> f64 {
 }
 
 /// The implementations timed for one case: tessera, then the baselines.
-fn contenders<E: Element>(args: &Args, case: Case<E>) -> Vec<(&'static str, Box<dyn FnMut()>)> {
+fn contenders<E: Element>(args: &Args, case: Case<E>) -> Vec<Contender> {
     let shape = case.shape;
     let ops = case.ops;
     let mut case = case;
-    let mut list: Vec<(&'static str, Box<dyn FnMut()>)> =
-        vec![("tessera", Box::new(move || case.run_tessera()))];
+    let mut list: Vec<Contender> = vec![("tessera", Box::new(move || case.run_tessera()))];
     if args.baselines && E::DTYPE == DType::F32 {
         let mut mm = Case::<f32>::new(shape, ops);
         list.push(("matrixmultiply", Box::new(move || mm.run_matrixmultiply())));

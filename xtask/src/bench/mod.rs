@@ -21,6 +21,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     }
 }
 
+/// A named implementation to time.
+pub type Contender = (&'static str, Box<dyn FnMut()>);
+
 /// Times each function: one warm-up call each, then rounds in which every
 /// function is called once, until `min_time` has passed for each and at
 /// least three rounds ran. Returns each function's fastest call: the one
