@@ -30,10 +30,7 @@ pub type Contender = (&'static str, Box<dyn FnMut()>);
 /// least disturbed by the rest of the machine, which is what a kernel
 /// comparison wants. Interleaving the calls makes a passing load slow all
 /// contenders alike instead of whichever happened to run then.
-pub fn best_times(
-    min_time: Duration,
-    fs: &mut [(&'static str, Box<dyn FnMut()>)],
-) -> Vec<Duration> {
+pub fn best_times(min_time: Duration, fs: &mut [Contender]) -> Vec<Duration> {
     fs.iter_mut().for_each(|(_, f)| f());
     let mut best = vec![Duration::MAX; fs.len()];
     let mut spent = vec![Duration::ZERO; fs.len()];
