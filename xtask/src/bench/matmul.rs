@@ -109,6 +109,52 @@ fn measure<E: Element>(args: &Args, rows: &mut Vec<Row>) {
     }
 }
 
+/// Prints the geometric mean of GFLOP/s per implementation and dtype, and for
+/// each baseline the worst and geometric-mean ratio of tessera to it.
+fn print_summary(rows: &[Row]) {
+    let mut keys: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.implementation, r.dtype.as_str()))
+        .collect();
+    keys.dedup();
+    keys.sort();
+    keys.dedup();
+    println!();
+    for (imp, dtype) in &keys {
+        let g: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.implementation == *imp && r.dtype == *dtype)
+            .map(|r| r.gflops)
+            .collect();
+        println!("geomean {imp:<15} {dtype:<5} {:>8.1} GFLOP/s", geomean(&g));
+        if *imp == "tessera" {
+            continue;
+        }
+        let ratios: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.implementation == *imp && r.dtype == *dtype)
+            .filter_map(|b| {
+                rows.iter()
+                    .find(|t| t.implementation == "tessera" && same_case(t, b))
+                    .map(|t| t.gflops / b.gflops)
+            })
+            .collect();
+        let worst = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        println!(
+            "        tessera / {imp}: geomean {:.2}, worst case {worst:.2}",
+            geomean(&ratios)
+        );
+    }
+}
+
+fn same_case(a: &Row, b: &Row) -> bool {
+    (a.m, a.k, a.n, &a.op, &a.dtype) == (b.m, b.k, b.n, &b.op, &b.dtype)
+}
+
+fn geomean(xs: &[f64]) -> f64 {
+    (xs.iter().map(|x| x.ln()).sum::<f64>() / xs.len().max(1) as f64).exp()
+}
+
 fn case_flops(s: tessera_benches::matmul::Shape) -> f64 {
     2.0 * s.m as f64 * s.k as f64 * s.n as f64
 }
@@ -137,6 +183,7 @@ pub fn run(args: Args) -> Result<()> {
             DType::BF16 => measure::<bf16>(&args, &mut rows),
         }
     }
+    print_summary(&rows);
     if let Some(path) = &args.json {
         write_json(
             path,
