@@ -1,0 +1,98 @@
+//! Row-wise softmax, in place, and its backward.
+//!
+//! Masked entries are written as `-inf` before the softmax and come out as
+//! exact zeros; a row that is masked everywhere comes out all zeros rather
+//! than NaN.
+
+use super::{check_len, rows_of, rows_per_task};
+use crate::error::Result;
+use rayon::prelude::*;
+
+/// Replaces each row of `x` (rows of `cols`) with its softmax.
+pub fn softmax_forward_inplace(x: &mut [f32], cols: usize) -> Result<()> {
+    rows_of("softmax_forward", "x", x.len(), cols)?;
+    crate::install(|| {
+        x.par_chunks_mut(cols)
+            .with_min_len(rows_per_task(cols))
+            .for_each(softmax_row);
+    });
+    Ok(())
+}
+
+fn softmax_row(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return;
+    }
+    let mut sum = 0.0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Backward of the softmax, in place: turns `grad = dL/dp` into `dL/dx`
+/// using the probabilities `p`: `dx = p * (dp - Σ p·dp)`.
+pub fn softmax_backward_inplace(grad: &mut [f32], p: &[f32], cols: usize) -> Result<()> {
+    rows_of("softmax_backward", "grad", grad.len(), cols)?;
+    check_len("softmax_backward", "p", p.len(), grad.len())?;
+    crate::install(|| {
+        grad.par_chunks_mut(cols)
+            .zip(p.par_chunks(cols))
+            .with_min_len(rows_per_task(cols))
+            .for_each(|(g, p)| {
+                let dot: f32 = g.iter().zip(p).map(|(a, b)| a * b).sum();
+                for (g, p) in g.iter_mut().zip(p) {
+                    *g = p * (*g - dot);
+                }
+            });
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_sum_to_one_and_masked_rows_are_zero() {
+        let mut x = vec![
+            1.0,
+            2.0,
+            f32::NEG_INFINITY,
+            f32::NEG_INFINITY,
+            f32::NEG_INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        softmax_forward_inplace(&mut x, 3).unwrap();
+        assert!((x[0] + x[1] - 1.0).abs() < 1e-6 && x[2] == 0.0);
+        assert_eq!(&x[3..], &[0.0; 3]);
+    }
+
+    #[test]
+    fn backward_matches_differences() {
+        let x = [0.3f32, -0.2, 1.1, 0.5];
+        let g = [1.0f32, -2.0, 0.5, 0.25];
+        let f = |x: &[f32]| {
+            let mut p = x.to_vec();
+            softmax_forward_inplace(&mut p, 4).unwrap();
+            p.iter().zip(&g).map(|(a, b)| a * b).sum::<f32>()
+        };
+        let mut p = x.to_vec();
+        softmax_forward_inplace(&mut p, 4).unwrap();
+        let mut d = g.to_vec();
+        softmax_backward_inplace(&mut d, &p, 4).unwrap();
+        for i in 0..4 {
+            let (mut a, mut b) = (x, x);
+            a[i] += 1e-2;
+            b[i] -= 1e-2;
+            let fd = (f(&a) - f(&b)) / 2e-2;
+            assert!((fd - d[i]).abs() < 1e-3);
+        }
+    }
+}
