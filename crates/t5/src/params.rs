@@ -45,10 +45,21 @@ impl ParamEntry {
 }
 
 /// Named f32 tensors laid out back to back in one buffer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ParamStore {
     entries: Vec<ParamEntry>,
     data: Vec<f32>,
+}
+
+impl std::fmt::Debug for ParamStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ParamStore({} tensors, {} values)",
+            self.entries.len(),
+            self.data.len()
+        )
+    }
 }
 
 impl ParamStore {
