@@ -216,13 +216,22 @@ fn add_bias_and_mask(
     }
 }
 
+/// Queries, keys and values of one attention call, in the head layout.
+#[derive(Debug, Clone, Copy)]
+pub struct Qkv<'a> {
+    /// `[batch, heads, q_len, d_head]`.
+    pub q: &'a [f32],
+    /// `[batch, heads, k_len, d_head]`, matrices `kv_stride` apart.
+    pub k: &'a [f32],
+    /// Same layout as `k`.
+    pub v: &'a [f32],
+}
+
 /// `ctx = dropout(softmax(Q·Kᵀ + bias + mask)) · V`. Writes the context
 /// (`[batch, heads, q_len, d_head]`) and returns the probabilities for the backward.
 pub fn attention_forward(
     shape: &AttentionShape,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    Qkv { q, k, v }: Qkv<'_>,
     bias: Option<&[f32]>,
     mask: KeyMask<'_>,
     dropout: ProbDropout,
@@ -282,12 +291,9 @@ pub struct AttentionGrads {
 
 /// Backward of [`attention_forward`] for dense K/V; adds the bias gradient
 /// (summed over the batch) into `dbias` when given.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     shape: &AttentionShape,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    Qkv { q, k, v }: Qkv<'_>,
     cache: &AttentionCache,
     dropout: ProbDropout,
     dctx: &[f32],

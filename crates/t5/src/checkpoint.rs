@@ -105,7 +105,10 @@ pub enum CheckpointError {
 }
 
 /// The weight files of a folder: `(file, tensor names it should hold)`.
-fn weight_files(dir: &Path) -> Result<Vec<(PathBuf, Option<BTreeSet<String>>)>, CheckpointError> {
+/// Weight files of a folder, each with the tensor names its index promises.
+type WeightFiles = Vec<(PathBuf, Option<BTreeSet<String>>)>;
+
+fn weight_files(dir: &Path) -> Result<WeightFiles, CheckpointError> {
     let single = dir.join(WEIGHTS_FILE);
     let index = dir.join(INDEX_FILE);
     if index.exists() {

@@ -10,6 +10,7 @@
 
 use crate::attention::{
     attention_forward, bucket_table, position_bias_forward, AttentionShape, KeyMask, ProbDropout,
+    Qkv,
 };
 use crate::layers::{linear, norm_forward, sublayer_forward, DropoutPlan, Site, StackContext};
 use crate::model::{Batch, ModelError, T5Model};
@@ -54,11 +55,7 @@ impl T5Model {
         max_new_tokens: usize,
     ) -> std::result::Result<Vec<Vec<u32>>, ModelError> {
         let c = self.config();
-        let src_len = if batch == 0 {
-            0
-        } else {
-            input_ids.len() / batch
-        };
+        let src_len = input_ids.len().checked_div(batch).unwrap_or(0);
         let source = Batch {
             batch_size: batch,
             src_len,
@@ -238,16 +235,12 @@ impl T5Model {
             valid: None,
             causal: false,
         };
-        self.attend_and_add(
-            &shape,
-            &q,
-            &layer.self_k,
-            &layer.self_v,
-            Some(step.bias),
-            mask,
-            a,
-            x,
-        )
+        let qkv = Qkv {
+            q: &q,
+            k: &layer.self_k,
+            v: &layer.self_v,
+        };
+        self.attend_and_add(&shape, qkv, Some(step.bias), mask, a, x)
     }
 
     fn cross_attention_step(
@@ -266,24 +259,26 @@ impl T5Model {
             valid: Some(step.src_valid),
             causal: false,
         };
-        self.attend_and_add(&shape, &q, &layer.cross_k, &layer.cross_v, None, mask, a, x)
+        let qkv = Qkv {
+            q: &q,
+            k: &layer.cross_k,
+            v: &layer.cross_v,
+        };
+        self.attend_and_add(&shape, qkv, None, mask, a, x)
     }
 
     /// `x += attention(q, k, v) · W_oᵀ` for one query position per row.
-    #[allow(clippy::too_many_arguments)]
     fn attend_and_add(
         &self,
         shape: &AttentionShape,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
+        qkv: Qkv<'_>,
         bias: Option<&[f32]>,
         mask: KeyMask<'_>,
         a: &AttentionIds,
         x: &mut [f32],
     ) -> Result<()> {
         let mut ctx = vec![0.0; shape.q_len_elems()];
-        attention_forward(shape, q, k, v, bias, mask, NO_DROPOUT, &mut ctx)?;
+        attention_forward(shape, qkv, bias, mask, NO_DROPOUT, &mut ctx)?;
         let y = linear(
             &ctx,
             self.params().get(a.o),

@@ -170,7 +170,6 @@ pub fn stack_backward(
             )?;
         }
     }
-    drop(sinks);
     let heads = cx.config.num_heads;
     position_bias_backward(
         grads.get_mut(stack.ids.relative_bias),
