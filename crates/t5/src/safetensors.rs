@@ -9,7 +9,7 @@
 //! overlap; any failure is a [`SafetensorsError`] naming the file (and the
 //! tensor), never a panic.
 
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapOptions};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -123,10 +123,12 @@ impl TensorInfo {
     }
 }
 
-/// An open, validated, memory-mapped safetensors file.
+/// An open, validated safetensors file. Each read maps just that tensor's
+/// bytes and unmaps them afterwards, so reading a whole checkpoint never
+/// keeps more than one tensor of the file resident beside its copy.
 pub struct SafeTensors {
     path: PathBuf,
-    map: Mmap,
+    file: File,
     data_start: usize,
     tensors: BTreeMap<String, TensorInfo>,
 }
@@ -157,16 +159,16 @@ impl SafeTensors {
                 format!("it is {len} bytes long, shorter than the 8-byte header length"),
             ));
         }
-        // SAFETY: the mapping is read-only and private to this process; the
-        // file is a checkpoint the caller owns. Another process truncating it
-        // while mapped is outside what any reader can defend against (as for
-        // every mmap-based safetensors reader); all offsets are validated
-        // against the length observed here before use.
+        // SAFETY: a read-only mapping of a file the caller owns. Another
+        // process truncating it while mapped is outside what any reader can
+        // defend against (as for every mmap-based safetensors reader); every
+        // offset is validated against the length observed here before use.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
         let (data_start, tensors) = parse_header(path, &map)?;
+        drop(map);
         Ok(SafeTensors {
             path: path.to_path_buf(),
-            map,
+            file,
             data_start,
             tensors,
         })
@@ -192,26 +194,45 @@ impl SafeTensors {
             })
     }
 
-    fn bytes(&self, info: &TensorInfo) -> &[u8] {
-        &self.map[self.data_start + info.begin..self.data_start + info.end]
+    /// Maps one tensor's bytes, hands them to `f`, unmaps them.
+    fn with_bytes<R>(
+        &self,
+        info: &TensorInfo,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, SafetensorsError> {
+        let len = info.end - info.begin;
+        if len == 0 {
+            return Ok(f(&[]));
+        }
+        let offset = (self.data_start + info.begin) as u64;
+        // SAFETY: as in `open`: a read-only mapping of a range that `open`
+        // checked lies inside the file.
+        let map = unsafe { MmapOptions::new().offset(offset).len(len).map(&self.file) }.map_err(
+            |source| SafetensorsError::Io {
+                path: self.path.clone(),
+                source,
+            },
+        )?;
+        Ok(f(&map))
     }
 
     /// Converts a float tensor (F32, F16 or BF16) into `dst` as f32.
     pub fn read_f32_into(&self, name: &str, dst: &mut [f32]) -> Result<(), SafetensorsError> {
         let info = self.info(name)?;
         assert_eq!(dst.len(), info.numel(), "caller checks the shape first");
-        let bytes = self.bytes(info);
-        match info.dtype {
-            StoredDType::F32 => {
+        let dtype = info.dtype;
+        if dtype == StoredDType::I64 {
+            return Err(self.wrong_dtype(name, info, "f32"));
+        }
+        self.with_bytes(info, |bytes| match dtype {
+            StoredDType::F16 => widen(bytes, dst, |bits| half::f16::from_bits(bits).to_f32()),
+            StoredDType::BF16 => widen(bytes, dst, |bits| half::bf16::from_bits(bits).to_f32()),
+            StoredDType::F32 | StoredDType::I64 => {
                 for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
                     *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 }
             }
-            StoredDType::F16 => widen(bytes, dst, |bits| half::f16::from_bits(bits).to_f32()),
-            StoredDType::BF16 => widen(bytes, dst, |bits| half::bf16::from_bits(bits).to_f32()),
-            StoredDType::I64 => return Err(self.wrong_dtype(name, info, "f32")),
-        }
-        Ok(())
+        })
     }
 
     /// A float tensor as a new f32 vector.
@@ -227,11 +248,12 @@ impl SafeTensors {
         if info.dtype != StoredDType::I64 {
             return Err(self.wrong_dtype(name, info, "i64"));
         }
-        Ok(self
-            .bytes(info)
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-            .collect())
+        self.with_bytes(info, |bytes| {
+            bytes
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .collect()
+        })
     }
 
     fn wrong_dtype(&self, name: &str, info: &TensorInfo, wanted: &'static str) -> SafetensorsError {
@@ -467,8 +489,10 @@ mod tests {
         assert!(err.contains("truncated") && err.contains("tensor"), "{err}");
         let err = open_bytes(&bytes[..5]).unwrap_err().to_string();
         assert!(err.contains("shorter"), "{err}");
-        let text = String::from_utf8_lossy(&bytes).replace("[24,28]", "[20,24]");
-        let err = open_bytes(text.as_bytes()).unwrap_err().to_string();
+        let mut overlapping = bytes.clone();
+        let at = bytes.windows(7).position(|w| w == b"[24,28]").unwrap();
+        overlapping[at..at + 7].copy_from_slice(b"[20,24]");
+        let err = open_bytes(&overlapping).unwrap_err().to_string();
         assert!(err.contains("overlap"), "{err}");
     }
 
