@@ -207,3 +207,71 @@ fn greedy_generation_matches_transformers() {
         assert_eq!(got, want, "{name}");
     }
 }
+
+/// The attention core against `ops/attention.*` (bias, padding and causal
+/// masks, no 1/sqrt(d) scale), forward and every gradient, within the ops
+/// fixture's 1e-5.
+#[test]
+fn attention_core_matches_reference() {
+    use tessera_t5::attention::{
+        attention_backward, attention_forward, AttentionShape, KeyMask, ProbDropout, Qkv,
+    };
+    let fx = load("ops").expect("ops fixture");
+    let off = ProbDropout { p: 0.0, key: 0 };
+    for case in ["encoder", "decoder", "cross", "long"] {
+        let meta = |k: &str| {
+            fx.number(&format!("/cases/attention/{case}/{k}"))
+                .expect("meta") as usize
+        };
+        let causal = fx
+            .meta_at(&format!("/cases/attention/{case}/causal"))
+            .expect("meta")
+            .as_bool()
+            .expect("bool");
+        let (b, h, lq, lk, dk) = (
+            meta("batch"),
+            meta("heads"),
+            meta("query_len"),
+            meta("key_len"),
+            meta("d_kv"),
+        );
+        let shape = AttentionShape::dense(b, h, lq, lk, dk);
+        let t = |name: &str| {
+            fx.f32s(&format!("attention.{case}.{name}"))
+                .expect("tensor")
+        };
+        let lengths = fx
+            .i64s(&format!("attention.{case}.key_lengths"))
+            .expect("lengths");
+        let valid: Vec<u8> = lengths
+            .iter()
+            .flat_map(|&n| (0..lk).map(move |j| u8::from((j as i64) < n)))
+            .collect();
+        let (q, k, v, bias) = (t("q"), t("k"), t("v"), t("bias"));
+        let qkv = Qkv {
+            q: &q,
+            k: &k,
+            v: &v,
+        };
+        let mask = KeyMask {
+            valid: Some(&valid),
+            causal,
+        };
+        let mut out = vec![0.0; shape.q_len_elems()];
+        let cache =
+            attention_forward(&shape, qkv, Some(&bias), mask, off, &mut out).expect("forward");
+        let tol = |k: &str| fx.number(&format!("/tolerances/{k}")).expect("tolerance");
+        let close = |what: &str, got: &[f32], key: &str| {
+            check_close(&format!("attention.{case}.{what}"), got, &t(what), tol(key))
+                .unwrap_or_else(|e| panic!("{e}"));
+        };
+        close("out", &out, "forward");
+        let mut dbias = vec![0.0; bias.len()];
+        let g = attention_backward(&shape, qkv, &cache, off, &t("grad_out"), Some(&mut dbias))
+            .expect("backward");
+        close("grad_q", &g.dq, "backward");
+        close("grad_k", &g.dk, "backward");
+        close("grad_v", &g.dv, "backward");
+        close("grad_bias", &dbias, "backward");
+    }
+}
