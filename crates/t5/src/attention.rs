@@ -373,27 +373,28 @@ fn dense_batch(
 
 /// `[batch, len, heads * d_head]` → `[batch, heads, len, d_head]`.
 pub fn split_heads(x: &[f32], batch: usize, len: usize, heads: usize, d_head: usize) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    for b in 0..batch {
-        for t in 0..len {
-            for h in 0..heads {
-                let src = ((b * len + t) * heads + h) * d_head;
-                let dst = ((b * heads + h) * len + t) * d_head;
-                out[dst..dst + d_head].copy_from_slice(&x[src..src + d_head]);
-            }
-        }
-    }
-    out
+    permute_heads(x, [batch, len, heads, d_head], true)
 }
 
 /// `[batch, heads, len, d_head]` → `[batch, len, heads * d_head]`.
 pub fn merge_heads(x: &[f32], batch: usize, len: usize, heads: usize, d_head: usize) -> Vec<f32> {
+    permute_heads(x, [batch, len, heads, d_head], false)
+}
+
+/// Moves each `d_head` run between the interleaved layout
+/// `[batch, len, heads, d_head]` and the head layout `[batch, heads, len, d_head]`.
+fn permute_heads(x: &[f32], [batch, len, heads, d_head]: [usize; 4], to_heads: bool) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
     for b in 0..batch {
-        for h in 0..heads {
-            for t in 0..len {
-                let src = ((b * heads + h) * len + t) * d_head;
-                let dst = ((b * len + t) * heads + h) * d_head;
+        for t in 0..len {
+            for h in 0..heads {
+                let interleaved = ((b * len + t) * heads + h) * d_head;
+                let split = ((b * heads + h) * len + t) * d_head;
+                let (src, dst) = if to_heads {
+                    (interleaved, split)
+                } else {
+                    (split, interleaved)
+                };
                 out[dst..dst + d_head].copy_from_slice(&x[src..src + d_head]);
             }
         }
