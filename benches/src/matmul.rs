@@ -142,3 +142,60 @@ impl Case<f32> {
         }
     }
 }
+
+#[cfg(feature = "openblas")]
+mod openblas {
+    use super::{Case, Op, Shape};
+    // The system library provides both the CBLAS symbols `cblas-sys`
+    // declares and OpenBLAS's own setter.
+    #[link(name = "openblas")]
+    extern "C" {
+        /// OpenBLAS's own thread-count setter (not part of CBLAS).
+        fn openblas_set_num_threads(n: std::ffi::c_int);
+    }
+
+    /// Sets OpenBLAS's thread count.
+    pub fn set_threads(n: usize) {
+        // SAFETY: a plain setter with no pointer arguments.
+        unsafe { openblas_set_num_threads(n as std::ffi::c_int) };
+    }
+
+    impl Case<f32> {
+        /// `C = A·B` with the system OpenBLAS (`cblas_sgemm`).
+        pub fn run_openblas(&mut self) {
+            use cblas_sys::{cblas_sgemm, CBLAS_LAYOUT, CBLAS_TRANSPOSE};
+            let Shape { m, k, n } = self.shape;
+            let ((_, ac), (_, bc)) = self.stored();
+            let t = |op: Op| {
+                if op == Op::N {
+                    CBLAS_TRANSPOSE::CblasNoTrans
+                } else {
+                    CBLAS_TRANSPOSE::CblasTrans
+                }
+            };
+            // SAFETY: dense row-major buffers of exactly the stored shapes,
+            // with leading dimensions equal to their column counts.
+            unsafe {
+                cblas_sgemm(
+                    CBLAS_LAYOUT::CblasRowMajor,
+                    t(self.ops.0),
+                    t(self.ops.1),
+                    m as i32,
+                    n as i32,
+                    k as i32,
+                    1.0,
+                    self.a.as_ptr(),
+                    ac as i32,
+                    self.b.as_ptr(),
+                    bc as i32,
+                    0.0,
+                    self.c.as_mut_ptr(),
+                    n as i32,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(feature = "openblas")]
+pub use openblas::set_threads as set_openblas_threads;

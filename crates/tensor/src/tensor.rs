@@ -7,6 +7,7 @@
 //! under another holder.
 
 use crate::error::{shape_err, Result, TensorError};
+use crate::gemm::{gemm_batched, BatchMut, BatchRef, Op};
 use crate::{DType, Element};
 use bytemuck::{Pod, Zeroable};
 use ndarray::{ArrayD, IxDyn};
@@ -213,6 +214,56 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// `op_a(self) · op_b(other)` as a new f32 tensor.
+    ///
+    /// Two 2-D tensors give one product; two 3-D tensors `[batch, rows,
+    /// cols]` give a batched product (a batch of 1 on either side is shared
+    /// by every entry). Both operands must have the same dtype; f16 and bf16
+    /// are widened while packing and the result is f32.
+    pub fn matmul(&self, op_a: Op, other: &Tensor, op_b: Op) -> Result<Tensor> {
+        if self.dtype != other.dtype {
+            return Err(TensorError::DType {
+                op: "Tensor::matmul",
+                expected: self.dtype,
+                found: other.dtype,
+            });
+        }
+        match self.dtype {
+            DType::F32 => matmul_typed::<f32>(self, op_a, other, op_b),
+            DType::F16 => matmul_typed::<half::f16>(self, op_a, other, op_b),
+            DType::BF16 => matmul_typed::<half::bf16>(self, op_a, other, op_b),
+        }
+    }
+}
+
+/// `[batch, rows, cols]` of a 2-D or 3-D matmul operand.
+fn as_batch(t: &Tensor) -> Result<[usize; 3]> {
+    match *t.shape() {
+        [r, c] => Ok([1, r, c]),
+        [b, r, c] => Ok([b, r, c]),
+        _ => Err(shape_err(
+            "Tensor::matmul",
+            format!("operands must be 2-D or 3-D, not {:?}", t.shape()),
+        )),
+    }
+}
+
+fn matmul_typed<E: Element>(a: &Tensor, op_a: Op, b: &Tensor, op_b: Op) -> Result<Tensor> {
+    let ([ba, ra, ca], [bb, rb, cb]) = (as_batch(a)?, as_batch(b)?);
+    let m = if op_a == Op::N { ra } else { ca };
+    let n = if op_b == Op::N { cb } else { rb };
+    let count = ba.max(bb);
+    let two_d = a.shape().len() == 2 && b.shape().len() == 2;
+    let shape = if two_d { vec![m, n] } else { vec![count, m, n] };
+    let mut out = Tensor::zeros(&shape, DType::F32);
+    let c = BatchMut::new(out.as_mut_slice::<f32>()?, count, m * n, m, n, n)?;
+    let a = BatchRef::new(a.as_slice::<E>()?, ba, ra * ca, ra, ca, ca)?;
+    let b = BatchRef::new(b.as_slice::<E>()?, bb, rb * cb, rb, cb, cb)?;
+    gemm_batched(1.0, a, op_a, b, op_b, 0.0, c)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +286,32 @@ mod tests {
         let mut u = t.clone();
         u.as_mut_slice::<f32>().unwrap()[0] = 9.0;
         assert_eq!(t.as_slice::<f32>().unwrap(), &[1.0, 2.0]);
+    }
+
+    #[test]
+    fn matmul_2d_and_batched() {
+        let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
+        let c = a.matmul(Op::N, &a, Op::T).unwrap();
+        assert_eq!(c.shape(), &[2, 2]);
+        assert_eq!(c.as_slice::<f32>().unwrap(), &[14.0, 32.0, 32.0, 77.0]);
+        let b3 = a.reshape(&[1, 2, 3]).unwrap();
+        let two =
+            Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 2.0], &[2, 2, 2]).unwrap();
+        let d = two.matmul(Op::N, &b3, Op::N).unwrap();
+        assert_eq!(d.shape(), &[2, 2, 3]);
+        assert_eq!(
+            &d.as_slice::<f32>().unwrap()[6..],
+            &[2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
+        );
+        let h = a.to_dtype(DType::BF16);
+        let e = h.matmul(Op::T, &h, Op::N).unwrap();
+        assert_eq!(e.shape(), &[3, 3]);
+        assert!(a
+            .matmul(Op::N, &a, Op::N)
+            .unwrap_err()
+            .to_string()
+            .contains("op(A) is 2×3"));
+        assert!(a.matmul(Op::N, &h, Op::T).is_err());
     }
 
     #[test]

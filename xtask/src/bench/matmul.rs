@@ -1,7 +1,7 @@
 //! `cargo xtask bench matmul`: the T5 shape suite, every operand order,
 //! tessera side by side with its baselines in one run.
 
-use super::best_time;
+use super::{best_times, Contender};
 use crate::output::write_json;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -19,7 +19,8 @@ pub struct Args {
     /// Operand dtypes to measure (C and accumulation are always f32).
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     dtype: Vec<String>,
-    /// Also time the `matrixmultiply` crate on every f32 case.
+    /// Also time the baselines on every f32 case: the `matrixmultiply` crate,
+    /// and the system OpenBLAS when built with `--features openblas`.
     #[arg(long)]
     baselines: bool,
     /// Minimum seconds spent timing each case.
@@ -61,13 +62,33 @@ fn gflops(flops: f64, t: Duration) -> f64 {
     flops / t.as_secs_f64() / 1e9
 }
 
-/// Times every suite case for operand type `E`.
+/// The implementations timed for one case: tessera, then the baselines.
+fn contenders<E: Element>(args: &Args, case: Case<E>) -> Vec<Contender> {
+    let shape = case.shape;
+    let ops = case.ops;
+    let mut case = case;
+    let mut list: Vec<Contender> = vec![("tessera", Box::new(move || case.run_tessera()))];
+    if args.baselines && E::DTYPE == DType::F32 {
+        let mut mm = Case::<f32>::new(shape, ops);
+        list.push(("matrixmultiply", Box::new(move || mm.run_matrixmultiply())));
+        #[cfg(feature = "openblas")]
+        {
+            let mut ob = Case::<f32>::new(shape, ops);
+            list.push(("openblas", Box::new(move || ob.run_openblas())));
+        }
+    }
+    list
+}
+
+/// Times every suite case for operand type `E`, the implementations of a
+/// case interleaved so that a busy machine slows them all alike.
 fn measure<E: Element>(args: &Args, rows: &mut Vec<Row>) {
     let min = Duration::from_secs_f64(args.min_time);
     for shape in T5_SHAPES {
         for ops in OPS {
-            let mut case = Case::<E>::new(shape, ops);
-            let mut push = |implementation, t| {
+            let mut list = contenders(args, Case::<E>::new(shape, ops));
+            let times = best_times(min, &mut list);
+            for ((implementation, _), t) in list.iter().zip(times) {
                 let row = Row {
                     m: shape.m,
                     k: shape.k,
@@ -83,14 +104,6 @@ fn measure<E: Element>(args: &Args, rows: &mut Vec<Row>) {
                     row.m, row.k, row.n, row.op, row.dtype, row.implementation, row.gflops
                 );
                 rows.push(row);
-            };
-            push("tessera", best_time(min, 3, || case.run_tessera()));
-            if args.baselines && E::DTYPE == DType::F32 {
-                let mut case = Case::<f32>::new(shape, ops);
-                push(
-                    "matrixmultiply",
-                    best_time(min, 3, || case.run_matrixmultiply()),
-                );
             }
         }
     }
@@ -113,6 +126,8 @@ pub fn run(args: Args) -> Result<()> {
     tessera_tensor::set_num_threads(args.threads)?;
     // matrixmultiply's threading reads this once, on first use.
     std::env::set_var("MATMUL_NUM_THREADS", args.threads.to_string());
+    #[cfg(feature = "openblas")]
+    tessera_benches::matmul::set_openblas_threads(args.threads);
     println!("    m     k      n  op  dtype impl               GFLOP/s");
     let mut rows = Vec::new();
     for dtype in dtypes {

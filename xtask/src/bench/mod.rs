@@ -21,20 +21,29 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     }
 }
 
-/// Times `f`: one warm-up call, then repeats for at least `min_time` and
-/// `min_reps` calls, and returns the fastest call. The fastest call is the
-/// one least disturbed by the rest of the machine, which is what a kernel
-/// comparison wants.
-pub fn best_time(min_time: Duration, min_reps: usize, mut f: impl FnMut()) -> Duration {
-    f();
-    let start = Instant::now();
-    let mut best = Duration::MAX;
-    let mut reps = 0;
-    while reps < min_reps || start.elapsed() < min_time {
-        let t = Instant::now();
-        f();
-        best = best.min(t.elapsed());
-        reps += 1;
+/// A named implementation to time.
+pub type Contender = (&'static str, Box<dyn FnMut()>);
+
+/// Times each function: one warm-up call each, then rounds in which every
+/// function is called once, until `min_time` has passed for each and at
+/// least three rounds ran. Returns each function's fastest call: the one
+/// least disturbed by the rest of the machine, which is what a kernel
+/// comparison wants. Interleaving the calls makes a passing load slow all
+/// contenders alike instead of whichever happened to run then.
+pub fn best_times(min_time: Duration, fs: &mut [Contender]) -> Vec<Duration> {
+    fs.iter_mut().for_each(|(_, f)| f());
+    let mut best = vec![Duration::MAX; fs.len()];
+    let mut spent = vec![Duration::ZERO; fs.len()];
+    let mut rounds = 0;
+    while rounds < 3 || spent.iter().any(|&s| s < min_time) {
+        for (i, (_, f)) in fs.iter_mut().enumerate() {
+            let t = Instant::now();
+            f();
+            let e = t.elapsed();
+            best[i] = best[i].min(e);
+            spent[i] += e;
+        }
+        rounds += 1;
     }
     best
 }

@@ -1,7 +1,11 @@
-//! Loops around the kernels: batch, blocks of C, threads.
+//! The loops around the micro-kernel: batch entries, thread tasks, and the
+//! BLIS cache-blocking loops (see [`super::blocking`]).
 
+use super::kernel::{self, Kernel, Tile};
+use super::pack::pack_panel;
 use crate::Element;
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// Sizes and scalars of one product `C = alpha * op(A) op(B) + beta * C`.
 pub(crate) struct Problem {
@@ -12,8 +16,8 @@ pub(crate) struct Problem {
     pub beta: f32,
 }
 
-/// An input operand as element strides of `op(X)`: `(i, j)` is at
-/// `batch * stride + i * rs + j * cs`.
+/// An input operand as element strides of `op(X)`: element `(i, j)` of
+/// batch entry `e` is at `e * stride + i * rs + j * cs`.
 #[derive(Clone, Copy)]
 pub(crate) struct Operand<'a, E> {
     pub data: &'a [E],
@@ -31,9 +35,14 @@ impl<'a, E> Operand<'a, E> {
             stride,
         }
     }
+
+    /// The same operand starting at element `(i, j)` of batch entry `e`.
+    fn at(&self, e: usize, i: usize, j: usize) -> &'a [E] {
+        &self.data[e * self.stride + i * self.rs + j * self.cs..]
+    }
 }
 
-/// The output batch: row-major matrices `ld` apart in rows, `stride` apart.
+/// The output batch: row-major matrices with row stride `ld`, `stride` apart.
 pub(crate) struct Output<'a> {
     pub data: &'a mut [f32],
     pub ld: usize,
@@ -41,8 +50,24 @@ pub(crate) struct Output<'a> {
     pub stride: usize,
 }
 
-/// Runs every product of the batch.
+/// Products smaller than this many multiply-adds run on one thread: below
+/// it, waking a second thread costs more than it saves.
+const PARALLEL_MIN_MACS: usize = 1 << 20;
+
+/// Runs every product of the batch with the best kernel for this CPU.
 pub(crate) fn run_batch<A: Element, B: Element>(
+    p: &Problem,
+    a: Operand<'_, A>,
+    b: Operand<'_, B>,
+    c: Output<'_>,
+) {
+    run_batch_with(kernel::best(), crate::num_threads(), p, a, b, c);
+}
+
+/// [`run_batch`] with a given kernel and thread count.
+pub(crate) fn run_batch_with<A: Element, B: Element>(
+    kern: &Kernel,
+    threads: usize,
     p: &Problem,
     a: Operand<'_, A>,
     b: Operand<'_, B>,
@@ -52,49 +77,179 @@ pub(crate) fn run_batch<A: Element, B: Element>(
         return;
     }
     let ld = c.ld;
-    let one = |(i, c): (usize, &mut [f32])| {
-        let a = Operand {
-            data: &a.data[i * a.stride..],
-            ..a
-        };
-        let b = Operand {
-            data: &b.data[i * b.stride..],
-            ..b
-        };
-        single(p, a, b, c, ld);
-    };
     if c.count == 1 {
-        one((0, c.data));
+        return single(kern, threads, p, (a, b, 0), CTile::new(c.data, ld));
+    }
+    let one = |(e, cs): (usize, &mut [f32])| single(kern, 1, p, (a, b, e), CTile::new(cs, ld));
+    let entries = c.data.chunks_mut(c.stride.max(1)).take(c.count).enumerate();
+    if threads > 1 && c.count >= threads {
+        let entries: Vec<_> = entries.collect();
+        crate::install(|| entries.into_par_iter().for_each(one));
     } else {
-        crate::install(|| {
-            c.data
-                .par_chunks_mut(c.stride)
-                .take(c.count)
-                .enumerate()
-                .for_each(one)
-        });
+        entries.for_each(|(e, cs)| single(kern, threads, p, (a, b, e), CTile::new(cs, ld)));
     }
 }
 
-fn single<A: Element, B: Element>(
-    p: &Problem,
-    a: Operand<'_, A>,
-    b: Operand<'_, B>,
-    c: &mut [f32],
-    ldc: usize,
-) {
-    for i in 0..p.m {
-        for j in 0..p.n {
-            let mut acc = 0.0f32;
-            for l in 0..p.k {
-                acc += a.data[i * a.rs + l * a.cs].to_f32() * b.data[l * b.rs + j * b.cs].to_f32();
-            }
-            let out = &mut c[i * ldc + j];
-            *out = if p.beta == 0.0 {
-                p.alpha * acc
-            } else {
-                p.alpha * acc + p.beta * *out
-            };
+/// A raw view of C that thread tasks share; each task writes a disjoint block.
+#[derive(Clone, Copy)]
+struct CTile {
+    ptr: *mut f32,
+    ld: usize,
+}
+
+// SAFETY: tasks only ever write disjoint blocks of C (see `single`), and the
+// borrow of C outlives every task because tasks finish before `single` returns.
+unsafe impl Send for CTile {}
+// SAFETY: as above.
+unsafe impl Sync for CTile {}
+
+impl CTile {
+    fn new(data: &mut [f32], ld: usize) -> Self {
+        CTile {
+            ptr: data.as_mut_ptr(),
+            ld,
         }
     }
+}
+
+/// One product, split into at most `threads` tasks over rows or columns of C.
+///
+/// The split duplicates the packing of one operand in every task, so it cuts
+/// the longer of M and N: then the duplicated operand is the smaller one.
+fn single<A: Element, B: Element>(
+    kern: &Kernel,
+    threads: usize,
+    p: &Problem,
+    (a, b, entry): (Operand<'_, A>, Operand<'_, B>, usize),
+    c: CTile,
+) {
+    if p.k == 0 || p.alpha == 0.0 {
+        return scale(p, c);
+    }
+    let macs = p.m * p.n * p.k;
+    let tasks = if macs < PARALLEL_MIN_MACS { 1 } else { threads };
+    let (len, unit) = if p.n > p.m {
+        (p.n, kern.nr)
+    } else {
+        (p.m, kern.mr)
+    };
+    let chunk = len.div_ceil(tasks).div_ceil(unit) * unit;
+    let ranges: Vec<(usize, usize)> = (0..len)
+        .step_by(chunk)
+        .map(|s| (s, (s + chunk).min(len)))
+        .collect();
+    let task = |&(s, e): &(usize, usize)| {
+        let (rows, cols) = if p.n > p.m {
+            ((0, p.m), (s, e))
+        } else {
+            ((s, e), (0, p.n))
+        };
+        block(kern, p, (a, b, entry), c, rows, cols);
+    };
+    if ranges.len() == 1 {
+        task(&ranges[0]);
+    } else {
+        crate::install(|| ranges.par_iter().for_each(task));
+    }
+}
+
+/// `C = beta * C` (the whole product when `k == 0` or `alpha == 0`).
+fn scale(p: &Problem, c: CTile) {
+    for i in 0..p.m {
+        // SAFETY: row i of C has n valid elements (checked by the public API),
+        // and this runs on one thread.
+        let row = unsafe { std::slice::from_raw_parts_mut(c.ptr.add(i * c.ld), p.n) };
+        for x in row {
+            *x = if p.beta == 0.0 { 0.0 } else { p.beta * *x };
+        }
+    }
+}
+
+thread_local! {
+    /// Packing buffers, reused across calls on each thread.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// A 64-byte-aligned window of `len` floats inside `buf`, growing it if needed.
+fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len + 16 {
+        buf.resize(len + 16, 0.0);
+    }
+    let off = buf.as_ptr().align_offset(64).min(16);
+    &mut buf[off..off + len]
+}
+
+/// The BLIS loops over the block `rows × cols` of C, on the calling thread.
+fn block<A: Element, B: Element>(
+    kern: &Kernel,
+    p: &Problem,
+    (a, b, e): (Operand<'_, A>, Operand<'_, B>, usize),
+    c: CTile,
+    (m0, m1): (usize, usize),
+    (n0, n1): (usize, usize),
+) {
+    let (mr, nr, bl) = (kern.mr, kern.nr, kern.blocking);
+    SCRATCH.with_borrow_mut(|(abuf, bbuf)| {
+        let apack = aligned(abuf, bl.mc * bl.kc);
+        let ncb = bl.nc_for(m1 - m0);
+        let bpack = aligned(bbuf, ncb.min((n1 - n0).div_ceil(nr) * nr) * bl.kc);
+        for jc in (n0..n1).step_by(ncb) {
+            let nc = ncb.min(n1 - jc);
+            for pc in (0..p.k).step_by(bl.kc) {
+                let kc = bl.kc.min(p.k - pc);
+                for jr in (0..nc).step_by(nr) {
+                    let src = b.at(e, pc, jc + jr);
+                    pack_panel(
+                        &mut bpack[jr * kc..],
+                        src,
+                        (b.cs, b.rs),
+                        nr.min(nc - jr),
+                        kc,
+                        nr,
+                    );
+                }
+                let beta = if pc == 0 { p.beta } else { 1.0 };
+                for ic in (m0..m1).step_by(bl.mc) {
+                    let mc = bl.mc.min(m1 - ic);
+                    for ir in (0..mc).step_by(mr) {
+                        let src = a.at(e, ic + ir, pc);
+                        pack_panel(
+                            &mut apack[ir * kc..],
+                            src,
+                            (a.rs, a.cs),
+                            mr.min(mc - ir),
+                            kc,
+                            mr,
+                        );
+                    }
+                    for jr in (0..nc).step_by(nr) {
+                        for ir in (0..mc).step_by(mr) {
+                            let tile = Tile {
+                                m: mr.min(mc - ir),
+                                n: nr.min(nc - jr),
+                                alpha: p.alpha,
+                                beta,
+                            };
+                            // SAFETY: the packed slivers hold kc * mr and kc * nr
+                            // floats; the tile lies inside this task's block of C,
+                            // which the public API checked against C's buffer and
+                            // no other task writes; the kernel was selected for
+                            // this CPU by `kernel::best` / `available`.
+                            unsafe {
+                                let cptr = c.ptr.add((ic + ir) * c.ld + jc + jr);
+                                (kern.run)(
+                                    kc,
+                                    apack.as_ptr().add(ir * kc),
+                                    bpack.as_ptr().add(jr * kc),
+                                    cptr,
+                                    c.ld,
+                                    tile,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
 }

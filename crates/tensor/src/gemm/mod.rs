@@ -15,10 +15,18 @@
 //! blocks of C only, never over K, so every element of C sees the same
 //! operations in the same order.
 
+pub mod blocking;
 mod driver;
+mod kernel;
+mod pack;
 
 use crate::error::{shape_err, Result, TensorError};
 use crate::Element;
+
+/// The name of the micro-kernel this CPU runs (e.g. `"avx2-6x16"`), for reports.
+pub fn kernel_name() -> &'static str {
+    kernel::best().name
+}
 
 /// How an operand enters the product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -334,3 +342,6 @@ pub fn gemm_batched<A: Element, B: Element>(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,265 @@
+//! Packing: copying a block of A or B into the order the micro-kernel reads,
+//! widening f16/bf16 to f32 on the way.
+//!
+//! A micro-panel of width `R` (MR for A, NR for B) is stored as `kc` groups
+//! of `R` floats: group `p` holds element `p` of every line. Lines past the
+//! edge of the matrix are zero, so the kernel always computes full tiles.
+//!
+//! Two source layouts occur, and each has its own routine:
+//! * the `R` values of a group are contiguous in the source (A transposed,
+//!   B as stored): each group is one short copy;
+//! * each line is contiguous (A as stored, B transposed — the forward
+//!   `X·Wᵀ`): the block is transposed, 8 × 8 at a time with AVX2 shuffles
+//!   where the CPU has them.
+
+use crate::{DType, Element};
+
+/// Packs `lines ≤ r` lines of `kc` elements into `dst[..kc * r]`: element `p`
+/// of line `l` is `src[l * ls + p * es]`. One of `ls`, `es` is 1.
+pub(crate) fn pack_panel<E: Element>(
+    dst: &mut [f32],
+    src: &[E],
+    strides: (usize, usize),
+    lines: usize,
+    kc: usize,
+    r: usize,
+) {
+    match r {
+        4 => pack::<E, 4>(dst, src, strides, lines, kc),
+        6 => pack::<E, 6>(dst, src, strides, lines, kc),
+        8 => pack::<E, 8>(dst, src, strides, lines, kc),
+        16 => pack::<E, 16>(dst, src, strides, lines, kc),
+        _ => unreachable!("micro-kernel tile widths are 4, 6, 8 or 16, not {r}"),
+    }
+}
+
+/// The packed groups of width `R` at the start of `dst`.
+fn groups<const R: usize>(dst: &mut [f32], kc: usize) -> &mut [[f32; R]] {
+    let (groups, _) = dst[..kc * R].as_chunks_mut::<R>();
+    groups
+}
+
+fn pack<E: Element, const R: usize>(
+    dst: &mut [f32],
+    src: &[E],
+    (ls, es): (usize, usize),
+    lines: usize,
+    kc: usize,
+) {
+    let dst = groups::<R>(dst, kc);
+    if ls == 1 {
+        pack_groups::<E, R>(dst, src, es, lines);
+    } else {
+        debug_assert_eq!(es, 1, "one stride of a packed operand is 1");
+        pack_lines::<E, R>(dst, src, ls, lines);
+    }
+    if lines < R {
+        for g in dst.iter_mut() {
+            g[lines..].fill(0.0);
+        }
+    }
+}
+
+/// The source as f32, when it is f32 (a no-op cast the compiler folds away).
+fn as_f32<E: Element>(src: &[E]) -> Option<&[f32]> {
+    (E::DTYPE == DType::F32).then(|| bytemuck::cast_slice(src))
+}
+
+/// Group `p` is `src[p * es ..][..lines]`: one copy (and widening) per group.
+fn pack_groups<E: Element, const R: usize>(
+    dst: &mut [[f32; R]],
+    src: &[E],
+    es: usize,
+    lines: usize,
+) {
+    match as_f32(src) {
+        Some(s) if lines == R => {
+            for (p, g) in dst.iter_mut().enumerate() {
+                *g = s[p * es..p * es + R].try_into().expect("slice of length R");
+            }
+        }
+        _ => {
+            for (p, g) in dst.iter_mut().enumerate() {
+                E::slice_to_f32(&src[p * es..p * es + lines], &mut g[..lines]);
+            }
+        }
+    }
+}
+
+/// Steps per widened chunk of a line, when the source is 16-bit.
+const CHUNK: usize = 64;
+
+/// Line `l` is `src[l * ls ..][..kc]`: a transpose into the groups.
+fn pack_lines<E: Element, const R: usize>(
+    dst: &mut [[f32; R]],
+    src: &[E],
+    ls: usize,
+    lines: usize,
+) {
+    if let Some(s) = as_f32(src) {
+        return transpose::<R>(dst, s, ls, lines);
+    }
+    // 16-bit source: widen CHUNK steps of every line, then transpose those.
+    let mut buf = [[0.0f32; CHUNK]; R];
+    for (c, part) in dst.chunks_mut(CHUNK).enumerate() {
+        for (l, row) in buf.iter_mut().enumerate().take(lines) {
+            let start = l * ls + c * CHUNK;
+            E::slice_to_f32(&src[start..start + part.len()], &mut row[..part.len()]);
+        }
+        transpose::<R>(part, buf.as_flattened(), CHUNK, lines);
+    }
+}
+
+/// `dst[p][l] = src[l * ls + p]` for `l < lines`, `p < dst.len()`.
+fn transpose<const R: usize>(dst: &mut [[f32; R]], src: &[f32], ls: usize, lines: usize) {
+    let kc = dst.len();
+    let last = (lines - 1) * ls + kc;
+    let src = &src[..last];
+    #[cfg(target_arch = "x86_64")]
+    if R.is_multiple_of(8) && lines == R && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected; `src` holds `lines` lines of `kc` floats
+        // `ls` apart (sliced just above) and `dst` holds `kc` groups of R.
+        unsafe { x86::transpose_full(dst, src, ls) };
+        return;
+    }
+    for p0 in (0..kc).step_by(8) {
+        let block = &mut dst[p0..(p0 + 8).min(kc)];
+        for l in 0..lines {
+            let row = &src[l * ls + p0..l * ls + p0 + block.len()];
+            for (g, &v) in block.iter_mut().zip(row) {
+                g[l] = v;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Transposes an 8 × 8 block held in 8 registers (rows in, columns out).
+    ///
+    /// # Safety
+    /// The CPU must support AVX.
+    #[inline(always)]
+    unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        // SAFETY: register-only shuffles; the only caller has the AVX2 target feature.
+        unsafe {
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            [
+                _mm256_permute2f128_ps::<0x20>(s0, s4),
+                _mm256_permute2f128_ps::<0x20>(s1, s5),
+                _mm256_permute2f128_ps::<0x20>(s2, s6),
+                _mm256_permute2f128_ps::<0x20>(s3, s7),
+                _mm256_permute2f128_ps::<0x31>(s0, s4),
+                _mm256_permute2f128_ps::<0x31>(s1, s5),
+                _mm256_permute2f128_ps::<0x31>(s2, s6),
+                _mm256_permute2f128_ps::<0x31>(s3, s7),
+            ]
+        }
+    }
+
+    /// `dst[p][l] = src[l * ls + p]` for all `R` lines (`R` a multiple of 8).
+    ///
+    /// # Safety
+    /// AVX2 must be available; `src` must hold `R` lines of `dst.len()`
+    /// floats, `ls` apart.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn transpose_full<const R: usize>(dst: &mut [[f32; R]], src: &[f32], ls: usize) {
+        let kc = dst.len();
+        let full = kc / 8 * 8;
+        for p0 in (0..full).step_by(8) {
+            for l0 in (0..R).step_by(8) {
+                // SAFETY: lines l0..l0+8 < R and steps p0..p0+8 <= kc are inside
+                // `src` by the caller's contract; groups p0..p0+8 exist in `dst`
+                // and each holds R >= l0 + 8 floats.
+                unsafe {
+                    let rows: [__m256; 8] = std::array::from_fn(|i| {
+                        _mm256_loadu_ps(src.as_ptr().add((l0 + i) * ls + p0))
+                    });
+                    for (q, col) in transpose8(rows).into_iter().enumerate() {
+                        _mm256_storeu_ps(dst[p0 + q].as_mut_ptr().add(l0), col);
+                    }
+                }
+            }
+        }
+        for (p, g) in dst.iter_mut().enumerate().skip(full) {
+            for (l, v) in g.iter_mut().enumerate() {
+                *v = src[l * ls + p];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bf16;
+
+    /// Packs a `lines × kc` block stored by lines and by groups, at width `r`.
+    fn both(lines: usize, kc: usize, r: usize) -> (Vec<f32>, Vec<f32>) {
+        let by_lines: Vec<f32> = (0..lines * kc).map(|x| x as f32).collect();
+        let by_groups: Vec<f32> = (0..lines * kc)
+            .map(|x| ((x % lines) * kc + x / lines) as f32)
+            .collect();
+        let (mut p1, mut p2) = (vec![9.0; kc * r], vec![9.0; kc * r]);
+        pack_panel(&mut p1, &by_lines, (kc, 1), lines, kc, r);
+        pack_panel(&mut p2, &by_groups, (1, lines), lines, kc, r);
+        (p1, p2)
+    }
+
+    #[test]
+    fn both_layouts_pack_the_same_panel() {
+        let (p1, p2) = both(3, 5, 4);
+        assert_eq!(p1, p2);
+        assert_eq!(&p1[..8], &[0.0, 5.0, 10.0, 0.0, 1.0, 6.0, 11.0, 0.0]);
+        // Full SIMD transposes, ragged tails, partial lines, every width.
+        for (lines, kc, r) in [
+            (16, 37, 16),
+            (16, 8, 16),
+            (6, 19, 6),
+            (8, 1, 8),
+            (5, 130, 16),
+            (6, 257, 6),
+        ] {
+            let (p1, p2) = both(lines, kc, r);
+            assert_eq!(p1, p2, "lines={lines} kc={kc} r={r}");
+            for p in 0..kc {
+                for l in 0..r {
+                    let want = if l < lines { (l * kc + p) as f32 } else { 0.0 };
+                    assert_eq!(p1[p * r + l], want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_lines_are_widened() {
+        let (lines, kc) = (16, 150);
+        let src: Vec<bf16> = (0..lines * kc)
+            .map(|x| bf16::from_f32((x % 251) as f32))
+            .collect();
+        let mut p = vec![0.0; kc * 16];
+        pack_panel(&mut p, &src, (kc, 1), lines, kc, 16);
+        for q in 0..kc {
+            for l in 0..lines {
+                assert_eq!(p[q * 16 + l], ((l * kc + q) % 251) as f32);
+            }
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! Tests of the matmul against an f64 reference, over every kernel this CPU
+//! runs, thread counts, operand orders, dtypes and awkward shapes.
+
+use super::driver::{run_batch_with, Operand, Output, Problem};
+use super::kernel::{available, Kernel};
+use super::*;
+use crate::{bf16, f16};
+use proptest::prelude::*;
+
+/// Unit roundoff of f32.
+const U: f64 = f32::EPSILON as f64 / 2.0;
+
+/// A deterministic pseudo-random f32 in [-1, 1).
+fn noise(state: &mut u64) -> f32 {
+    *state = state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    ((*state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+/// Stored operands of one random problem, with row strides padded by `pad`.
+struct Setup<E> {
+    m: usize,
+    n: usize,
+    k: usize,
+    ops: (Op, Op),
+    a: Vec<E>,
+    lda: usize,
+    b: Vec<E>,
+    ldb: usize,
+    c: Vec<f32>,
+    ldc: usize,
+}
+
+impl<E: Element> Setup<E> {
+    fn new(m: usize, n: usize, k: usize, ops: (Op, Op), pad: usize, seed: u64) -> Self {
+        let mut st = seed;
+        let (ar, ac) = if ops.0 == Op::N { (m, k) } else { (k, m) };
+        let (br, bc) = if ops.1 == Op::N { (k, n) } else { (n, k) };
+        let mut fill = |len: usize| {
+            (0..len)
+                .map(|_| E::from_f32(noise(&mut st)))
+                .collect::<Vec<E>>()
+        };
+        let (lda, ldb, ldc) = (ac + pad, bc + pad, n + pad);
+        let a = fill(ar * lda);
+        let b = fill(br * ldb);
+        let c = (0..m * ldc).map(|_| noise(&mut st)).collect();
+        Setup {
+            m,
+            n,
+            k,
+            ops,
+            a,
+            lda,
+            b,
+            ldb,
+            c,
+            ldc,
+        }
+    }
+
+    fn a_at(&self, i: usize, p: usize) -> f64 {
+        let idx = if self.ops.0 == Op::N {
+            i * self.lda + p
+        } else {
+            p * self.lda + i
+        };
+        self.a[idx].to_f32() as f64
+    }
+
+    fn b_at(&self, p: usize, j: usize) -> f64 {
+        let idx = if self.ops.1 == Op::N {
+            p * self.ldb + j
+        } else {
+            j * self.ldb + p
+        };
+        self.b[idx].to_f32() as f64
+    }
+
+    /// Runs the product through `kern` with `threads`.
+    fn run(&self, kern: &Kernel, threads: usize, alpha: f32, beta: f32) -> Vec<f32> {
+        let mut c = self.c.clone();
+        let (rsa, csa) = op_strides(self.ops.0, self.lda);
+        let (rsb, csb) = op_strides(self.ops.1, self.ldb);
+        let p = Problem {
+            m: self.m,
+            n: self.n,
+            k: self.k,
+            alpha,
+            beta,
+        };
+        let out = Output {
+            data: &mut c,
+            ld: self.ldc,
+            count: 1,
+            stride: 0,
+        };
+        run_batch_with(
+            kern,
+            threads,
+            &p,
+            Operand::new(&self.a, rsa, csa, 0),
+            Operand::new(&self.b, rsb, csb, 0),
+            out,
+        );
+        c
+    }
+
+    /// Checks `got` against the f64 product. The bound is the classic one for
+    /// a length-k dot product in floating point, |err| <= k·u·Σ|a·b| (plus the
+    /// alpha, beta and final roundings: k + 3), times 2 for slack.
+    fn check(&self, got: &[f32], alpha: f32, beta: f32) {
+        for i in 0..self.m {
+            for j in 0..self.n {
+                let (mut dot, mut mag) = (0.0f64, 0.0f64);
+                for p in 0..self.k {
+                    let t = self.a_at(i, p) * self.b_at(p, j);
+                    dot += t;
+                    mag += t.abs();
+                }
+                let c0 = if beta == 0.0 {
+                    0.0
+                } else {
+                    self.c[i * self.ldc + j] as f64
+                };
+                let want = alpha as f64 * dot + beta as f64 * c0;
+                let bound = 2.0
+                    * (self.k as f64 + 3.0)
+                    * U
+                    * (alpha.abs() as f64 * mag + (beta as f64 * c0).abs())
+                    + 1e-30;
+                let g = got[i * self.ldc + j] as f64;
+                assert!(
+                    (g - want).abs() <= bound,
+                    "C[{i},{j}] = {g}, want {want} ± {bound} (m={} n={} k={} ops={:?})",
+                    self.m,
+                    self.n,
+                    self.k,
+                    self.ops
+                );
+            }
+        }
+        // Padding between rows of C is never touched.
+        for i in 0..self.m {
+            for j in self.n..self.ldc {
+                assert_eq!(
+                    got[i * self.ldc + j].to_bits(),
+                    self.c[i * self.ldc + j].to_bits()
+                );
+            }
+        }
+    }
+}
+
+fn dims() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        Just(1usize),
+        Just(3),
+        Just(7),
+        Just(16),
+        Just(17),
+        Just(33),
+        Just(65),
+        1usize..150
+    ]
+}
+
+fn ops() -> impl Strategy<Value = (Op, Op)> {
+    (
+        prop_oneof![Just(Op::N), Just(Op::T)],
+        prop_oneof![Just(Op::N), Just(Op::T)],
+    )
+}
+
+fn scalars() -> impl Strategy<Value = (f32, f32)> {
+    (
+        prop_oneof![Just(1.0f32), Just(-0.5), Just(2.0)],
+        prop_oneof![Just(0.0f32), Just(1.0), Just(-1.5)],
+    )
+}
+
+fn check_all<E: Element>(
+    m: usize,
+    n: usize,
+    k: usize,
+    ops: (Op, Op),
+    pad: usize,
+    (alpha, beta): (f32, f32),
+    seed: u64,
+) {
+    let s = Setup::<E>::new(m, n, k, ops, pad, seed);
+    for kern in available() {
+        for threads in [1, 2] {
+            s.check(&s.run(kern, threads, alpha, beta), alpha, beta);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn f32_matches_reference(m in dims(), n in dims(), k in dims(), ops in ops(), pad in 0usize..3, ab in scalars(), seed: u64) {
+        check_all::<f32>(m, n, k, ops, pad, ab, seed);
+    }
+
+    #[test]
+    fn f16_matches_reference(m in dims(), n in dims(), k in dims(), ops in ops(), ab in scalars(), seed: u64) {
+        check_all::<f16>(m, n, k, ops, 1, ab, seed);
+    }
+
+    #[test]
+    fn bf16_matches_reference(m in dims(), n in dims(), k in dims(), ops in ops(), ab in scalars(), seed: u64) {
+        check_all::<bf16>(m, n, k, ops, 0, ab, seed);
+    }
+}
+
+#[test]
+fn blocking_edges_match_reference() {
+    // Sizes straddling MC, KC and NC boundaries of the tuned blocking.
+    for (m, n, k) in [
+        (145, 17, 257),
+        (7, 513, 513),
+        (289, 65, 600),
+        (6, 4081, 3),
+        (150, 4100, 5),
+    ] {
+        for ops in [
+            (Op::N, Op::N),
+            (Op::N, Op::T),
+            (Op::T, Op::N),
+            (Op::T, Op::T),
+        ] {
+            check_all::<f32>(m, n, k, ops, 1, (1.0, 1.0), (m * n * k) as u64);
+        }
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    for (m, n, k) in [(300, 200, 150), (80, 700, 300), (513, 65, 257)] {
+        for ops in [(Op::N, Op::N), (Op::N, Op::T), (Op::T, Op::N)] {
+            let s = Setup::<f32>::new(m, n, k, ops, 0, 7);
+            for kern in available() {
+                let one = s.run(kern, 1, 1.0, 0.5);
+                for threads in [2, 3, 4] {
+                    let many = s.run(kern, threads, 1.0, 0.5);
+                    assert!(one
+                        .iter()
+                        .zip(&many)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn beta_zero_overwrites_nan_and_k_zero_scales() {
+    let a = [1.0f32, 2.0];
+    let b = [3.0f32, 4.0];
+    let mut c = [f32::NAN; 4];
+    let am = MatRef::new(&a, 2, 1, 1).unwrap();
+    let bm = MatRef::new(&b, 1, 2, 2).unwrap();
+    gemm(
+        1.0,
+        am,
+        Op::N,
+        bm,
+        Op::N,
+        0.0,
+        MatMut::dense(&mut c, 2, 2).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c, [3.0, 4.0, 6.0, 8.0]);
+    let empty: [f32; 0] = [];
+    let a0 = MatRef::new(&empty, 2, 0, 0).unwrap();
+    let b0 = MatRef::new(&empty, 0, 2, 2).unwrap();
+    gemm(
+        1.0,
+        a0,
+        Op::N,
+        b0,
+        Op::N,
+        0.5,
+        MatMut::dense(&mut c, 2, 2).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c, [1.5, 2.0, 3.0, 4.0]);
+}
+
+#[test]
+fn batched_matches_single_products_and_broadcasts() {
+    let (count, m, n, k) = (5, 9, 20, 13);
+    let s = Setup::<f32>::new(m * count, n, k, (Op::N, Op::N), 0, 3);
+    // A: `count` separate m × k matrices; B: one k × n matrix shared by all.
+    let mut c = vec![0.0f32; count * m * n];
+    let a = BatchRef::new(&s.a, count, m * k, m, k, k).unwrap();
+    let b = BatchRef::new(&s.b, 1, 0, k, n, n).unwrap();
+    let cm = BatchMut::new(&mut c, count, m * n, m, n, n).unwrap();
+    gemm_batched(1.0, a, Op::N, b, Op::N, 0.0, cm).unwrap();
+    // Stacking the A matrices makes the same product one (count·m) × n gemm.
+    let mut whole = vec![0.0f32; count * m * n];
+    let am = MatRef::dense(&s.a, count * m, k).unwrap();
+    let bm = MatRef::dense(&s.b, k, n).unwrap();
+    gemm(
+        1.0,
+        am,
+        Op::N,
+        bm,
+        Op::N,
+        0.0,
+        MatMut::dense(&mut whole, count * m, n).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c, whole);
+}
+
+#[test]
+fn shape_errors_name_the_shapes() {
+    let x = [0.0f32; 12];
+    let mut y = [0.0f32; 12];
+    let a = MatRef::dense(&x, 3, 4).unwrap();
+    let err = gemm(
+        1.0,
+        a,
+        Op::N,
+        a,
+        Op::N,
+        0.0,
+        MatMut::dense(&mut y, 3, 4).unwrap(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("op(A) is 3×4 (N), op(B) is 3×4 (N), C is 3×4"),
+        "{err}"
+    );
+    let err = MatRef::new(&x, 4, 4, 4).unwrap_err();
+    assert!(err.to_string().contains("too short"), "{err}");
+    assert!(
+        MatRef::new(&x, 2, 4, 3).is_err(),
+        "row stride below the column count"
+    );
+    assert!(
+        BatchMut::new(&mut y, 2, 2, 2, 2, 2).is_err(),
+        "overlapping outputs"
+    );
+    let b = BatchRef::new(&x, 3, 4, 1, 4, 4).unwrap();
+    let c = BatchMut::new(&mut y, 2, 6, 1, 1, 1).unwrap();
+    let err = gemm_batched(1.0, b, Op::N, b, Op::T, 0.0, c).unwrap_err();
+    assert!(
+        err.to_string().contains("A has 3 matrices but C has 2"),
+        "{err}"
+    );
+}
