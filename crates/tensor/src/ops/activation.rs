@@ -24,31 +24,32 @@ impl Activation {
     /// The activation of one value.
     #[inline]
     pub fn apply(self, x: f32) -> f32 {
-        match self {
-            Activation::Relu => x.max(0.0),
-            Activation::GeluNew => {
-                let t = (SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)).tanh();
-                0.5 * x * (1.0 + t)
-            }
-        }
+        self.value_and_derivative(x).0
     }
 
     /// The derivative at one value (ReLU's is 0 at 0, as in PyTorch).
     #[inline]
     pub fn derivative(self, x: f32) -> f32 {
+        self.value_and_derivative(x).1
+    }
+
+    /// Value and derivative together (one `tanh` for gelu_new).
+    #[inline]
+    pub fn value_and_derivative(self, x: f32) -> (f32, f32) {
         match self {
+            // NaN passes through, as in PyTorch, so divergence stays visible.
             Activation::Relu => {
-                if x > 0.0 {
-                    1.0
+                if x > 0.0 || x.is_nan() {
+                    (x, 1.0)
                 } else {
-                    0.0
+                    (0.0, 0.0)
                 }
             }
             Activation::GeluNew => {
-                let u = SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
-                let t = u.tanh();
+                let t = (SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)).tanh();
                 let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x);
-                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+                let value = 0.5 * x * (1.0 + t);
+                (value, 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
             }
         }
     }
@@ -116,8 +117,9 @@ impl Activation {
                 .zip(dh1.par_iter_mut())
                 .zip(h0.par_iter().zip(h1.par_iter()).zip(dout.par_iter()))
                 .for_each(|((d0, d1), ((&a, &b), &dy))| {
-                    *d0 = dy * b * self.derivative(a);
-                    *d1 = dy * self.apply(a);
+                    let (value, slope) = self.value_and_derivative(a);
+                    *d0 = dy * b * slope;
+                    *d1 = dy * value;
                 });
         });
         Ok(())
