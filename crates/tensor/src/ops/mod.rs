@@ -43,7 +43,7 @@ pub(crate) fn check_len(op: &'static str, buffer: &str, len: usize, expected: us
 
 /// Fails unless `len` is a whole number of rows of `cols` elements; returns the row count.
 pub(crate) fn rows_of(op: &'static str, buffer: &str, len: usize, cols: usize) -> Result<usize> {
-    if cols == 0 || len % cols != 0 {
+    if len.checked_rem(cols) != Some(0) {
         return Err(shape_err(
             op,
             format!("{buffer} has {len} elements, not a whole number of rows of {cols}"),
