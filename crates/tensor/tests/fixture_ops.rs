@@ -48,8 +48,9 @@ fn product<A: Element, B: Element>(a: &Stored<A>, op_a: Op, b: &Stored<B>, op_b:
 fn check(fx: &Fixture, name: &str, actual: &[f32], tol_key: &str) {
     let expected = fx.f32s(name).unwrap();
     let tol = fx.number(&format!("/tolerances/{tol_key}")).unwrap();
-    if let Err(m) = check_close(&format!("ops/{name}"), actual, &expected, tol) {
-        panic!("{m}");
+    match check_close(&format!("ops/{name}"), actual, &expected, tol) {
+        Ok(c) => eprintln!("ops/{name}: relative error {:.2e} (tolerance {tol:.0e})", c.rel_error),
+        Err(m) => panic!("{m}"),
     }
 }
 
