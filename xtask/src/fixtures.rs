@@ -94,3 +94,29 @@ fn check_python(python: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_python_names_what_to_install() {
+        let err = check_python("/nonexistent/python3")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cannot run `/nonexistent/python3`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("pip install -r fixtures/requirements.txt"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn generator_script_is_where_the_command_looks() {
+        assert!(repo_root().join("fixtures/generate.py").is_file());
+        assert!(repo_root().join("fixtures/requirements.txt").is_file());
+    }
+}

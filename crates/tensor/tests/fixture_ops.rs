@@ -4,6 +4,9 @@
 //!
 //! Tolerances come from the fixture's meta.json (see fixtures/README.md).
 
+// Test code: a failed unwrap is the test failure, and its message names the fixture.
+#![allow(clippy::unwrap_used)]
+
 use tessera_fixtures::{check_close, load, Fixture, RefTensor};
 use tessera_tensor::{
     bf16, bf16_to_f32, f16, f16_to_f32, f32_to_bf16, f32_to_f16, gemm, Element, MatMut, MatRef, Op,
@@ -48,8 +51,12 @@ fn product<A: Element, B: Element>(a: &Stored<A>, op_a: Op, b: &Stored<B>, op_b:
 fn check(fx: &Fixture, name: &str, actual: &[f32], tol_key: &str) {
     let expected = fx.f32s(name).unwrap();
     let tol = fx.number(&format!("/tolerances/{tol_key}")).unwrap();
-    if let Err(m) = check_close(&format!("ops/{name}"), actual, &expected, tol) {
-        panic!("{m}");
+    match check_close(&format!("ops/{name}"), actual, &expected, tol) {
+        Ok(c) => eprintln!(
+            "ops/{name}: relative error {:.2e} (tolerance {tol:.0e})",
+            c.rel_error
+        ),
+        Err(m) => panic!("{m}"),
     }
 }
 
