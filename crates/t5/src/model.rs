@@ -171,12 +171,17 @@ impl T5Model {
     }
 
     /// A randomly initialised model, as Hugging Face's `_init_weights` does
-    /// (normal with the per-weight standard deviations of T5, norms at 1),
-    /// deterministic in `seed`.
+    /// (normal with T5's per-weight standard deviations times the config's
+    /// `initializer_factor`, norms at 1), deterministic in `seed`.
     pub fn init(config: T5Config, seed: u64) -> Self {
         let mut model = Self::zeros(config);
         let c = model.config.clone();
         let (d, ff, inner) = (c.d_model as f32, c.d_ff as f32, c.inner_dim() as f32);
+        let factor = c
+            .extra
+            .get("initializer_factor")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(1.0) as f32;
         let ids: Vec<ParamId> = model.params.ids().collect();
         for (index, id) in ids.into_iter().enumerate() {
             let name = model.params.entry(id).name.clone();
@@ -192,7 +197,7 @@ impl T5Model {
                 "wo" => ff.powf(-0.5),
                 _ => unreachable!("every parameter name is covered: {name}"),
             };
-            fill_normal(model.params.get_mut(id), std, seed, index as u64);
+            fill_normal(model.params.get_mut(id), factor * std, seed, index as u64);
         }
         model
     }
@@ -476,5 +481,53 @@ fn fill_normal(values: &mut [f32], std: f32, seed: u64, stream: u64) {
         if let Some(second) = pair.get_mut(1) {
             *second = (r * theta.sin()) as f32 * std;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn std_of(v: &[f32]) -> f64 {
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+        (v.iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt()
+    }
+
+    #[test]
+    fn init_uses_t5_standard_deviations_and_is_seeded() {
+        let mut config = T5Config::preset("flan-t5-small").unwrap();
+        config.vocab_size = 1000;
+        config.num_layers = 1;
+        config.num_decoder_layers = Some(1);
+        let model = T5Model::init(config.clone(), 9);
+        let p = model.params();
+        let std = |name: &str| std_of(p.get(p.find(name).unwrap()));
+        let close =
+            |got: f64, want: f64| assert!((got / want - 1.0).abs() < 0.05, "{got} vs {want}");
+        close(std("shared.weight"), 1.0);
+        close(std("lm_head.weight"), 1.0);
+        close(
+            std("encoder.block.0.layer.0.SelfAttention.q.weight"),
+            (512.0f64 * 64.0).powf(-0.5),
+        );
+        close(
+            std("encoder.block.0.layer.0.SelfAttention.o.weight"),
+            384.0f64.powf(-0.5),
+        );
+        close(
+            std("decoder.block.0.layer.2.DenseReluDense.wo.weight"),
+            1024.0f64.powf(-0.5),
+        );
+        assert!(p
+            .get(p.find("encoder.final_layer_norm.weight").unwrap())
+            .iter()
+            .all(|&v| v == 1.0));
+        assert_eq!(T5Model::init(config.clone(), 9).params().flat(), p.flat());
+        assert_ne!(T5Model::init(config, 10).params().flat(), p.flat());
     }
 }

@@ -217,8 +217,6 @@ pub struct StackIds {
     pub relative_bias: ParamId,
     /// `final_layer_norm`.
     pub final_norm: ParamId,
-    /// Whether this is the decoder (causal, with cross-attention).
-    pub is_decoder: bool,
 }
 
 /// Ids of every parameter of a T5 model.
@@ -316,7 +314,6 @@ fn stack_layout(store: &mut ParamStore, c: &T5Config, stack: &str, layers: usize
         blocks,
         relative_bias: relative_bias.expect("config validation guarantees at least one layer"),
         final_norm,
-        is_decoder,
     }
 }
 

@@ -124,34 +124,49 @@ fn saving_over_a_folder_replaces_weights_and_keeps_other_files() {
 #[test]
 fn sixteen_bit_weights_and_embedding_copies_load() {
     let model = T5Model::load(&fixture_dir("t5-gated-untied")).expect("fixture");
-    let dir = scratch("bf16");
-    fs::write(dir.join("config.json"), model.config().to_json()).expect("config");
-    // Hand-written BF16 safetensors with the optional embed_tokens copies.
-    let mut list = tensors(&model);
-    let shared = list[0].clone();
-    list.push((
-        "encoder.embed_tokens.weight".into(),
-        shared.1.clone(),
-        shared.2.clone(),
-    ));
-    list.push(("decoder.embed_tokens.weight".into(), shared.1, shared.2));
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    for (name, shape, values) in &list {
-        let begin = data.len();
-        for v in values {
-            data.extend(half::bf16::from_f32(*v).to_bits().to_le_bytes());
+    type Narrow = fn(f32) -> (u16, f32);
+    let bf16: Narrow = |v| {
+        let h = half::bf16::from_f32(v);
+        (h.to_bits(), h.to_f32())
+    };
+    let f16: Narrow = |v| {
+        let h = half::f16::from_f32(v);
+        (h.to_bits(), h.to_f32())
+    };
+    for (dtype, narrow) in [("BF16", bf16), ("F16", f16)] {
+        let dir = scratch(dtype);
+        fs::write(dir.join("config.json"), model.config().to_json()).expect("config");
+        // Hand-written 16-bit safetensors with the optional embed_tokens copies.
+        let mut list = tensors(&model);
+        let shared = list[0].clone();
+        list.push((
+            "encoder.embed_tokens.weight".into(),
+            shared.1.clone(),
+            shared.2.clone(),
+        ));
+        list.push(("decoder.embed_tokens.weight".into(), shared.1, shared.2));
+        let mut header = serde_json::Map::new();
+        let mut data = Vec::new();
+        for (name, shape, values) in &list {
+            let begin = data.len();
+            for v in values {
+                data.extend(narrow(*v).0.to_le_bytes());
+            }
+            header.insert(
+                name.clone(),
+                serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [begin, data.len()]}),
+            );
         }
-        header.insert(name.clone(), serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [begin, data.len()]}));
-    }
-    let json = serde_json::to_vec(&header).expect("json");
-    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
-    bytes.extend(json);
-    bytes.extend(data);
-    fs::write(dir.join("model.safetensors"), bytes).expect("write");
-    let loaded = T5Model::load(&dir).expect("bf16 checkpoint loads");
-    for (a, b) in loaded.params().flat().iter().zip(model.params().flat()) {
-        assert_eq!(*a, half::bf16::from_f32(*b).to_f32());
+        let json = serde_json::to_vec(&header).expect("json");
+        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(json);
+        bytes.extend(data);
+        fs::write(dir.join("model.safetensors"), bytes).expect("write");
+        let loaded = T5Model::load(&dir).expect("16-bit checkpoint loads");
+        for (a, b) in loaded.params().flat().iter().zip(model.params().flat()) {
+            assert_eq!(*a, narrow(*b).1, "{dtype}");
+        }
+        fs::remove_dir_all(&dir).expect("cleanup");
     }
 }
 
