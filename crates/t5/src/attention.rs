@@ -301,31 +301,13 @@ pub fn attention_backward(
 ) -> Result<AttentionGrads> {
     let s = shape;
     let (n, plane) = (s.count(), s.q_len * s.k_len);
-    let kv = s.k_len * s.d_head;
+    let (probs_shape, q_shape, kv_shape) =
+        ((s.q_len, s.k_len), (s.q_len, s.d_head), (s.k_len, s.d_head));
     let mut dropped = cache.probs.clone();
     dropout_inplace(&mut dropped, dropout.p, dropout.key)?;
-    // dV = Pᵀ · dctx
-    let mut dv = vec![0.0; n * kv];
-    gemm_batched(
-        1.0,
-        dense_batch(&dropped, n, plane, s.q_len, s.k_len)?,
-        Op::T,
-        dense_batch(dctx, n, s.q_len * s.d_head, s.q_len, s.d_head)?,
-        Op::N,
-        0.0,
-        BatchMut::new(&mut dv, n, kv, s.k_len, s.d_head, s.d_head)?,
-    )?;
-    // dP = dctx · Vᵀ, then back through dropout and softmax.
-    let mut dscores = dropped;
-    gemm_batched(
-        1.0,
-        dense_batch(dctx, n, s.q_len * s.d_head, s.q_len, s.d_head)?,
-        Op::N,
-        dense_batch(v, n, kv, s.k_len, s.d_head)?,
-        Op::T,
-        0.0,
-        BatchMut::new(&mut dscores, n, plane, s.q_len, s.k_len, s.k_len)?,
-    )?;
+    // dV = Pᵀ · dctx; dP = dctx · Vᵀ, then back through dropout and softmax.
+    let dv = batched_product(n, (&dropped, probs_shape), Op::T, (dctx, q_shape), Op::N)?;
+    let mut dscores = batched_product(n, (dctx, q_shape), Op::N, (v, kv_shape), Op::T)?;
     dropout_inplace(&mut dscores, dropout.p, dropout.key)?;
     softmax::softmax_backward_inplace(&mut dscores, &cache.probs, s.k_len)?;
     if let Some(dbias) = dbias {
@@ -337,38 +319,35 @@ pub fn attention_backward(
         }
     }
     // dQ = dS · K, dK = dSᵀ · Q
-    let mut dq = vec![0.0; s.q_len_elems()];
-    gemm_batched(
-        1.0,
-        dense_batch(&dscores, n, plane, s.q_len, s.k_len)?,
-        Op::N,
-        dense_batch(k, n, kv, s.k_len, s.d_head)?,
-        Op::N,
-        0.0,
-        BatchMut::new(&mut dq, n, s.q_len * s.d_head, s.q_len, s.d_head, s.d_head)?,
-    )?;
-    let mut dk = vec![0.0; n * kv];
-    gemm_batched(
-        1.0,
-        dense_batch(&dscores, n, plane, s.q_len, s.k_len)?,
-        Op::T,
-        dense_batch(q, n, s.q_len * s.d_head, s.q_len, s.d_head)?,
-        Op::N,
-        0.0,
-        BatchMut::new(&mut dk, n, kv, s.k_len, s.d_head, s.d_head)?,
-    )?;
+    let dq = batched_product(n, (&dscores, probs_shape), Op::N, (k, kv_shape), Op::N)?;
+    let dk = batched_product(n, (&dscores, probs_shape), Op::T, (q, q_shape), Op::N)?;
     Ok(AttentionGrads { dq, dk, dv })
 }
 
-/// `count` dense `rows × cols` matrices, `stride` apart.
-fn dense_batch(
-    data: &[f32],
+/// `count` densely stored matrices of `(rows, cols)`, back to back.
+type DenseBatch<'a> = (&'a [f32], (usize, usize));
+
+/// The `count` products `op_a(A_i) · op_b(B_i)`, as a new dense buffer.
+fn batched_product(
     count: usize,
-    stride: usize,
-    rows: usize,
-    cols: usize,
-) -> Result<BatchRef<'_, f32>> {
-    BatchRef::new(data, count, stride, rows, cols, cols)
+    (a, (ar, ac)): DenseBatch<'_>,
+    op_a: Op,
+    (b, (br, bc)): DenseBatch<'_>,
+    op_b: Op,
+) -> Result<Vec<f32>> {
+    let m = if op_a == Op::N { ar } else { ac };
+    let n = if op_b == Op::N { bc } else { br };
+    let mut c = vec![0.0; count * m * n];
+    gemm_batched(
+        1.0,
+        BatchRef::new(a, count, ar * ac, ar, ac, ac)?,
+        op_a,
+        BatchRef::new(b, count, br * bc, br, bc, bc)?,
+        op_b,
+        0.0,
+        BatchMut::new(&mut c, count, m * n, m, n, n)?,
+    )?;
+    Ok(c)
 }
 
 /// `[batch, len, heads * d_head]` → `[batch, heads, len, d_head]`.
