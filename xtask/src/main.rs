@@ -4,6 +4,7 @@
 //! command line and turns errors into one readable line and a non-zero exit.
 
 mod bench;
+mod fixtures;
 mod output;
 
 use clap::{Parser, Subcommand};
@@ -22,12 +23,15 @@ enum Command {
     /// Measure the kernels and the training step.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Regenerate the PyTorch reference fixtures (needs python3 + torch).
+    Fixtures(fixtures::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Fixtures(args) => fixtures::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

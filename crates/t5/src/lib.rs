@@ -1,8 +1,31 @@
 //! T5 and Flan-T5 on tessera's tensor engine.
 //!
-//! [`T5Config`] reads and writes Hugging Face `config.json` files and knows
-//! the shapes of the published Flan-T5 sizes.
+//! - [`T5Config`] reads and writes Hugging Face `config.json` files and knows
+//!   the shapes of the published Flan-T5 sizes.
+//! - [`T5Model`] loads and saves Hugging Face checkpoint folders
+//!   ([`T5Model::load`], [`T5Model::save`]), runs the forward pass exactly as
+//!   `transformers` does ([`T5Model::forward`]), differentiates it by hand
+//!   ([`T5Model::forward_backward`], optionally recomputing each block), and
+//!   decodes greedily with a KV cache ([`T5Model::generate`]).
+//! - Weights and gradients live in a [`ParamStore`]: one flat f32 buffer with
+//!   a table of Hugging Face names, which optimizers walk as
+//!   `(name, param, grad)` slices.
 
+pub mod attention;
+mod checkpoint;
 mod config;
+mod generate;
+pub mod layers;
+mod model;
+mod params;
+pub mod safetensors;
+mod stack;
 
+pub use checkpoint::{CheckpointError, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, WEIGHTS_FILE};
 pub use config::{ConfigError, FeedForward, T5Config};
+pub use model::{Batch, ForwardOutput, ModelError, T5Model, TrainOptions};
+pub use params::{
+    AttentionIds, FeedForwardIds, ModelIds, ParamEntry, ParamId, ParamStore, StackIds, SublayerIds,
+    SublayerKind,
+};
+pub use tessera_tensor::ops::crossentropy::CrossEntropy;

@@ -12,6 +12,7 @@ mod convert;
 mod dtype;
 mod error;
 pub mod gemm;
+pub mod ops;
 mod tensor;
 mod threads;
 

@@ -1,0 +1,411 @@
+//! T5 attention: relative position buckets and bias, the head layout, and
+//! the attention core `ctx = softmax(Q·Kᵀ + bias + mask) · V`.
+//!
+//! T5's attention has no `1/sqrt(d_kv)` scale (it is folded into the
+//! initialisation), adds a per-head relative-position bias that one block of
+//! the stack owns and every layer reuses, masks padded keys and, in the
+//! decoder, future keys. [`attention_forward`] and [`attention_backward`]
+//! are the one place the core is computed, so a fused kernel can replace
+//! them without touching the layers.
+//!
+//! Layout: Q, K, V and the context are `[batch, heads, len, d_kv]`; the
+//! probabilities `[batch, heads, q_len, k_len]`; the bias `[heads, q_len, k_len]`.
+
+use tessera_tensor::ops::{dropout::dropout_inplace, softmax};
+use tessera_tensor::{gemm_batched, BatchMut, BatchRef, Op, Result};
+
+/// Hugging Face's `_relative_position_bucket` for `relative = key - query`.
+///
+/// Bidirectional (encoder): half the buckets for keys after the query.
+/// Unidirectional (decoder): only keys at or before the query get distinct
+/// buckets. Distances below `max_exact` get their own bucket, larger ones
+/// share log-spaced buckets up to `max_distance`. The log is computed in f32
+/// as PyTorch does, so boundary cases land in the same bucket.
+pub fn relative_position_bucket(
+    relative: i64,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> usize {
+    let mut buckets = num_buckets as i64;
+    let mut bucket = 0i64;
+    let distance = if bidirectional {
+        buckets /= 2;
+        if relative > 0 {
+            bucket += buckets;
+        }
+        relative.abs()
+    } else {
+        (-relative).max(0)
+    };
+    let max_exact = buckets / 2;
+    if distance < max_exact {
+        return (bucket + distance) as usize;
+    }
+    let ratio = (distance as f32 / max_exact as f32).ln();
+    let scale = ((max_distance as f64) / (max_exact as f64)).ln() as f32;
+    let large = max_exact + (ratio / scale * (buckets - max_exact) as f32) as i64;
+    (bucket + large.min(buckets - 1)) as usize
+}
+
+/// The bucket of every (query, key) pair: `[q_len, k_len]`, queries at
+/// absolute positions `q_offset..q_offset + q_len`.
+pub fn bucket_table(
+    q_len: usize,
+    k_len: usize,
+    q_offset: usize,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> Vec<usize> {
+    let mut out = Vec::with_capacity(q_len * k_len);
+    for i in 0..q_len {
+        for j in 0..k_len {
+            let relative = j as i64 - (i + q_offset) as i64;
+            out.push(relative_position_bucket(
+                relative,
+                bidirectional,
+                num_buckets,
+                max_distance,
+            ));
+        }
+    }
+    out
+}
+
+/// Gathers the bias `[heads, q_len, k_len]` from the table `[num_buckets, heads]`.
+pub fn position_bias_forward(table: &[f32], buckets: &[usize], heads: usize) -> Vec<f32> {
+    let pairs = buckets.len();
+    let mut bias = vec![0.0; heads * pairs];
+    for (h, plane) in bias.chunks_mut(pairs).enumerate() {
+        for (b, &bucket) in plane.iter_mut().zip(buckets) {
+            *b = table[bucket * heads + h];
+        }
+    }
+    bias
+}
+
+/// Scatter-adds the bias gradient `[heads, q_len, k_len]` into the table gradient.
+pub fn position_bias_backward(dtable: &mut [f32], dbias: &[f32], buckets: &[usize], heads: usize) {
+    let pairs = buckets.len();
+    for (h, plane) in dbias.chunks(pairs).enumerate() {
+        for (g, &bucket) in plane.iter().zip(buckets) {
+            dtable[bucket * heads + h] += g;
+        }
+    }
+}
+
+/// Sizes of one attention call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    /// Sequences.
+    pub batch: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Query positions.
+    pub q_len: usize,
+    /// Key positions attended to.
+    pub k_len: usize,
+    /// Width of one head.
+    pub d_head: usize,
+    /// Elements between consecutive (batch, head) K/V matrices: `k_len * d_head`
+    /// for dense K/V, more for a KV cache with room to grow.
+    pub kv_stride: usize,
+}
+
+impl AttentionShape {
+    /// Dense K/V of `k_len` positions.
+    pub fn dense(batch: usize, heads: usize, q_len: usize, k_len: usize, d_head: usize) -> Self {
+        AttentionShape {
+            batch,
+            heads,
+            q_len,
+            k_len,
+            d_head,
+            kv_stride: k_len * d_head,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.batch * self.heads
+    }
+
+    /// Elements of the probabilities `[batch, heads, q_len, k_len]`.
+    pub fn probs_len(&self) -> usize {
+        self.count() * self.q_len * self.k_len
+    }
+
+    /// Elements of Q or the context `[batch, heads, q_len, d_head]`.
+    pub fn q_len_elems(&self) -> usize {
+        self.count() * self.q_len * self.d_head
+    }
+}
+
+/// Which keys each query may see.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyMask<'a> {
+    /// Per `[batch, k_len]`: 1 for a real token, 0 for padding (`None`: all real).
+    pub valid: Option<&'a [u8]>,
+    /// Mask keys after the query (decoder self-attention).
+    pub causal: bool,
+}
+
+/// Attention-probability dropout: probability and key (0 probability = off).
+#[derive(Debug, Clone, Copy)]
+pub struct ProbDropout {
+    /// Drop probability.
+    pub p: f32,
+    /// Mask key (see `tessera_tensor::ops::dropout`).
+    pub key: u64,
+}
+
+/// What the forward keeps for the backward.
+#[derive(Debug, Clone)]
+pub struct AttentionCache {
+    /// Softmax probabilities before dropout, `[batch, heads, q_len, k_len]`.
+    pub probs: Vec<f32>,
+}
+
+fn qk_scores(shape: &AttentionShape, q: &[f32], k: &[f32], scores: &mut [f32]) -> Result<()> {
+    let s = shape;
+    let qd = s.q_len * s.d_head;
+    gemm_batched(
+        1.0,
+        BatchRef::new(q, s.count(), qd, s.q_len, s.d_head, s.d_head)?,
+        Op::N,
+        BatchRef::new(k, s.count(), s.kv_stride, s.k_len, s.d_head, s.d_head)?,
+        Op::T,
+        0.0,
+        BatchMut::new(
+            scores,
+            s.count(),
+            s.q_len * s.k_len,
+            s.q_len,
+            s.k_len,
+            s.k_len,
+        )?,
+    )
+}
+
+/// Adds the bias and writes `-inf` into masked positions, per (batch, head).
+fn add_bias_and_mask(
+    shape: &AttentionShape,
+    scores: &mut [f32],
+    bias: Option<&[f32]>,
+    mask: KeyMask<'_>,
+) {
+    let plane = shape.q_len * shape.k_len;
+    for (bh, s) in scores.chunks_mut(plane).enumerate() {
+        let (b, h) = (bh / shape.heads, bh % shape.heads);
+        if let Some(bias) = bias {
+            for (x, y) in s.iter_mut().zip(&bias[h * plane..(h + 1) * plane]) {
+                *x += y;
+            }
+        }
+        let valid = mask
+            .valid
+            .map(|v| &v[b * shape.k_len..(b + 1) * shape.k_len]);
+        for (i, row) in s.chunks_mut(shape.k_len).enumerate() {
+            for (j, x) in row.iter_mut().enumerate() {
+                let padded = valid.is_some_and(|v| v[j] == 0);
+                if padded || (mask.causal && j > i) {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+}
+
+/// Queries, keys and values of one attention call, in the head layout.
+#[derive(Debug, Clone, Copy)]
+pub struct Qkv<'a> {
+    /// `[batch, heads, q_len, d_head]`.
+    pub q: &'a [f32],
+    /// `[batch, heads, k_len, d_head]`, matrices `kv_stride` apart.
+    pub k: &'a [f32],
+    /// Same layout as `k`.
+    pub v: &'a [f32],
+}
+
+/// `ctx = dropout(softmax(Q·Kᵀ + bias + mask)) · V`. Writes the context
+/// (`[batch, heads, q_len, d_head]`) and returns the probabilities for the backward.
+pub fn attention_forward(
+    shape: &AttentionShape,
+    Qkv { q, k, v }: Qkv<'_>,
+    bias: Option<&[f32]>,
+    mask: KeyMask<'_>,
+    dropout: ProbDropout,
+    ctx: &mut [f32],
+) -> Result<AttentionCache> {
+    let mut probs = vec![0.0; shape.probs_len()];
+    qk_scores(shape, q, k, &mut probs)?;
+    add_bias_and_mask(shape, &mut probs, bias, mask);
+    softmax::softmax_forward_inplace(&mut probs, shape.k_len)?;
+    if dropout.p > 0.0 {
+        let mut dropped = probs.clone();
+        dropout_inplace(&mut dropped, dropout.p, dropout.key)?;
+        probs_times_v(shape, &dropped, v, ctx)?;
+    } else {
+        probs_times_v(shape, &probs, v, ctx)?;
+    }
+    Ok(AttentionCache { probs })
+}
+
+fn probs_times_v(shape: &AttentionShape, probs: &[f32], v: &[f32], ctx: &mut [f32]) -> Result<()> {
+    let s = shape;
+    gemm_batched(
+        1.0,
+        BatchRef::new(
+            probs,
+            s.count(),
+            s.q_len * s.k_len,
+            s.q_len,
+            s.k_len,
+            s.k_len,
+        )?,
+        Op::N,
+        BatchRef::new(v, s.count(), s.kv_stride, s.k_len, s.d_head, s.d_head)?,
+        Op::N,
+        0.0,
+        BatchMut::new(
+            ctx,
+            s.count(),
+            s.q_len * s.d_head,
+            s.q_len,
+            s.d_head,
+            s.d_head,
+        )?,
+    )
+}
+
+/// Gradients of one attention call (dense K/V layout).
+#[derive(Debug, Clone)]
+pub struct AttentionGrads {
+    /// `[batch, heads, q_len, d_head]`.
+    pub dq: Vec<f32>,
+    /// `[batch, heads, k_len, d_head]`.
+    pub dk: Vec<f32>,
+    /// `[batch, heads, k_len, d_head]`.
+    pub dv: Vec<f32>,
+}
+
+/// Backward of [`attention_forward`] for dense K/V; adds the bias gradient
+/// (summed over the batch) into `dbias` when given.
+pub fn attention_backward(
+    shape: &AttentionShape,
+    Qkv { q, k, v }: Qkv<'_>,
+    cache: &AttentionCache,
+    dropout: ProbDropout,
+    dctx: &[f32],
+    dbias: Option<&mut [f32]>,
+) -> Result<AttentionGrads> {
+    let s = shape;
+    let (n, plane) = (s.count(), s.q_len * s.k_len);
+    let (probs_shape, q_shape, kv_shape) =
+        ((s.q_len, s.k_len), (s.q_len, s.d_head), (s.k_len, s.d_head));
+    let mut dropped = cache.probs.clone();
+    dropout_inplace(&mut dropped, dropout.p, dropout.key)?;
+    // dV = Pᵀ · dctx; dP = dctx · Vᵀ, then back through dropout and softmax.
+    let dv = batched_product(n, (&dropped, probs_shape), Op::T, (dctx, q_shape), Op::N)?;
+    let mut dscores = batched_product(n, (dctx, q_shape), Op::N, (v, kv_shape), Op::T)?;
+    dropout_inplace(&mut dscores, dropout.p, dropout.key)?;
+    softmax::softmax_backward_inplace(&mut dscores, &cache.probs, s.k_len)?;
+    if let Some(dbias) = dbias {
+        for (bh, g) in dscores.chunks(plane).enumerate() {
+            let h = bh % s.heads;
+            for (a, b) in dbias[h * plane..(h + 1) * plane].iter_mut().zip(g) {
+                *a += b;
+            }
+        }
+    }
+    // dQ = dS · K, dK = dSᵀ · Q
+    let dq = batched_product(n, (&dscores, probs_shape), Op::N, (k, kv_shape), Op::N)?;
+    let dk = batched_product(n, (&dscores, probs_shape), Op::T, (q, q_shape), Op::N)?;
+    Ok(AttentionGrads { dq, dk, dv })
+}
+
+/// `count` densely stored matrices of `(rows, cols)`, back to back.
+type DenseBatch<'a> = (&'a [f32], (usize, usize));
+
+/// The `count` products `op_a(A_i) · op_b(B_i)`, as a new dense buffer.
+fn batched_product(
+    count: usize,
+    (a, (ar, ac)): DenseBatch<'_>,
+    op_a: Op,
+    (b, (br, bc)): DenseBatch<'_>,
+    op_b: Op,
+) -> Result<Vec<f32>> {
+    let m = if op_a == Op::N { ar } else { ac };
+    let n = if op_b == Op::N { bc } else { br };
+    let mut c = vec![0.0; count * m * n];
+    gemm_batched(
+        1.0,
+        BatchRef::new(a, count, ar * ac, ar, ac, ac)?,
+        op_a,
+        BatchRef::new(b, count, br * bc, br, bc, bc)?,
+        op_b,
+        0.0,
+        BatchMut::new(&mut c, count, m * n, m, n, n)?,
+    )?;
+    Ok(c)
+}
+
+/// `[batch, len, heads * d_head]` → `[batch, heads, len, d_head]`.
+pub fn split_heads(x: &[f32], batch: usize, len: usize, heads: usize, d_head: usize) -> Vec<f32> {
+    permute_heads(x, [batch, len, heads, d_head], true)
+}
+
+/// `[batch, heads, len, d_head]` → `[batch, len, heads * d_head]`.
+pub fn merge_heads(x: &[f32], batch: usize, len: usize, heads: usize, d_head: usize) -> Vec<f32> {
+    permute_heads(x, [batch, len, heads, d_head], false)
+}
+
+/// Moves each `d_head` run between the interleaved layout
+/// `[batch, len, heads, d_head]` and the head layout `[batch, heads, len, d_head]`.
+fn permute_heads(x: &[f32], [batch, len, heads, d_head]: [usize; 4], to_heads: bool) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for b in 0..batch {
+        for t in 0..len {
+            for h in 0..heads {
+                let interleaved = ((b * len + t) * heads + h) * d_head;
+                let split = ((b * heads + h) * len + t) * d_head;
+                let (src, dst) = if to_heads {
+                    (interleaved, split)
+                } else {
+                    (split, interleaved)
+                };
+                out[dst..dst + d_head].copy_from_slice(&x[src..src + d_head]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_match_hugging_face_examples() {
+        // Values of transformers' _relative_position_bucket(32 buckets, 128).
+        let bi = |r| relative_position_bucket(r, true, 32, 128);
+        assert_eq!(
+            [bi(0), bi(1), bi(-1), bi(7), bi(-8), bi(8)],
+            [0, 17, 1, 23, 8, 24]
+        );
+        assert_eq!([bi(-200), bi(200)], [15, 31]);
+        let uni = |r| relative_position_bucket(r, false, 32, 128);
+        assert_eq!(
+            [uni(3), uni(0), uni(-5), uni(-15), uni(-16), uni(-1000)],
+            [0, 0, 5, 15, 16, 31]
+        );
+    }
+
+    #[test]
+    fn heads_round_trip() {
+        let x: Vec<f32> = (0..2 * 3 * 4 * 5).map(|v| v as f32).collect();
+        let s = split_heads(&x, 2, 3, 4, 5);
+        assert_eq!(s[5..10], x[20..25]);
+        assert_eq!(merge_heads(&s, 2, 3, 4, 5), x);
+    }
+}

@@ -1,0 +1,515 @@
+//! The sublayers of a T5 block, each a forward that keeps what its backward
+//! needs and a backward beside it that returns the input gradient and adds
+//! into the parameter gradients.
+//!
+//! Every sublayer is pre-norm and residual: `x += dropout(f(rms_norm(x)))`,
+//! with `f` self-attention, cross-attention onto the encoder output, or the
+//! feed-forward block. Linear weights are Hugging Face's `[out, in]`, so a
+//! forward is `Y = X·Wᵀ`, and its backward `dX = dY·W`, `dW += dYᵀ·X`.
+
+use crate::attention::{self, AttentionCache, AttentionShape, KeyMask, ProbDropout, Qkv};
+use crate::config::{FeedForward, T5Config};
+use crate::params::{AttentionIds, FeedForwardIds, ParamStore, SublayerIds, SublayerKind};
+use tessera_tensor::ops::activation::Activation;
+use tessera_tensor::ops::dropout::{dropout_inplace, dropout_key};
+use tessera_tensor::ops::{norm, residual};
+use tessera_tensor::{gemm, MatMut, MatRef, Op, Result};
+
+/// `Y = X·Wᵀ` for `X: [rows, in]`, `W: [out, in]`.
+pub fn linear(x: &[f32], w: &[f32], rows: usize, out_dim: usize) -> Result<Vec<f32>> {
+    let in_dim = w.len() / out_dim;
+    let mut y = vec![0.0; rows * out_dim];
+    gemm(
+        1.0,
+        MatRef::dense(x, rows, in_dim)?,
+        Op::N,
+        MatRef::dense(w, out_dim, in_dim)?,
+        Op::T,
+        0.0,
+        MatMut::dense(&mut y, rows, out_dim)?,
+    )?;
+    Ok(y)
+}
+
+/// Backward of [`linear`] (`rows` rows, `W: [out_dim, in]`):
+/// `dW += dYᵀ·X` and `dX = dY·W + dx_beta·dX`.
+pub fn linear_backward(
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    (rows, out_dim): (usize, usize),
+    dw: &mut [f32],
+    dx: &mut [f32],
+    dx_beta: f32,
+) -> Result<()> {
+    let in_dim = w.len() / out_dim;
+    gemm(
+        1.0,
+        MatRef::dense(dy, rows, out_dim)?,
+        Op::T,
+        MatRef::dense(x, rows, in_dim)?,
+        Op::N,
+        1.0,
+        MatMut::dense(dw, out_dim, in_dim)?,
+    )?;
+    gemm(
+        1.0,
+        MatRef::dense(dy, rows, out_dim)?,
+        Op::N,
+        MatRef::dense(w, out_dim, in_dim)?,
+        Op::N,
+        dx_beta,
+        MatMut::dense(dx, rows, in_dim)?,
+    )
+}
+
+/// Dropout of one pass: probability (0 in eval) and the seed its masks derive from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropoutPlan {
+    /// Drop probability.
+    pub p: f32,
+    /// Seed of this pass (the trainer varies it per step).
+    pub seed: u64,
+}
+
+impl DropoutPlan {
+    /// No dropout (evaluation).
+    pub const OFF: DropoutPlan = DropoutPlan { p: 0.0, seed: 0 };
+
+    /// The mask key of one dropout site.
+    pub fn key(&self, site: Site, what: u64) -> u64 {
+        dropout_key(self.seed, &[site.stack, site.block, site.sublayer, what])
+    }
+
+    /// Applies this plan's mask for `(site, what)` to `x` (forward and backward alike).
+    pub fn apply(&self, x: &mut [f32], site: Site, what: u64) -> Result<()> {
+        dropout_inplace(x, self.p, self.key(site, what))
+    }
+}
+
+/// Where a dropout happens: stack (0 encoder, 1 decoder), block, sublayer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Site {
+    /// 0 for the encoder, 1 for the decoder.
+    pub stack: u64,
+    /// Block index (`u64::MAX` for the stack's embedding and final dropouts).
+    pub block: u64,
+    /// Sublayer index within the block.
+    pub sublayer: u64,
+}
+
+/// Dropout on a sublayer's output, before the residual add.
+const DROP_OUTPUT: u64 = 0;
+/// Dropout inside a sublayer: attention probabilities, or the FF hidden layer.
+const DROP_INNER: u64 = 1;
+
+/// The encoder output as the decoder's cross-attention sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct EncoderView<'a> {
+    /// `[batch, len, d_model]`, after the final norm (and dropout).
+    pub hidden: &'a [f32],
+    /// Source length.
+    pub len: usize,
+    /// `[batch, len]`: 1 for real tokens, 0 for padding.
+    pub valid: &'a [u8],
+}
+
+/// Everything a sublayer reads besides its own parameters and input.
+#[derive(Debug, Clone, Copy)]
+pub struct StackContext<'a> {
+    /// Model configuration.
+    pub config: &'a T5Config,
+    /// Weights.
+    pub params: &'a ParamStore,
+    /// Sequences in the batch.
+    pub batch: usize,
+    /// Positions per sequence in this stack.
+    pub len: usize,
+    /// Self-attention mask (padding in the encoder, causal in the decoder).
+    pub self_mask: KeyMask<'a>,
+    /// Relative position bias `[heads, len, len]`, shared by every block.
+    pub bias: &'a [f32],
+    /// The encoder output (decoder only).
+    pub encoder: Option<EncoderView<'a>>,
+    /// Dropout of this pass.
+    pub dropout: DropoutPlan,
+}
+
+impl StackContext<'_> {
+    fn rows(&self) -> usize {
+        self.batch * self.len
+    }
+}
+
+/// Where a backward pass adds its gradients.
+#[derive(Debug)]
+pub struct GradSinks<'a> {
+    /// Parameter gradients.
+    pub grads: &'a mut ParamStore,
+    /// Gradient of the stack's position bias `[heads, len, len]`.
+    pub dbias: &'a mut [f32],
+    /// Gradient of the encoder output (decoder only).
+    pub dencoder: Option<&'a mut [f32]>,
+}
+
+/// RMS norm input, statistics and output.
+#[derive(Debug, Clone)]
+pub struct NormCache {
+    x: Vec<f32>,
+    rstd: Vec<f32>,
+    /// The normalised rows.
+    pub n: Vec<f32>,
+}
+
+/// `rms_norm(x)` with what its backward needs.
+pub fn norm_forward(x: &[f32], weight: &[f32], eps: f32) -> Result<NormCache> {
+    let mut n = vec![0.0; x.len()];
+    let mut rstd = vec![0.0; x.len() / weight.len()];
+    norm::rms_norm_forward(&mut n, &mut rstd, x, weight, eps)?;
+    Ok(NormCache {
+        x: x.to_vec(),
+        rstd,
+        n,
+    })
+}
+
+/// Adds the norm's input gradient into `dx` and its weight gradient into `dweight`.
+pub fn norm_backward(
+    cache: &NormCache,
+    weight: &[f32],
+    dweight: &mut [f32],
+    dn: &[f32],
+    dx: &mut [f32],
+) -> Result<()> {
+    let mut dxn = vec![0.0; dn.len()];
+    norm::rms_norm_backward(&mut dxn, dweight, dn, &cache.x, weight, &cache.rstd)?;
+    residual::add_inplace(dx, &dxn)
+}
+
+/// What an attention sublayer keeps for its backward.
+#[derive(Debug, Clone)]
+pub struct AttentionSublayerCache {
+    norm: NormCache,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    core: AttentionCache,
+    ctx: Vec<f32>,
+}
+
+/// What a feed-forward sublayer keeps for its backward.
+#[derive(Debug, Clone)]
+pub struct FeedForwardCache {
+    norm: NormCache,
+    h0: Vec<f32>,
+    h1: Option<Vec<f32>>,
+    g: Vec<f32>,
+}
+
+/// What any sublayer keeps for its backward.
+#[derive(Debug, Clone)]
+pub enum SublayerCache {
+    /// Self- or cross-attention.
+    Attention(AttentionSublayerCache),
+    /// Feed-forward.
+    FeedForward(FeedForwardCache),
+}
+
+/// `x += dropout(f(rms_norm(x)))`; returns what the backward needs.
+pub fn sublayer_forward(
+    cx: &StackContext<'_>,
+    site: Site,
+    ids: &SublayerIds,
+    x: &mut [f32],
+) -> Result<SublayerCache> {
+    let eps = cx.config.layer_norm_epsilon as f32;
+    let norm = norm_forward(x, cx.params.get(ids.norm), eps)?;
+    let (mut y, cache) = match ids.kind {
+        SublayerKind::SelfAttention(a) => attention_sublayer_forward(cx, site, &a, norm, false)?,
+        SublayerKind::CrossAttention(a) => attention_sublayer_forward(cx, site, &a, norm, true)?,
+        SublayerKind::FeedForward(f) => feed_forward_forward(cx, site, &f, norm)?,
+    };
+    cx.dropout.apply(&mut y, site, DROP_OUTPUT)?;
+    residual::add_inplace(x, &y)?;
+    Ok(cache)
+}
+
+/// Backward of [`sublayer_forward`]: `dx` holds the gradient of the
+/// sublayer's output and is turned into that of its input.
+pub fn sublayer_backward(
+    cx: &StackContext<'_>,
+    site: Site,
+    ids: &SublayerIds,
+    cache: &SublayerCache,
+    dx: &mut [f32],
+    sinks: &mut GradSinks<'_>,
+) -> Result<()> {
+    let mut dy = dx.to_vec();
+    cx.dropout.apply(&mut dy, site, DROP_OUTPUT)?;
+    let (dn, norm) = match (ids.kind, cache) {
+        (SublayerKind::SelfAttention(a), SublayerCache::Attention(c)) => (
+            attention_sublayer_backward(cx, site, &a, c, &dy, sinks, false)?,
+            &c.norm,
+        ),
+        (SublayerKind::CrossAttention(a), SublayerCache::Attention(c)) => (
+            attention_sublayer_backward(cx, site, &a, c, &dy, sinks, true)?,
+            &c.norm,
+        ),
+        (SublayerKind::FeedForward(f), SublayerCache::FeedForward(c)) => {
+            (feed_forward_backward(cx, site, &f, c, &dy, sinks)?, &c.norm)
+        }
+        _ => unreachable!("caches are built by the matching forward"),
+    };
+    let w = cx.params.get(ids.norm);
+    norm_backward(norm, w, sinks.grads.get_mut(ids.norm), &dn, dx)
+}
+
+/// Keys, values, mask and bias an attention sublayer attends with.
+struct KeySide<'a> {
+    source: &'a [f32],
+    len: usize,
+    mask: KeyMask<'a>,
+    bias: Option<&'a [f32]>,
+}
+
+fn key_side<'a>(cx: &StackContext<'a>, normed: &'a [f32], cross: bool) -> KeySide<'a> {
+    match (cross, cx.encoder) {
+        (true, Some(e)) => KeySide {
+            source: e.hidden,
+            len: e.len,
+            mask: KeyMask {
+                valid: Some(e.valid),
+                causal: false,
+            },
+            bias: None,
+        },
+        (true, None) => unreachable!("cross-attention only runs in the decoder"),
+        (false, _) => KeySide {
+            source: normed,
+            len: cx.len,
+            mask: cx.self_mask,
+            bias: Some(cx.bias),
+        },
+    }
+}
+
+fn attention_sublayer_forward(
+    cx: &StackContext<'_>,
+    site: Site,
+    a: &AttentionIds,
+    norm: NormCache,
+    cross: bool,
+) -> Result<(Vec<f32>, SublayerCache)> {
+    let c = cx.config;
+    let (b, h, dk, inner) = (cx.batch, c.num_heads, c.d_kv, c.inner_dim());
+    let p = |id| cx.params.get(id);
+    let keys = key_side(cx, &norm.n, cross);
+    let heads = |x: &[f32], w, len| -> Result<Vec<f32>> {
+        Ok(attention::split_heads(
+            &linear(x, w, b * len, inner)?,
+            b,
+            len,
+            h,
+            dk,
+        ))
+    };
+    let q = heads(&norm.n, p(a.q), cx.len)?;
+    let k = heads(keys.source, p(a.k), keys.len)?;
+    let v = heads(keys.source, p(a.v), keys.len)?;
+    let shape = AttentionShape::dense(b, h, cx.len, keys.len, dk);
+    let drop = ProbDropout {
+        p: cx.dropout.p,
+        key: cx.dropout.key(site, DROP_INNER),
+    };
+    let mut ctx_h = vec![0.0; shape.q_len_elems()];
+    let core = attention::attention_forward(
+        &shape,
+        Qkv {
+            q: &q,
+            k: &k,
+            v: &v,
+        },
+        keys.bias,
+        keys.mask,
+        drop,
+        &mut ctx_h,
+    )?;
+    let ctx = attention::merge_heads(&ctx_h, b, cx.len, h, dk);
+    let y = linear(&ctx, p(a.o), cx.rows(), c.d_model)?;
+    let cache = AttentionSublayerCache {
+        norm,
+        q,
+        k,
+        v,
+        core,
+        ctx,
+    };
+    Ok((y, SublayerCache::Attention(cache)))
+}
+
+/// Returns the gradient of the normed input; adds K/V gradients into the
+/// encoder-output gradient for cross-attention.
+fn attention_sublayer_backward(
+    cx: &StackContext<'_>,
+    site: Site,
+    a: &AttentionIds,
+    cache: &AttentionSublayerCache,
+    dy: &[f32],
+    sinks: &mut GradSinks<'_>,
+    cross: bool,
+) -> Result<Vec<f32>> {
+    let c = cx.config;
+    let (b, h, dk, inner, rows) = (cx.batch, c.num_heads, c.d_kv, c.inner_dim(), cx.rows());
+    let p = |id| cx.params.get(id);
+    let keys = key_side(cx, &cache.norm.n, cross);
+    let mut dctx = vec![0.0; rows * inner];
+    linear_backward(
+        dy,
+        &cache.ctx,
+        p(a.o),
+        (rows, c.d_model),
+        sinks.grads.get_mut(a.o),
+        &mut dctx,
+        0.0,
+    )?;
+    let shape = AttentionShape::dense(b, h, cx.len, keys.len, dk);
+    let drop = ProbDropout {
+        p: cx.dropout.p,
+        key: cx.dropout.key(site, DROP_INNER),
+    };
+    let dctx_h = attention::split_heads(&dctx, b, cx.len, h, dk);
+    let dbias = (!cross).then_some(&mut *sinks.dbias);
+    let qkv = Qkv {
+        q: &cache.q,
+        k: &cache.k,
+        v: &cache.v,
+    };
+    let g = attention::attention_backward(&shape, qkv, &cache.core, drop, &dctx_h, dbias)?;
+    let dq = attention::merge_heads(&g.dq, b, cx.len, h, dk);
+    let dkey = attention::merge_heads(&g.dk, b, keys.len, h, dk);
+    let dval = attention::merge_heads(&g.dv, b, keys.len, h, dk);
+    let mut dn = vec![0.0; rows * c.d_model];
+    linear_backward(
+        &dq,
+        &cache.norm.n,
+        p(a.q),
+        (rows, inner),
+        sinks.grads.get_mut(a.q),
+        &mut dn,
+        0.0,
+    )?;
+    let krows = b * keys.len;
+    let dsource: &mut [f32] = match (cross, sinks.dencoder.as_deref_mut()) {
+        (true, Some(d)) => d,
+        (true, None) => unreachable!("the decoder backward always provides an encoder gradient"),
+        (false, _) => &mut dn,
+    };
+    linear_backward(
+        &dkey,
+        keys.source,
+        p(a.k),
+        (krows, inner),
+        sinks.grads.get_mut(a.k),
+        dsource,
+        1.0,
+    )?;
+    linear_backward(
+        &dval,
+        keys.source,
+        p(a.v),
+        (krows, inner),
+        sinks.grads.get_mut(a.v),
+        dsource,
+        1.0,
+    )?;
+    Ok(dn)
+}
+
+/// The activation of a feed-forward kind.
+pub fn activation(ff: FeedForward) -> Activation {
+    match ff {
+        FeedForward::GatedGelu => Activation::GeluNew,
+        FeedForward::Relu | FeedForward::GatedRelu => Activation::Relu,
+    }
+}
+
+fn feed_forward_forward(
+    cx: &StackContext<'_>,
+    site: Site,
+    f: &FeedForwardIds,
+    norm: NormCache,
+) -> Result<(Vec<f32>, SublayerCache)> {
+    let c = cx.config;
+    let (rows, act) = (cx.rows(), activation(c.feed_forward()));
+    let h0 = linear(&norm.n, cx.params.get(f.wi), rows, c.d_ff)?;
+    let mut g = vec![0.0; h0.len()];
+    let h1 = match f.wi_gate {
+        Some(w1) => {
+            let h1 = linear(&norm.n, cx.params.get(w1), rows, c.d_ff)?;
+            act.gated_forward(&mut g, &h0, &h1)?;
+            Some(h1)
+        }
+        None => {
+            act.forward(&mut g, &h0)?;
+            None
+        }
+    };
+    cx.dropout.apply(&mut g, site, DROP_INNER)?;
+    let y = linear(&g, cx.params.get(f.wo), rows, c.d_model)?;
+    Ok((
+        y,
+        SublayerCache::FeedForward(FeedForwardCache { norm, h0, h1, g }),
+    ))
+}
+
+fn feed_forward_backward(
+    cx: &StackContext<'_>,
+    site: Site,
+    f: &FeedForwardIds,
+    cache: &FeedForwardCache,
+    dy: &[f32],
+    sinks: &mut GradSinks<'_>,
+) -> Result<Vec<f32>> {
+    let c = cx.config;
+    let (rows, act) = (cx.rows(), activation(c.feed_forward()));
+    let p = |id| cx.params.get(id);
+    let mut dg = vec![0.0; cache.g.len()];
+    linear_backward(
+        dy,
+        &cache.g,
+        p(f.wo),
+        (rows, c.d_model),
+        sinks.grads.get_mut(f.wo),
+        &mut dg,
+        0.0,
+    )?;
+    cx.dropout.apply(&mut dg, site, DROP_INNER)?;
+    let n = &cache.norm.n;
+    let mut dn = vec![0.0; rows * c.d_model];
+    let mut dh0 = vec![0.0; dg.len()];
+    if let (Some(w1), Some(h1)) = (f.wi_gate, &cache.h1) {
+        let mut dh1 = vec![0.0; dg.len()];
+        act.gated_backward(&mut dh0, &mut dh1, &cache.h0, h1, &dg)?;
+        linear_backward(
+            &dh1,
+            n,
+            p(w1),
+            (rows, c.d_ff),
+            sinks.grads.get_mut(w1),
+            &mut dn,
+            0.0,
+        )?;
+    } else {
+        act.backward(&mut dh0, &cache.h0, &dg)?;
+    }
+    linear_backward(
+        &dh0,
+        n,
+        p(f.wi),
+        (rows, c.d_ff),
+        sinks.grads.get_mut(f.wi),
+        &mut dn,
+        1.0,
+    )?;
+    Ok(dn)
+}

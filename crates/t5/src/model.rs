@@ -1,0 +1,533 @@
+//! [`T5Model`]: the weights, the forward pass as Hugging Face's
+//! `T5ForConditionalGeneration` computes it, and its hand-written backward.
+
+use crate::attention::{bucket_table, position_bias_forward, KeyMask};
+use crate::config::T5Config;
+use crate::layers::{linear, linear_backward, DropoutPlan, EncoderView, StackContext};
+use crate::params::{layout, ModelIds, ParamId, ParamStore};
+use crate::stack::{stack_backward, stack_forward, Keep, StackCache, StackRef};
+use tessera_tensor::ops::crossentropy::{
+    cross_entropy_backward_inplace, cross_entropy_forward, CrossEntropy, IGNORE_INDEX,
+};
+use tessera_tensor::ops::residual::scale_inplace;
+use tessera_tensor::TensorError;
+
+/// Why a batch could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The batch is malformed (lengths, token ids, mask values).
+    #[error("invalid batch: {0}")]
+    Batch(String),
+    /// A tensor operation rejected its inputs (an internal shape bug).
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+}
+
+/// A padded batch of source sequences and their labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Sequences.
+    pub batch_size: usize,
+    /// Source positions per sequence (after padding).
+    pub src_len: usize,
+    /// Target positions per sequence (after padding).
+    pub tgt_len: usize,
+    /// `[batch, src_len]` token ids.
+    pub input_ids: Vec<u32>,
+    /// `[batch, src_len]`: 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<u8>,
+    /// `[batch, tgt_len]` target ids, `-100` where no loss is wanted.
+    pub labels: Vec<i64>,
+}
+
+impl Batch {
+    /// Checks shapes, ids and mask values against a config.
+    pub fn validate(&self, config: &T5Config) -> Result<(), ModelError> {
+        let (b, s, t) = (self.batch_size, self.src_len, self.tgt_len);
+        let bad = |m: String| Err(ModelError::Batch(m));
+        if b == 0 || s == 0 || t == 0 {
+            return bad(format!(
+                "batch {b}, source length {s} and target length {t} must all be at least 1"
+            ));
+        }
+        for (name, len, want) in [
+            ("input_ids", self.input_ids.len(), b * s),
+            ("attention_mask", self.attention_mask.len(), b * s),
+            ("labels", self.labels.len(), b * t),
+        ] {
+            if len != want {
+                return bad(format!("{name} has {len} entries, expected {want}"));
+            }
+        }
+        let vocab = config.vocab_size;
+        if let Some(id) = self.input_ids.iter().find(|&&id| id as usize >= vocab) {
+            return bad(format!(
+                "input id {id} is outside the vocabulary of {vocab}"
+            ));
+        }
+        if let Some(m) = self.attention_mask.iter().find(|&&m| m > 1) {
+            return bad(format!("attention_mask value {m} is not 0 or 1"));
+        }
+        if let Some(l) = self
+            .labels
+            .iter()
+            .find(|&&l| l != IGNORE_INDEX && !(0..vocab as i64).contains(&l))
+        {
+            return bad(format!(
+                "label {l} is neither -100 nor inside the vocabulary of {vocab}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Decoder inputs: labels shifted right behind `decoder_start_token_id`,
+    /// with `-100` replaced by the pad id (Hugging Face's `_shift_right`).
+    pub fn decoder_input_ids(&self, config: &T5Config) -> Vec<u32> {
+        let mut out = Vec::with_capacity(self.labels.len());
+        for row in self.labels.chunks(self.tgt_len) {
+            out.push(config.decoder_start_token_id);
+            out.extend(row[..self.tgt_len - 1].iter().map(|&l| {
+                if l == IGNORE_INDEX {
+                    config.pad_token_id
+                } else {
+                    l as u32
+                }
+            }));
+        }
+        out
+    }
+}
+
+/// Results of an evaluation forward pass.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    /// `[batch, src_len, d_model]`, the encoder's final normed states.
+    pub encoder_output: Vec<f32>,
+    /// `[batch, tgt_len, d_model]`, the decoder's final normed states (before any head scaling).
+    pub decoder_output: Vec<f32>,
+    /// `[batch, tgt_len, vocab]`.
+    pub logits: Vec<f32>,
+    /// Summed loss and counted tokens (`loss.mean()` is Hugging Face's loss).
+    pub loss: CrossEntropy,
+}
+
+/// Settings of a training forward/backward pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainOptions {
+    /// Dropout probability (the config's `dropout_rate` by default).
+    pub dropout: f32,
+    /// Seed of the dropout masks; vary it per step.
+    pub seed: u64,
+    /// Recompute each block in the backward instead of storing its activations.
+    pub recompute_blocks: bool,
+    /// Divide the summed loss by this for the gradient (gradient accumulation
+    /// over a global batch); `None` uses this batch's target count (Hugging Face's mean).
+    pub loss_divisor: Option<f32>,
+}
+
+impl TrainOptions {
+    /// The config's dropout, seed 0, no recomputation, mean loss.
+    pub fn from_config(config: &T5Config) -> Self {
+        TrainOptions {
+            dropout: config.dropout_rate as f32,
+            seed: 0,
+            recompute_blocks: false,
+            loss_divisor: None,
+        }
+    }
+}
+
+/// A T5 encoder-decoder with a language-model head.
+#[derive(Debug, Clone)]
+pub struct T5Model {
+    config: T5Config,
+    params: ParamStore,
+    ids: ModelIds,
+}
+
+/// Position buckets and the gathered bias of one stack.
+struct PositionBias {
+    buckets: Vec<usize>,
+    bias: Vec<f32>,
+}
+
+/// The decoder's input and the encoder's output, shared by forward and backward.
+pub(crate) struct Encoded {
+    pub(crate) hidden: Vec<f32>,
+    cache: Option<StackCache>,
+    bias: PositionBias,
+}
+
+impl T5Model {
+    /// A model with every weight zero, in the layout of `config` (for
+    /// loading into). Call [`T5Model::init`] for a trainable random model.
+    pub fn zeros(config: T5Config) -> Self {
+        let (params, ids) = layout(&config);
+        T5Model {
+            config,
+            params,
+            ids,
+        }
+    }
+
+    /// A randomly initialised model, as Hugging Face's `_init_weights` does
+    /// (normal with T5's per-weight standard deviations times the config's
+    /// `initializer_factor`, norms at 1), deterministic in `seed`.
+    pub fn init(config: T5Config, seed: u64) -> Self {
+        let mut model = Self::zeros(config);
+        let c = model.config.clone();
+        let (d, ff, inner) = (c.d_model as f32, c.d_ff as f32, c.inner_dim() as f32);
+        let factor = c
+            .extra
+            .get("initializer_factor")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(1.0) as f32;
+        let ids: Vec<ParamId> = model.params.ids().collect();
+        for (index, id) in ids.into_iter().enumerate() {
+            let name = model.params.entry(id).name.clone();
+            let std = match name.rsplit('.').nth(1).unwrap_or("") {
+                _ if name.contains("layer_norm") => {
+                    model.params.get_mut(id).fill(1.0);
+                    continue;
+                }
+                "shared" | "lm_head" => 1.0,
+                "q" => (d * c.d_kv as f32).powf(-0.5),
+                "k" | "v" | "wi" | "wi_0" | "wi_1" | "relative_attention_bias" => d.powf(-0.5),
+                "o" => inner.powf(-0.5),
+                "wo" => ff.powf(-0.5),
+                _ => unreachable!("every parameter name is covered: {name}"),
+            };
+            fill_normal(model.params.get_mut(id), factor * std, seed, index as u64);
+        }
+        model
+    }
+
+    /// Builds a model from a config and a filled store (used by the loader).
+    pub(crate) fn from_parts(config: T5Config, params: ParamStore, ids: ModelIds) -> Self {
+        T5Model {
+            config,
+            params,
+            ids,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &T5Config {
+        &self.config
+    }
+
+    /// The weights.
+    pub fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    /// The weights, mutable (for optimizers).
+    pub fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.params
+    }
+
+    /// Parameter ids by role.
+    pub fn ids(&self) -> &ModelIds {
+        &self.ids
+    }
+
+    /// A zeroed gradient store in the parameters' layout.
+    pub fn new_gradients(&self) -> ParamStore {
+        self.params.zeros_like()
+    }
+
+    fn stack_ref(&self, decoder: bool) -> StackRef<'_> {
+        StackRef {
+            ids: if decoder {
+                &self.ids.decoder
+            } else {
+                &self.ids.encoder
+            },
+            number: u64::from(decoder),
+            embedding: self.ids.shared,
+        }
+    }
+
+    /// The bucket table and bias of a stack for `len` queries and keys.
+    fn position_bias(&self, decoder: bool, len: usize) -> PositionBias {
+        let c = &self.config;
+        let buckets = bucket_table(
+            len,
+            len,
+            0,
+            !decoder,
+            c.relative_attention_num_buckets,
+            c.relative_attention_max_distance,
+        );
+        let table = self.params.get(self.stack_ref(decoder).ids.relative_bias);
+        let bias = position_bias_forward(table, &buckets, c.num_heads);
+        PositionBias { buckets, bias }
+    }
+
+    fn context<'a>(
+        &'a self,
+        batch: &'a Batch,
+        decoder: Option<&'a Encoded>,
+        bias: &'a PositionBias,
+        dropout: DropoutPlan,
+    ) -> StackContext<'a> {
+        let (len, self_mask, encoder) = match decoder {
+            None => (
+                batch.src_len,
+                KeyMask {
+                    valid: Some(&batch.attention_mask),
+                    causal: false,
+                },
+                None,
+            ),
+            Some(enc) => (
+                batch.tgt_len,
+                KeyMask {
+                    valid: None,
+                    causal: true,
+                },
+                Some(EncoderView {
+                    hidden: &enc.hidden,
+                    len: batch.src_len,
+                    valid: &batch.attention_mask,
+                }),
+            ),
+        };
+        StackContext {
+            config: &self.config,
+            params: &self.params,
+            batch: batch.batch_size,
+            len,
+            self_mask,
+            bias: &bias.bias,
+            encoder,
+            dropout,
+        }
+    }
+
+    pub(crate) fn encode(
+        &self,
+        batch: &Batch,
+        dropout: DropoutPlan,
+        keep: Keep,
+    ) -> Result<Encoded, ModelError> {
+        let bias = self.position_bias(false, batch.src_len);
+        let cx = self.context(batch, None, &bias, dropout);
+        let (hidden, cache) = stack_forward(
+            &cx,
+            self.stack_ref(false),
+            &batch.input_ids,
+            &bias.buckets,
+            keep,
+        )?;
+        Ok(Encoded {
+            hidden,
+            cache,
+            bias,
+        })
+    }
+
+    /// Whether the decoder output is scaled by `d_model^-0.5` before the
+    /// head: tied models (or `scale_decoder_outputs` in transformers 5 configs).
+    pub fn scales_decoder_output(&self) -> bool {
+        self.config
+            .extra
+            .get("scale_decoder_outputs")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(self.config.tie_word_embeddings)
+    }
+
+    fn head_scale(&self) -> f32 {
+        if self.scales_decoder_output() {
+            (self.config.d_model as f32).powf(-0.5)
+        } else {
+            1.0
+        }
+    }
+
+    /// The LM head weight: `lm_head.weight`, or `shared.weight` when tied.
+    pub(crate) fn head_weight(&self) -> ParamId {
+        self.ids.lm_head.unwrap_or(self.ids.shared)
+    }
+
+    /// `logits = (scale · hidden) · Wᵀ`; returns the scaled input too.
+    pub(crate) fn head_forward(
+        &self,
+        hidden: &[f32],
+        rows: usize,
+    ) -> tessera_tensor::Result<(Vec<f32>, Vec<f32>)> {
+        let mut scaled = hidden.to_vec();
+        scale_inplace(&mut scaled, self.head_scale());
+        let logits = linear(
+            &scaled,
+            self.params.get(self.head_weight()),
+            rows,
+            self.config.vocab_size,
+        )?;
+        Ok((logits, scaled))
+    }
+
+    /// Evaluation forward (no dropout): encoder and decoder states, logits, loss.
+    pub fn forward(&self, batch: &Batch) -> Result<ForwardOutput, ModelError> {
+        batch.validate(&self.config)?;
+        let enc = self.encode(batch, DropoutPlan::OFF, Keep::Nothing)?;
+        let dec_ids = batch.decoder_input_ids(&self.config);
+        let bias = self.position_bias(true, batch.tgt_len);
+        let cx = self.context(batch, Some(&enc), &bias, DropoutPlan::OFF);
+        let (decoder_output, _) = stack_forward(
+            &cx,
+            self.stack_ref(true),
+            &dec_ids,
+            &bias.buckets,
+            Keep::Nothing,
+        )?;
+        let rows = batch.batch_size * batch.tgt_len;
+        let (logits, _) = self.head_forward(&decoder_output, rows)?;
+        let mut lse = vec![0.0; rows];
+        let loss = cross_entropy_forward(&mut lse, &logits, &batch.labels, self.config.vocab_size)?;
+        Ok(ForwardOutput {
+            encoder_output: enc.hidden,
+            decoder_output,
+            logits,
+            loss,
+        })
+    }
+
+    /// Training step's forward and backward: adds the gradient of
+    /// `Σ loss / divisor` into `grads` (from [`T5Model::new_gradients`]) and
+    /// returns the loss.
+    pub fn forward_backward(
+        &self,
+        batch: &Batch,
+        grads: &mut ParamStore,
+        opts: &TrainOptions,
+    ) -> Result<CrossEntropy, ModelError> {
+        batch.validate(&self.config)?;
+        let plan = DropoutPlan {
+            p: opts.dropout,
+            seed: opts.seed,
+        };
+        let keep = if opts.recompute_blocks {
+            Keep::BlockInputs
+        } else {
+            Keep::Everything
+        };
+        let enc = self.encode(batch, plan, keep)?;
+        let dec_ids = batch.decoder_input_ids(&self.config);
+        let dec_bias = self.position_bias(true, batch.tgt_len);
+        let dec_cx = self.context(batch, Some(&enc), &dec_bias, plan);
+        let (dec_out, dec_cache) = stack_forward(
+            &dec_cx,
+            self.stack_ref(true),
+            &dec_ids,
+            &dec_bias.buckets,
+            keep,
+        )?;
+        let rows = batch.batch_size * batch.tgt_len;
+        let (mut logits, scaled) = self.head_forward(&dec_out, rows)?;
+        drop(dec_out);
+        let vocab = self.config.vocab_size;
+        let mut lse = vec![0.0; rows];
+        let loss = cross_entropy_forward(&mut lse, &logits, &batch.labels, vocab)?;
+        let divisor = opts.loss_divisor.unwrap_or(loss.count as f32);
+        let scale = if divisor > 0.0 { 1.0 / divisor } else { 0.0 };
+        cross_entropy_backward_inplace(&mut logits, &lse, &batch.labels, vocab, scale)?;
+        let head = self.head_weight();
+        let mut ddec = vec![0.0; scaled.len()];
+        linear_backward(
+            &logits,
+            &scaled,
+            self.params.get(head),
+            (rows, vocab),
+            grads.get_mut(head),
+            &mut ddec,
+            0.0,
+        )?;
+        drop(logits);
+        scale_inplace(&mut ddec, self.head_scale());
+        let mut denc = vec![0.0; enc.hidden.len()];
+        let dec_cache = dec_cache.expect("a training forward keeps its cache");
+        stack_backward(
+            &dec_cx,
+            self.stack_ref(true),
+            &dec_cache,
+            ddec,
+            grads,
+            Some(&mut denc),
+        )?;
+        let enc_cx = self.context(batch, None, &enc.bias, plan);
+        let enc_cache = enc
+            .cache
+            .as_ref()
+            .expect("a training forward keeps its cache");
+        stack_backward(&enc_cx, self.stack_ref(false), enc_cache, denc, grads, None)?;
+        Ok(loss)
+    }
+}
+
+/// Fills `values` with N(0, std²) from a counter-based generator keyed by
+/// `(seed, stream)` (Box–Muller on SplitMix64 output).
+fn fill_normal(values: &mut [f32], std: f32, seed: u64, stream: u64) {
+    let key = tessera_tensor::ops::dropout::dropout_key(seed, &[stream]);
+    let uniform = |i: u64| {
+        let h = tessera_tensor::ops::dropout::dropout_key(key, &[i]);
+        ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    for (i, pair) in values.chunks_mut(2).enumerate() {
+        let (u1, u2) = (uniform(2 * i as u64), uniform(2 * i as u64 + 1));
+        let r = (-2.0 * u1.ln()).sqrt();
+        let theta = std::f64::consts::TAU * u2;
+        pair[0] = (r * theta.cos()) as f32 * std;
+        if let Some(second) = pair.get_mut(1) {
+            *second = (r * theta.sin()) as f32 * std;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn std_of(v: &[f32]) -> f64 {
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+        (v.iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt()
+    }
+
+    #[test]
+    fn init_uses_t5_standard_deviations_and_is_seeded() {
+        let mut config = T5Config::preset("flan-t5-small").unwrap();
+        config.vocab_size = 1000;
+        config.num_layers = 1;
+        config.num_decoder_layers = Some(1);
+        let model = T5Model::init(config.clone(), 9);
+        let p = model.params();
+        let std = |name: &str| std_of(p.get(p.find(name).unwrap()));
+        let close =
+            |got: f64, want: f64| assert!((got / want - 1.0).abs() < 0.05, "{got} vs {want}");
+        close(std("shared.weight"), 1.0);
+        close(std("lm_head.weight"), 1.0);
+        close(
+            std("encoder.block.0.layer.0.SelfAttention.q.weight"),
+            (512.0f64 * 64.0).powf(-0.5),
+        );
+        close(
+            std("encoder.block.0.layer.0.SelfAttention.o.weight"),
+            384.0f64.powf(-0.5),
+        );
+        close(
+            std("decoder.block.0.layer.2.DenseReluDense.wo.weight"),
+            1024.0f64.powf(-0.5),
+        );
+        assert!(p
+            .get(p.find("encoder.final_layer_norm.weight").unwrap())
+            .iter()
+            .all(|&v| v == 1.0));
+        assert_eq!(T5Model::init(config.clone(), 9).params().flat(), p.flat());
+        assert_ne!(T5Model::init(config, 10).params().flat(), p.flat());
+    }
+}

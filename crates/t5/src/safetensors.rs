@@ -1,0 +1,517 @@
+//! The safetensors file format: a memory-mapped reader that validates every
+//! byte of the header before trusting it, and a writer.
+//!
+//! Layout: an 8-byte little-endian header length `N`, `N` bytes of JSON
+//! (`{"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {…}}`),
+//! then the data, with offsets relative to its start. The reader checks that
+//! the header fits in the file, parses as that JSON, names known dtypes,
+//! has byte ranges that match the shapes, lie inside the file and do not
+//! overlap; any failure is a [`SafetensorsError`] naming the file (and the
+//! tensor), never a panic.
+
+use memmap2::{Mmap, MmapOptions};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Headers larger than this are rejected as corrupt (real ones are kilobytes).
+const MAX_HEADER_BYTES: u64 = 100 << 20;
+
+/// Why a safetensors file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SafetensorsError {
+    /// The OS refused to open, map or write the file.
+    #[error("cannot access {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid safetensors (truncated, corrupt header, bad offsets).
+    #[error("{path} is not a valid safetensors file: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the tensor when there is one.
+        reason: String,
+    },
+    /// A tensor the caller asked for is not in the file.
+    #[error("{path} has no tensor named {name}")]
+    Missing {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+    },
+    /// A tensor is stored in a dtype the caller cannot use.
+    #[error("tensor {name} in {path} is stored as {dtype}, which cannot be read as {wanted}")]
+    WrongDType {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// The stored dtype.
+        dtype: String,
+        /// What the caller wanted.
+        wanted: &'static str,
+    },
+}
+
+/// The stored element types tessera reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredDType {
+    /// `F32`.
+    F32,
+    /// `F16`.
+    F16,
+    /// `BF16`.
+    BF16,
+    /// `I64` (token ids in fixtures).
+    I64,
+}
+
+impl StoredDType {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "F32" => StoredDType::F32,
+            "F16" => StoredDType::F16,
+            "BF16" => StoredDType::BF16,
+            "I64" => StoredDType::I64,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            StoredDType::F32 => 4,
+            StoredDType::F16 | StoredDType::BF16 => 2,
+            StoredDType::I64 => 8,
+        }
+    }
+
+    /// The name used in headers.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoredDType::F32 => "F32",
+            StoredDType::F16 => "F16",
+            StoredDType::BF16 => "BF16",
+            StoredDType::I64 => "I64",
+        }
+    }
+}
+
+/// One tensor's entry in the header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Element type.
+    pub dtype: StoredDType,
+    /// Shape (empty for a scalar).
+    pub shape: Vec<usize>,
+    /// Byte range within the data section.
+    begin: usize,
+    end: usize,
+}
+
+impl TensorInfo {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// An open, validated safetensors file. Each read maps just that tensor's
+/// bytes and unmaps them afterwards, so reading a whole checkpoint never
+/// keeps more than one tensor of the file resident beside its copy.
+pub struct SafeTensors {
+    path: PathBuf,
+    file: File,
+    data_start: usize,
+    tensors: BTreeMap<String, TensorInfo>,
+}
+
+impl std::fmt::Debug for SafeTensors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SafeTensors({}, {} tensors)",
+            self.path.display(),
+            self.tensors.len()
+        )
+    }
+}
+
+impl SafeTensors {
+    /// Maps `path` and validates its header and byte ranges.
+    pub fn open(path: &Path) -> Result<Self, SafetensorsError> {
+        let io = |source| SafetensorsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len < 8 {
+            return Err(corrupt(
+                path,
+                format!("it is {len} bytes long, shorter than the 8-byte header length"),
+            ));
+        }
+        // SAFETY: a read-only mapping of a file the caller owns. Another
+        // process truncating it while mapped is outside what any reader can
+        // defend against (as for every mmap-based safetensors reader); every
+        // offset is validated against the length observed here before use.
+        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let (data_start, tensors) = parse_header(path, &map)?;
+        drop(map);
+        Ok(SafeTensors {
+            path: path.to_path_buf(),
+            file,
+            data_start,
+            tensors,
+        })
+    }
+
+    /// The file this was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Tensor names in sorted order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// The header entry of a tensor.
+    pub fn info(&self, name: &str) -> Result<&TensorInfo, SafetensorsError> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| SafetensorsError::Missing {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })
+    }
+
+    /// Maps one tensor's bytes, hands them to `f`, unmaps them.
+    fn with_bytes<R>(
+        &self,
+        info: &TensorInfo,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, SafetensorsError> {
+        let len = info.end - info.begin;
+        if len == 0 {
+            return Ok(f(&[]));
+        }
+        let offset = (self.data_start + info.begin) as u64;
+        // SAFETY: as in `open`: a read-only mapping of a range that `open`
+        // checked lies inside the file.
+        let map = unsafe { MmapOptions::new().offset(offset).len(len).map(&self.file) }.map_err(
+            |source| SafetensorsError::Io {
+                path: self.path.clone(),
+                source,
+            },
+        )?;
+        Ok(f(&map))
+    }
+
+    /// Converts a float tensor (F32, F16 or BF16) into `dst` as f32.
+    pub fn read_f32_into(&self, name: &str, dst: &mut [f32]) -> Result<(), SafetensorsError> {
+        let info = self.info(name)?;
+        assert_eq!(dst.len(), info.numel(), "caller checks the shape first");
+        let dtype = info.dtype;
+        if dtype == StoredDType::I64 {
+            return Err(self.wrong_dtype(name, info, "f32"));
+        }
+        self.with_bytes(info, |bytes| match dtype {
+            StoredDType::F16 => widen(bytes, dst, |bits| half::f16::from_bits(bits).to_f32()),
+            StoredDType::BF16 => widen(bytes, dst, |bits| half::bf16::from_bits(bits).to_f32()),
+            StoredDType::F32 | StoredDType::I64 => {
+                for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+        })
+    }
+
+    /// A float tensor as a new f32 vector.
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>, SafetensorsError> {
+        let mut out = vec![0.0; self.info(name)?.numel()];
+        self.read_f32_into(name, &mut out)?;
+        Ok(out)
+    }
+
+    /// An I64 tensor as a vector.
+    pub fn read_i64(&self, name: &str) -> Result<Vec<i64>, SafetensorsError> {
+        let info = self.info(name)?;
+        if info.dtype != StoredDType::I64 {
+            return Err(self.wrong_dtype(name, info, "i64"));
+        }
+        self.with_bytes(info, |bytes| {
+            bytes
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .collect()
+        })
+    }
+
+    fn wrong_dtype(&self, name: &str, info: &TensorInfo, wanted: &'static str) -> SafetensorsError {
+        SafetensorsError::WrongDType {
+            path: self.path.clone(),
+            name: name.to_string(),
+            dtype: info.dtype.name().to_string(),
+            wanted,
+        }
+    }
+}
+
+fn widen(bytes: &[u8], dst: &mut [f32], f: impl Fn(u16) -> f32) {
+    for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
+        *d = f(u16::from_le_bytes([b[0], b[1]]));
+    }
+}
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> SafetensorsError {
+    SafetensorsError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+type Header = (usize, BTreeMap<String, TensorInfo>);
+
+/// Validates the header of a mapped file; returns the data start and the entries.
+fn parse_header(path: &Path, file: &[u8]) -> Result<Header, SafetensorsError> {
+    let mut len_bytes = [0u8; 8];
+    len_bytes.copy_from_slice(&file[..8]);
+    let n = u64::from_le_bytes(len_bytes);
+    if n > MAX_HEADER_BYTES || n > (file.len() - 8) as u64 {
+        return Err(corrupt(
+            path,
+            format!(
+                "its header claims {n} bytes but the file has {} after the length",
+                file.len() - 8
+            ),
+        ));
+    }
+    let data_start = 8 + n as usize;
+    let json: Map<String, Value> = serde_json::from_slice(&file[8..data_start])
+        .map_err(|e| corrupt(path, format!("the header is not a JSON object: {e}")))?;
+    let data_len = file.len() - data_start;
+    let mut tensors = BTreeMap::new();
+    for (name, entry) in json {
+        if name == "__metadata__" {
+            continue;
+        }
+        let info = parse_entry(&entry)
+            .map_err(|reason| corrupt(path, format!("tensor {name}: {reason}")))?;
+        if info.end > data_len {
+            return Err(corrupt(
+                path,
+                format!("tensor {name} ends at byte {} but the data section has {data_len} (truncated?)", info.end),
+            ));
+        }
+        tensors.insert(name, info);
+    }
+    check_no_overlap(path, &tensors)?;
+    Ok((data_start, tensors))
+}
+
+fn parse_entry(entry: &Value) -> Result<TensorInfo, String> {
+    let dtype_name = entry["dtype"].as_str().ok_or("no dtype string")?;
+    let dtype = StoredDType::parse(dtype_name)
+        .ok_or_else(|| format!("dtype {dtype_name} is not one of F32, F16, BF16, I64"))?;
+    let shape = entry["shape"]
+        .as_array()
+        .ok_or("no shape array")?
+        .iter()
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+        .collect::<Option<Vec<usize>>>()
+        .ok_or("shape has a non-integer dimension")?;
+    let offsets = entry["data_offsets"].as_array().ok_or("no data_offsets")?;
+    let offset = |i: usize| {
+        offsets
+            .get(i)
+            .and_then(Value::as_u64)
+            .and_then(|o| usize::try_from(o).ok())
+    };
+    let (Some(begin), Some(end), 2) = (offset(0), offset(1), offsets.len()) else {
+        return Err("data_offsets is not two integers".into());
+    };
+    let bytes = shape
+        .iter()
+        .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
+        .ok_or("shape overflows")?;
+    if end < begin || end - begin != bytes {
+        return Err(format!(
+            "data_offsets [{begin}, {end}] do not hold {shape:?} of {dtype_name} ({bytes} bytes)"
+        ));
+    }
+    Ok(TensorInfo {
+        dtype,
+        shape,
+        begin,
+        end,
+    })
+}
+
+fn check_no_overlap(
+    path: &Path,
+    tensors: &BTreeMap<String, TensorInfo>,
+) -> Result<(), SafetensorsError> {
+    let mut ranges: Vec<(usize, usize, &str)> = tensors
+        .iter()
+        .filter(|(_, t)| t.end > t.begin)
+        .map(|(n, t)| (t.begin, t.end, n.as_str()))
+        .collect();
+    ranges.sort_unstable();
+    for w in ranges.windows(2) {
+        if w[1].0 < w[0].1 {
+            return Err(corrupt(
+                path,
+                format!("tensors {} and {} overlap", w[0].2, w[1].2),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One f32 tensor to write.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorToWrite<'a> {
+    /// Hugging Face name.
+    pub name: &'a str,
+    /// Shape.
+    pub shape: &'a [usize],
+    /// Row-major values.
+    pub data: &'a [f32],
+}
+
+/// Writes f32 tensors as safetensors (in the order given, header padded to
+/// 8 bytes, `{"format": "pt"}` metadata as `save_pretrained` writes).
+pub fn write_f32(out: &mut impl Write, tensors: &[TensorToWrite<'_>]) -> std::io::Result<()> {
+    let mut header = Map::new();
+    let mut meta = Map::new();
+    meta.insert("format".into(), "pt".into());
+    header.insert("__metadata__".into(), Value::Object(meta));
+    let mut offset = 0usize;
+    for t in tensors {
+        let end = offset + t.data.len() * 4;
+        header.insert(
+            t.name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&Value::Object(header))?;
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    out.write_all(&(json.len() as u64).to_le_bytes())?;
+    out.write_all(&json)?;
+    let mut buf = Vec::with_capacity(1 << 16);
+    for t in tensors {
+        for chunk in t.data.chunks(1 << 14) {
+            buf.clear();
+            buf.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+            out.write_all(&buf)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Vec<u8> {
+        let a = [1.0f32, -2.5, 3.25, f32::MIN_POSITIVE, 7.0, 8.0];
+        let b = [0.5f32];
+        let mut out = Vec::new();
+        write_f32(
+            &mut out,
+            &[
+                TensorToWrite {
+                    name: "a",
+                    shape: &[2, 3],
+                    data: &a,
+                },
+                TensorToWrite {
+                    name: "b",
+                    shape: &[],
+                    data: &b,
+                },
+            ],
+        )
+        .unwrap();
+        out
+    }
+
+    fn open_bytes(bytes: &[u8]) -> Result<SafeTensors, SafetensorsError> {
+        let dir = std::env::temp_dir().join(format!("tessera-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{:x}.safetensors", hash(bytes)));
+        std::fs::write(&path, bytes).unwrap();
+        let r = SafeTensors::open(&path);
+        std::fs::remove_file(&path).unwrap();
+        r
+    }
+
+    fn hash(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+    }
+
+    #[test]
+    fn write_then_read_is_bit_exact() {
+        let st = open_bytes(&sample()).unwrap();
+        assert_eq!(st.names().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(st.info("a").unwrap().shape, [2, 3]);
+        let a = st.read_f32("a").unwrap();
+        assert_eq!(a[3].to_bits(), f32::MIN_POSITIVE.to_bits());
+        assert_eq!(st.read_f32("b").unwrap(), [0.5]);
+        assert!(matches!(
+            st.read_f32("c"),
+            Err(SafetensorsError::Missing { .. })
+        ));
+        assert!(st.read_i64("a").is_err());
+    }
+
+    #[test]
+    fn truncation_and_overlap_are_named() {
+        let bytes = sample();
+        let err = open_bytes(&bytes[..bytes.len() - 1])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("truncated") && err.contains("tensor"), "{err}");
+        let err = open_bytes(&bytes[..5]).unwrap_err().to_string();
+        assert!(err.contains("shorter"), "{err}");
+        let mut overlapping = bytes.clone();
+        let at = bytes.windows(7).position(|w| w == b"[24,28]").unwrap();
+        overlapping[at..at + 7].copy_from_slice(b"[20,24]");
+        let err = open_bytes(&overlapping).unwrap_err().to_string();
+        assert!(err.contains("overlap"), "{err}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Any corruption of any byte, or any truncation, is an error or a
+        /// valid file — never a panic.
+        #[test]
+        fn corrupt_files_never_panic(pos in 0usize..200, byte in any::<u8>(), cut in 0usize..200) {
+            let mut bytes = sample();
+            let pos = pos % bytes.len();
+            bytes[pos] = byte;
+            if let Ok(st) = open_bytes(&bytes) {
+                for name in st.names().map(str::to_string).collect::<Vec<_>>() {
+                    let _ = st.read_f32(&name);
+                }
+            }
+            let cut = cut % bytes.len();
+            let _ = open_bytes(&bytes[..cut]);
+        }
+    }
+}

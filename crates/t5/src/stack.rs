@@ -1,0 +1,182 @@
+//! An encoder or decoder stack: embedding lookup, the blocks, the final
+//! norm — forward and backward, with optional per-block recomputation.
+//!
+//! The encoder and the decoder run the same code; they differ only in the
+//! sublayers their blocks list (the decoder's have cross-attention) and in
+//! the [`StackContext`] (causal mask and encoder output for the decoder).
+
+use crate::attention::position_bias_backward;
+use crate::layers::{
+    norm_backward, norm_forward, sublayer_backward, sublayer_forward, GradSinks, NormCache, Site,
+    StackContext, SublayerCache,
+};
+use crate::params::{ParamId, ParamStore, StackIds, SublayerIds};
+use tessera_tensor::ops::embedding;
+use tessera_tensor::Result;
+
+/// How much of the forward to keep for a backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Nothing: evaluation and generation.
+    Nothing,
+    /// Every sublayer's cache: fastest backward, most memory.
+    Everything,
+    /// Only each block's input; the backward recomputes the block
+    /// (activation checkpointing), trading one extra forward for memory.
+    BlockInputs,
+}
+
+/// What one block keeps.
+#[derive(Debug, Clone)]
+enum BlockCache {
+    Stored(Vec<SublayerCache>),
+    Recompute(Vec<f32>),
+}
+
+/// What a stack's forward keeps for its backward.
+#[derive(Debug, Clone)]
+pub struct StackCache {
+    tokens: Vec<u32>,
+    buckets: Vec<usize>,
+    blocks: Vec<BlockCache>,
+    final_norm: NormCache,
+}
+
+/// Site of the stack-level dropouts (after the embedding, after the final norm).
+fn stack_site(stack: u64, which: u64) -> Site {
+    Site {
+        stack,
+        block: u64::MAX,
+        sublayer: which,
+    }
+}
+
+fn block_site(stack: u64, block: usize, sublayer: usize) -> Site {
+    Site {
+        stack,
+        block: block as u64,
+        sublayer: sublayer as u64,
+    }
+}
+
+/// Identifies a stack and where its shared inputs live.
+#[derive(Debug, Clone, Copy)]
+pub struct StackRef<'a> {
+    /// Parameter ids of the stack.
+    pub ids: &'a StackIds,
+    /// 0 for the encoder, 1 for the decoder (dropout sites).
+    pub number: u64,
+    /// The embedding table (`shared.weight`).
+    pub embedding: ParamId,
+}
+
+/// Runs the stack on `tokens` (`[batch, len]`); returns the output hidden
+/// states `[batch, len, d_model]` and, unless `keep` is `Nothing`, the cache.
+/// `buckets` are the position buckets `cx.bias` was gathered with.
+pub fn stack_forward(
+    cx: &StackContext<'_>,
+    stack: StackRef<'_>,
+    tokens: &[u32],
+    buckets: &[usize],
+    keep: Keep,
+) -> Result<(Vec<f32>, Option<StackCache>)> {
+    let d = cx.config.d_model;
+    let mut x = vec![0.0; tokens.len() * d];
+    embedding::embedding_forward(&mut x, cx.params.get(stack.embedding), tokens, d)?;
+    cx.dropout.apply(&mut x, stack_site(stack.number, 0), 0)?;
+    let mut blocks = Vec::new();
+    for (i, sublayers) in stack.ids.blocks.iter().enumerate() {
+        let input = (keep == Keep::BlockInputs).then(|| x.clone());
+        let caches = block_forward(cx, stack.number, i, sublayers, &mut x)?;
+        match (keep, input) {
+            (Keep::Everything, _) => blocks.push(BlockCache::Stored(caches)),
+            (Keep::BlockInputs, Some(input)) => blocks.push(BlockCache::Recompute(input)),
+            _ => {}
+        }
+    }
+    let eps = cx.config.layer_norm_epsilon as f32;
+    let final_norm = norm_forward(&x, cx.params.get(stack.ids.final_norm), eps)?;
+    let mut out = final_norm.n.clone();
+    cx.dropout.apply(&mut out, stack_site(stack.number, 1), 0)?;
+    let cache = (keep != Keep::Nothing).then(|| StackCache {
+        tokens: tokens.to_vec(),
+        buckets: buckets.to_vec(),
+        blocks,
+        final_norm,
+    });
+    Ok((out, cache))
+}
+
+fn block_forward(
+    cx: &StackContext<'_>,
+    stack: u64,
+    block: usize,
+    sublayers: &[SublayerIds],
+    x: &mut [f32],
+) -> Result<Vec<SublayerCache>> {
+    sublayers
+        .iter()
+        .enumerate()
+        .map(|(j, ids)| sublayer_forward(cx, block_site(stack, block, j), ids, x))
+        .collect()
+}
+
+/// Backward of [`stack_forward`]: `dout` is the gradient of the stack's
+/// output. Adds into `grads` (including the embedding rows and the
+/// relative-bias table) and, for the decoder, into `dencoder`.
+pub fn stack_backward(
+    cx: &StackContext<'_>,
+    stack: StackRef<'_>,
+    cache: &StackCache,
+    mut dout: Vec<f32>,
+    grads: &mut ParamStore,
+    dencoder: Option<&mut [f32]>,
+) -> Result<()> {
+    let d = cx.config.d_model;
+    cx.dropout
+        .apply(&mut dout, stack_site(stack.number, 1), 0)?;
+    let mut dx = vec![0.0; dout.len()];
+    let final_w = cx.params.get(stack.ids.final_norm);
+    norm_backward(
+        &cache.final_norm,
+        final_w,
+        grads.get_mut(stack.ids.final_norm),
+        &dout,
+        &mut dx,
+    )?;
+    let mut dbias = vec![0.0; cx.bias.len()];
+    let mut sinks = GradSinks {
+        grads: &mut *grads,
+        dbias: &mut dbias,
+        dencoder,
+    };
+    for (i, sublayers) in stack.ids.blocks.iter().enumerate().rev() {
+        let recomputed;
+        let caches = match &cache.blocks[i] {
+            BlockCache::Stored(c) => c,
+            BlockCache::Recompute(input) => {
+                recomputed = block_forward(cx, stack.number, i, sublayers, &mut input.clone())?;
+                &recomputed
+            }
+        };
+        for (j, ids) in sublayers.iter().enumerate().rev() {
+            sublayer_backward(
+                cx,
+                block_site(stack.number, i, j),
+                ids,
+                &caches[j],
+                &mut dx,
+                &mut sinks,
+            )?;
+        }
+    }
+    let heads = cx.config.num_heads;
+    position_bias_backward(
+        grads.get_mut(stack.ids.relative_bias),
+        &dbias,
+        &cache.buckets,
+        heads,
+    );
+    cx.dropout.apply(&mut dx, stack_site(stack.number, 0), 0)?;
+    embedding::embedding_backward(grads.get_mut(stack.embedding), &dx, &cache.tokens, d)
+}

@@ -1,0 +1,182 @@
+//! Finite-difference checks of each sublayer's backward on its own: the
+//! gradient with respect to its input `x`, to the encoder output (cross-
+//! attention) and to the position bias, for encoder self-attention (padding
+//! mask), decoder self-attention (causal), cross-attention and the
+//! feed-forward block, on random tiny configs, with dropout on or off.
+//!
+//! The probe is `L = Σ g ⊙ sublayer(x)` for a fixed random `g`. Central
+//! differences with `h = 1e-3` in f32 (loss summed in f64) have rounding
+//! error ≈ 1e-7·|L| / h ≈ 1e-4 here; we accept `|fd − g| ≤ 2e-3 + 2e-2·|g|`
+//! and skip probes whose one-sided differences disagree (a ReLU kink).
+
+use proptest::prelude::*;
+use tessera_t5::attention::KeyMask;
+use tessera_t5::layers::{
+    sublayer_backward, sublayer_forward, DropoutPlan, EncoderView, GradSinks, Site, StackContext,
+};
+use tessera_t5::{SublayerIds, SublayerKind, T5Config, T5Model};
+
+fn config(seed: u64) -> T5Config {
+    let ff = ["relu", "gated-gelu", "gated-relu"][(seed % 3) as usize];
+    let json = format!(
+        r#"{{"vocab_size": 16, "d_model": {}, "d_kv": 3, "d_ff": 7, "num_layers": 1,
+        "num_heads": {}, "relative_attention_num_buckets": 4, "feed_forward_proj": "{ff}"}}"#,
+        4 + (seed >> 2) % 4,
+        1 + (seed >> 4) % 2,
+    );
+    T5Config::from_json(&json, "tiny").expect("valid config")
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+const BATCH: usize = 2;
+const LEN: usize = 4;
+const SRC: usize = 5;
+
+/// Inputs of one probe.
+struct Probe {
+    x: Vec<f32>,
+    enc: Vec<f32>,
+    bias: Vec<f32>,
+    g: Vec<f32>,
+}
+
+impl Probe {
+    fn slot(&mut self, what: &str, i: usize) -> &mut f32 {
+        match what {
+            "x" => &mut self.x[i],
+            "encoder" => &mut self.enc[i],
+            _ => &mut self.bias[i],
+        }
+    }
+}
+
+/// Padding of the encoder output (row 1 has 3 real tokens) and of the
+/// encoder self-attention keys (row 1 has 2).
+struct Masks {
+    source: Vec<u8>,
+    keys: Vec<u8>,
+}
+
+fn masks() -> Masks {
+    Masks {
+        source: (0..BATCH * SRC)
+            .map(|i| u8::from(i < SRC || i % SRC < 3))
+            .collect(),
+        keys: (0..BATCH * LEN)
+            .map(|i| u8::from(i < LEN || i % LEN < 2))
+            .collect(),
+    }
+}
+
+fn context<'a>(
+    model: &'a T5Model,
+    p: &'a Probe,
+    m: &'a Masks,
+    plan: DropoutPlan,
+    decoder: bool,
+) -> StackContext<'a> {
+    StackContext {
+        config: model.config(),
+        params: model.params(),
+        batch: BATCH,
+        len: LEN,
+        self_mask: KeyMask {
+            valid: (!decoder).then_some(&m.keys[..]),
+            causal: decoder,
+        },
+        bias: &p.bias,
+        encoder: Some(EncoderView {
+            hidden: &p.enc,
+            len: SRC,
+            valid: &m.source,
+        }),
+        dropout: plan,
+    }
+}
+
+const SITE: Site = Site {
+    stack: 1,
+    block: 0,
+    sublayer: 0,
+};
+
+/// `Σ g ⊙ sublayer(x)`.
+fn probe_loss(
+    model: &T5Model,
+    ids: &SublayerIds,
+    p: &Probe,
+    plan: DropoutPlan,
+    decoder: bool,
+) -> f64 {
+    let m = masks();
+    let cx = context(model, p, &m, plan, decoder);
+    let mut x = p.x.clone();
+    sublayer_forward(&cx, SITE, ids, &mut x).expect("forward");
+    x.iter()
+        .zip(&p.g)
+        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+        .sum()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+    #[test]
+    fn sublayer_input_gradients_match_central_differences(seed in any::<u64>(), dropout in prop::bool::ANY) {
+        let model = T5Model::init(config(seed), seed);
+        let (d, h) = (model.config().d_model, model.config().num_heads);
+        let plan = DropoutPlan { p: if dropout { 0.25 } else { 0.0 }, seed };
+        let block = &model.ids().decoder.blocks[0];
+        let cases = [(model.ids().encoder.blocks[0][0], false), (block[0], true), (block[1], true), (block[2], true)];
+        for (ids, decoder) in cases {
+            let mut p = Probe {
+                x: random(BATCH * LEN * d, seed ^ 1),
+                enc: random(BATCH * SRC * d, seed ^ 2),
+                bias: random(h * LEN * LEN, seed ^ 3),
+                g: random(BATCH * LEN * d, seed ^ 4),
+            };
+            let m = masks();
+            let cx = context(&model, &p, &m, plan, decoder);
+            let mut x = p.x.clone();
+            let cache = sublayer_forward(&cx, SITE, &ids, &mut x).expect("forward");
+            let mut grads = model.new_gradients();
+            let (mut dbias, mut denc, mut dx) = (vec![0.0; p.bias.len()], vec![0.0; p.enc.len()], p.g.clone());
+            let mut sinks = GradSinks { grads: &mut grads, dbias: &mut dbias, dencoder: Some(&mut denc) };
+            sublayer_backward(&cx, SITE, &ids, &cache, &mut dx, &mut sinks).expect("backward");
+            let kind = match ids.kind {
+                SublayerKind::SelfAttention(_) => "self-attention",
+                SublayerKind::CrossAttention(_) => "cross-attention",
+                SublayerKind::FeedForward(_) => "feed-forward",
+            };
+            let center = probe_loss(&model, &ids, &p, plan, decoder);
+            let step = 1e-3f32;
+            for (what, analytic) in [("x", &dx), ("encoder", &denc), ("bias", &dbias)] {
+                for i in (0..analytic.len()).step_by(3) {
+                    *p.slot(what, i) += step;
+                    let up = probe_loss(&model, &ids, &p, plan, decoder);
+                    *p.slot(what, i) -= 2.0 * step;
+                    let down = probe_loss(&model, &ids, &p, plan, decoder);
+                    *p.slot(what, i) += step;
+                    let (right, left) = ((up - center) / f64::from(step), (center - down) / f64::from(step));
+                    if (right - left).abs() > 2e-3 + 2e-2 * right.abs() {
+                        continue;
+                    }
+                    let fd = (up - down) / (2.0 * f64::from(step));
+                    let g = f64::from(analytic[i]);
+                    prop_assert!((fd - g).abs() <= 2e-3 + 2e-2 * g.abs(),
+                        "{kind} d{what}[{i}]: finite difference {fd} vs backward {g}");
+                }
+            }
+        }
+    }
+}
