@@ -1,0 +1,74 @@
+//! Helpers shared by the integration tests: a tiny T5-style tokenizer the
+//! repository owns (built in code), and small files written to a temp folder.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use tessera_glue::TextTokenizer;
+use tokenizers::decoders::metaspace::Metaspace as MetaspaceDecoder;
+use tokenizers::models::unigram::Unigram;
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, Tokenizer};
+
+/// Pieces of the test vocabulary after the three specials (<pad>=0, </s>=1, <unk>=2).
+/// Whole words score -2, single characters -10, so a word in the list is one
+/// token and anything else is spelled out character by character.
+pub const WORDS: &[&str] = &[
+    "▁mnli", "▁hypothesis", ":", "▁premise", "▁entailment", "▁neutral", "▁contradiction",
+    "▁A", "▁man", "▁sleeps", ".", "▁is", "▁awake",
+];
+const CHARS: &str = "▁abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.,:?!'\"0123456789-";
+
+/// Id of a vocabulary piece.
+pub fn id(piece: &str) -> u32 {
+    vocab()
+        .iter()
+        .position(|(p, _)| p == piece)
+        .unwrap_or_else(|| panic!("no piece {piece}")) as u32
+}
+
+fn vocab() -> Vec<(String, f64)> {
+    let mut v: Vec<(String, f64)> = ["<pad>", "</s>", "<unk>"]
+        .iter()
+        .map(|s| (s.to_string(), 0.0))
+        .collect();
+    v.extend(WORDS.iter().map(|w| (w.to_string(), -2.0)));
+    for c in CHARS.chars() {
+        if !v.iter().any(|(p, _)| *p == c.to_string()) {
+            v.push((c.to_string(), -10.0));
+        }
+    }
+    v
+}
+
+/// A T5-shaped tokenizer: Metaspace pre-tokenizer, Unigram model, `$A </s>` template.
+pub fn tiny_tokenizer() -> TextTokenizer {
+    let model = Unigram::from(vocab(), Some(2), false).unwrap();
+    let mut tk = Tokenizer::new(model);
+    tk.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
+    tk.with_decoder(Some(MetaspaceDecoder::new('▁', PrependScheme::Always, true)));
+    let template = TemplateProcessing::builder()
+        .try_single("$A </s>")
+        .unwrap()
+        .special_tokens(vec![("</s>", 1)])
+        .build()
+        .unwrap();
+    tk.with_post_processor(Some(template));
+    tk.add_special_tokens(&[
+        AddedToken::from("<pad>", true),
+        AddedToken::from("</s>", true),
+        AddedToken::from("<unk>", true),
+    ]);
+    TextTokenizer::new(tk, PathBuf::from("tiny-test-tokenizer")).unwrap()
+}
+
+/// Writes `contents` to `dir/name` and returns the path.
+pub fn write(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(&path, contents).unwrap();
+    path
+}
