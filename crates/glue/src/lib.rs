@@ -39,3 +39,10 @@ pub use metrics::{evaluate, Summary};
 pub use read::{read_file, Dataset, Format, ReadOptions, Source, Split};
 pub use task::{Example, Label, TargetKind, Task};
 pub use tokenize::{encode_dataset, EncodedDataset, EncodedExample, Lengths, TextTokenizer};
+
+/// The `parquet` crate this crate reads with, re-exported so callers (and the
+/// tests) can write Parquet files with the same version.
+#[cfg(feature = "parquet")]
+pub use parquet;
+/// The `tokenizers` crate, re-exported: [`TextTokenizer::new`] takes its `Tokenizer`.
+pub use tokenizers;

@@ -167,10 +167,16 @@ pub fn confusion_matrix(classes: usize, pairs: &[(usize, Option<usize>)]) -> Vec
 
 /// F1 of class `positive`: harmonic mean of precision and recall (0 when undefined).
 pub fn f1(pairs: &[(usize, Option<usize>)], positive: usize) -> f64 {
-    let count = |f: &dyn Fn(&(usize, Option<usize>)) -> bool| pairs.iter().filter(|p| f(p)).count();
-    let tp = count(&|&(g, p)| g == positive && p == Some(positive));
-    let fp = count(&|&(g, p)| g != positive && p == Some(positive));
-    let fn_ = count(&|&(g, p)| g == positive && p != Some(positive));
+    let (mut tp, mut fp, mut fn_) = (0, 0, 0);
+    for &(gold, predicted) in pairs {
+        let said_positive = predicted == Some(positive);
+        match (gold == positive, said_positive) {
+            (true, true) => tp += 1,
+            (false, true) => fp += 1,
+            (true, false) => fn_ += 1,
+            (false, false) => {}
+        }
+    }
     if tp == 0 {
         return 0.0;
     }

@@ -384,7 +384,7 @@ impl Task {
                 None => Err(format!("label {n} is not a class id")),
             },
             (Value::Number(n), TargetKind::Score) => match n.as_f64() {
-                Some(s) if s == -1.0 => Ok(Label::Missing),
+                Some(-1.0) => Ok(Label::Missing),
                 Some(s) => Ok(Label::Score(s)),
                 None => Err(format!("label {n} is not a number")),
             },
