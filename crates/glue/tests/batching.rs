@@ -7,7 +7,7 @@ use common::{id, tiny_tokenizer};
 use tessera_glue::loader::{batches_in_order, epoch_plan};
 use tessera_glue::{
     encode_dataset, Batch, Cursor, Dataset, EncodedDataset, Example, Label, Lengths, Loader,
-    LoaderConfig, Order, Padding, Source, Split, Task, IGNORE_INDEX,
+    LoaderConfig, Order, Padding, Source, Split, Task, TextTokenizer, IGNORE_INDEX,
 };
 
 fn dataset(rows: &[(&str, &str, Label)]) -> Dataset {
@@ -66,6 +66,33 @@ fn prompt_ids_are_the_pieces_plus_eos() {
     assert_eq!(
         tk.decode(&ids, true).unwrap(),
         "mnli hypothesis: A man sleeps. premise: A man is awake."
+    );
+}
+
+#[test]
+fn tokenizer_json_round_trip_gives_the_same_ids() {
+    let tk = tiny_tokenizer();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    tk.inner().save(&path, false).unwrap();
+    let loaded = TextTokenizer::from_file(dir.path()).unwrap();
+    let text = "mnli hypothesis: A  man   sleeps. premise: cab";
+    assert_eq!(
+        loaded.encode(text, 64).unwrap(),
+        tk.encode(text, 64).unwrap()
+    );
+    // The regex normalizer folds runs of spaces.
+    assert_eq!(
+        tk.encode("A  man", 8).unwrap(),
+        tk.encode("A man", 8).unwrap()
+    );
+    let e = TextTokenizer::from_file(&dir.path().join("nope.json")).unwrap_err();
+    assert!(e.to_string().contains("nope.json: file not found"), "{e}");
+    std::fs::write(&path, "{}").unwrap();
+    let e = TextTokenizer::from_file(&path).unwrap_err().to_string();
+    assert!(
+        e.starts_with("tokenizer ") && e.contains("cannot load"),
+        "{e}"
     );
 }
 

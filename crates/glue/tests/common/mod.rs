@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use tessera_glue::tokenizers::decoders::metaspace::Metaspace as MetaspaceDecoder;
 use tessera_glue::tokenizers::models::unigram::Unigram;
+use tessera_glue::tokenizers::normalizers::replace::{Replace, ReplacePattern};
 use tessera_glue::tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tessera_glue::tokenizers::processors::template::TemplateProcessing;
 use tessera_glue::tokenizers::{AddedToken, Tokenizer};
@@ -53,10 +54,14 @@ fn vocab() -> Vec<(String, f64)> {
     v
 }
 
-/// A T5-shaped tokenizer: Metaspace pre-tokenizer, Unigram model, `$A </s>` template.
+/// A T5-shaped tokenizer: a regex Replace normalizer (runs of spaces → one, as
+/// recent T5 `tokenizer.json` files have), Metaspace pre-tokenizer, Unigram
+/// model, `$A </s>` template.
 pub fn tiny_tokenizer() -> TextTokenizer {
     let model = Unigram::from(vocab(), Some(2), false).expect("valid unigram vocabulary");
     let mut tk = Tokenizer::new(model);
+    let spaces = Replace::new(ReplacePattern::Regex(" {2,}".into()), " ").expect("valid regex");
+    tk.with_normalizer(Some(spaces));
     tk.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
     tk.with_decoder(Some(MetaspaceDecoder::new(
         '▁',
