@@ -418,3 +418,12 @@ mod parquet_files {
         );
     }
 }
+
+#[cfg(not(feature = "parquet"))]
+#[test]
+fn parquet_without_the_feature_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "train-00000-of-00001.parquet", "PAR1");
+    let e = error_text(read_file(&path, Task::mnli(), ReadOptions::default()));
+    assert!(e.contains("no Parquet support"), "{e}");
+}
