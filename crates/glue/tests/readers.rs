@@ -139,6 +139,13 @@ fn tsv_errors_name_file_and_line() {
     let e = error_text(read_file(&p, mnli, opts));
     assert!(e.contains("utf8.tsv, line 2: invalid UTF-8"), "{e}");
 
+    let p = write(dir.path(), "header.tsv", format!("{MNLI_HEADER}\n"));
+    let e = error_text(read_file(&p, mnli, opts));
+    assert!(
+        e.contains("header.tsv: the file has a header but no rows"),
+        "{e}"
+    );
+
     let p = write(dir.path(), "empty.tsv", "");
     let e = error_text(read_file(&p, mnli, opts));
     assert!(e.contains("empty.tsv: the file is empty"), "{e}");

@@ -30,6 +30,9 @@ pub(super) fn read(path: &Path, task: Task, options: ReadOptions) -> Result<Data
         None if task.name() == "cola" => (cola_layout(), &lines[..]),
         None => return Err(missing_columns(path, task, &header)),
     };
+    if body.is_empty() {
+        return Err(GlueError::file(path, "the file has a header but no rows"));
+    }
     let mut data = Dataset::new(task, path.display().to_string());
     for (number, line) in body {
         data.push(parse_row(path, *number, line, &layout, task)?, options);
