@@ -12,6 +12,7 @@ use crate::read::Dataset;
 use crate::task::Task;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tokenizers::{PostProcessor, TruncationDirection};
 
@@ -199,22 +200,36 @@ impl EncodedDataset {
 }
 
 /// Tokenizes every example of `data` (prompt and target), in parallel on the rayon pool.
+///
+/// Each distinct target text is tokenized once (a classification task has only
+/// a few label words).
 pub fn encode_dataset(
     tokenizer: &TextTokenizer,
     data: &Dataset,
     lengths: Lengths,
 ) -> Result<EncodedDataset> {
     let task = data.task;
+    let mut target_texts: Vec<String> = data
+        .examples
+        .iter()
+        .filter_map(|e| task.target_text(&e.label))
+        .collect();
+    target_texts.sort_unstable();
+    target_texts.dedup();
+    let targets: HashMap<String, Vec<u32>> = target_texts
+        .into_par_iter()
+        .map(|t| tokenizer.encode(&t, lengths.target).map(|ids| (t, ids)))
+        .collect::<Result<_>>()?;
     let encoded: Vec<(EncodedExample, bool)> = data
         .examples
         .par_iter()
         .map(|example| {
             let source = task.source_text(example);
             let (input_ids, truncated) = tokenizer.encode_truncating(&source, lengths.source)?;
-            let labels = match task.target_text(&example.label) {
-                Some(target) => tokenizer.encode(&target, lengths.target)?,
-                None => Vec::new(),
-            };
+            let labels = task
+                .target_text(&example.label)
+                .and_then(|t| targets.get(&t).cloned())
+                .unwrap_or_default();
             Ok((EncodedExample { input_ids, labels }, truncated))
         })
         .collect::<Result<_>>()?;
