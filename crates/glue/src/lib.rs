@@ -1,0 +1,48 @@
+//! GLUE/MNLI data for tessera: everything between a dataset file and a batch of
+//! token ids, and between generated text and a score.
+//!
+//! - [`read`]: GLUE TSV, Hugging Face JSONL and Parquet readers, split folders,
+//!   the built-in [`synthetic`] (`nli-synthetic`) source.
+//! - [`task`]: the GLUE tasks (and a custom `{"input","target"}` task) with
+//!   T5's text-to-text prompts and targets; MNLI is the seed's
+//!   `mnli hypothesis: {hypothesis} premise: {premise}`.
+//! - [`tokenize`]: `tokenizer.json` via the `tokenizers` crate, parallel encoding.
+//! - [`batch`] and [`loader`]: padded batches (dynamic or fixed), file-order,
+//!   shuffled or length-bucketed sampling, and a checkpointable [`Cursor`].
+//! - [`answer`] and [`metrics`]: postprocessing of generated text and scores.
+//!
+//! ```
+//! use tessera_glue::{Source, Split, Task, ReadOptions};
+//! let data = Source::parse("nli-synthetic")
+//!     .load(Task::mnli(), Split::ValidationMismatched, ReadOptions::default())
+//!     .unwrap();
+//! let prompt = data.task.source_text(&data.examples[0]);
+//! assert!(prompt.starts_with("mnli hypothesis: "));
+//! ```
+
+pub mod answer;
+pub mod batch;
+mod error;
+pub mod loader;
+pub mod metrics;
+pub mod read;
+mod rng;
+pub mod synthetic;
+pub mod task;
+pub mod tokenize;
+
+pub use answer::{parse_answer, Answer};
+pub use batch::{Batch, Padding, IGNORE_INDEX};
+pub use error::{GlueError, Result};
+pub use loader::{Cursor, Loader, LoaderConfig, Order};
+pub use metrics::{evaluate, Summary};
+pub use read::{read_file, Dataset, Format, ReadOptions, Source, Split};
+pub use task::{Example, Label, TargetKind, Task};
+pub use tokenize::{encode_dataset, EncodedDataset, EncodedExample, Lengths, TextTokenizer};
+
+/// The `parquet` crate this crate reads with, re-exported so callers (and the
+/// tests) can write Parquet files with the same version.
+#[cfg(feature = "parquet")]
+pub use parquet;
+/// The `tokenizers` crate, re-exported: [`TextTokenizer::new`] takes its `Tokenizer`.
+pub use tokenizers;

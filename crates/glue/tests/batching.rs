@@ -1,0 +1,329 @@
+//! Tokenization, the seed's label/decoder-input layout, padding masks, the
+//! samplers and the checkpointable cursor, on a tokenizer the tests build.
+
+mod common;
+
+use common::{id, tiny_tokenizer};
+use tessera_glue::loader::{batches_in_order, epoch_plan};
+use tessera_glue::{
+    encode_dataset, Batch, Cursor, Dataset, EncodedDataset, Example, Label, Lengths, Loader,
+    LoaderConfig, Order, Padding, Source, Split, Task, TextTokenizer, IGNORE_INDEX,
+};
+
+fn dataset(rows: &[(&str, &str, Label)]) -> Dataset {
+    let mut data = Source::NliSynthetic
+        .load(Task::mnli(), Split::Validation, Default::default())
+        .expect("synthetic data");
+    data.examples = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (h, p, l))| Example {
+            line: i + 1,
+            idx: Some(i as i64),
+            texts: vec![h.to_string(), p.to_string()],
+            label: l.clone(),
+        })
+        .collect();
+    data
+}
+
+#[test]
+fn prompt_ids_are_the_pieces_plus_eos() {
+    let tk = tiny_tokenizer();
+    let ids = tk
+        .encode(
+            "mnli hypothesis: A man sleeps. premise: A man is awake.",
+            512,
+        )
+        .unwrap();
+    let want: Vec<u32> = [
+        "▁mnli",
+        "▁hypothesis",
+        ":",
+        "▁A",
+        "▁man",
+        "▁sleeps",
+        ".",
+        "▁premise",
+        ":",
+        "▁A",
+        "▁man",
+        "▁is",
+        "▁awake",
+        ".",
+    ]
+    .iter()
+    .map(|p| id(p))
+    .chain([1])
+    .collect();
+    assert_eq!(ids, want);
+    // Unknown words are spelled out by character pieces.
+    assert_eq!(
+        tk.encode("cab", 8).unwrap(),
+        vec![id("▁"), id("c"), id("a"), id("b"), 1]
+    );
+    assert_eq!((tk.pad_id(), tk.eos_id()), (0, 1));
+    assert_eq!(
+        tk.decode(&ids, true).unwrap(),
+        "mnli hypothesis: A man sleeps. premise: A man is awake."
+    );
+}
+
+#[test]
+fn tokenizer_json_round_trip_gives_the_same_ids() {
+    let tk = tiny_tokenizer();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    tk.inner().save(&path, false).unwrap();
+    let loaded = TextTokenizer::from_file(dir.path()).unwrap();
+    let text = "mnli hypothesis: A  man   sleeps. premise: cab";
+    assert_eq!(
+        loaded.encode(text, 64).unwrap(),
+        tk.encode(text, 64).unwrap()
+    );
+    // The regex normalizer folds runs of spaces.
+    assert_eq!(
+        tk.encode("A  man", 8).unwrap(),
+        tk.encode("A man", 8).unwrap()
+    );
+    let e = TextTokenizer::from_file(&dir.path().join("nope.json")).unwrap_err();
+    assert!(e.to_string().contains("nope.json: file not found"), "{e}");
+    std::fs::write(&path, "{}").unwrap();
+    let e = TextTokenizer::from_file(&path).unwrap_err().to_string();
+    assert!(
+        e.starts_with("tokenizer ") && e.contains("cannot load"),
+        "{e}"
+    );
+}
+
+#[test]
+fn truncation_keeps_eos_and_rejects_impossible_lengths() {
+    let tk = tiny_tokenizer();
+    let ids = tk.encode("mnli hypothesis: A man sleeps.", 4).unwrap();
+    assert_eq!(ids, vec![id("▁mnli"), id("▁hypothesis"), id(":"), 1]);
+    let e = tk.encode("A", 1).unwrap_err().to_string();
+    assert!(e.contains("maximum length of 1 leaves no room"), "{e}");
+}
+
+#[test]
+fn labels_are_target_plus_eos_and_decoder_input_is_shifted() {
+    let data = dataset(&[
+        ("A man sleeps.", "A man is awake.", Label::Class(2)),
+        ("A man.", "A man.", Label::Class(0)),
+    ]);
+    let enc = encode_dataset(&tiny_tokenizer(), &data, Lengths::default()).unwrap();
+    assert_eq!(enc.examples[0].labels, vec![id("▁contradiction"), 1]);
+    let batch = Batch::collate(&enc, &[0, 1], Padding::Dynamic).unwrap();
+    assert_eq!(batch.target_len, 2);
+    assert_eq!(
+        batch.labels,
+        vec![id("▁contradiction") as i32, 1, id("▁entailment") as i32, 1]
+    );
+    assert_eq!(
+        batch.decoder_input_ids,
+        vec![0, id("▁contradiction"), 0, id("▁entailment")]
+    );
+    assert_eq!(batch.decoder_attention_mask, vec![1, 1, 1, 1]);
+    assert_eq!(batch.target_tokens(), 4);
+}
+
+#[test]
+fn dynamic_padding_masks_and_ignores_padding() {
+    // Source lengths 15 and 8 tokens; a multi-piece target to get uneven target lengths.
+    let data = dataset(&[
+        ("A man sleeps.", "A man is awake.", Label::Class(1)),
+        ("A", "A", Label::Class(0)),
+    ]);
+    let mut enc = encode_dataset(&tiny_tokenizer(), &data, Lengths::default()).unwrap();
+    enc.examples[1].labels = vec![id("c"), id("a"), id("b"), 1];
+    let batch = Batch::collate(&enc, &[0, 1], Padding::Dynamic).unwrap();
+    assert_eq!(
+        (batch.batch_size(), batch.source_len, batch.target_len),
+        (2, 15, 4)
+    );
+    let row1_src = &batch.input_ids[15..];
+    assert_eq!(&row1_src[..8], &enc.examples[1].input_ids[..]);
+    assert!(row1_src[8..].iter().all(|&t| t == 0));
+    assert_eq!(batch.attention_mask[..15], [1; 15]);
+    assert_eq!(
+        batch.attention_mask[15..],
+        [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    );
+    assert_eq!(
+        &batch.labels[..4],
+        &[id("▁neutral") as i32, 1, IGNORE_INDEX, IGNORE_INDEX]
+    );
+    assert_eq!(&batch.decoder_input_ids[..4], &[0, id("▁neutral"), 0, 0]);
+    assert_eq!(&batch.decoder_attention_mask[..4], &[1, 1, 0, 0]);
+    assert_eq!(
+        &batch.decoder_input_ids[4..],
+        &[0, id("c"), id("a"), id("b")]
+    );
+    assert_eq!(batch.target_tokens(), 6);
+}
+
+#[test]
+fn fixed_padding_has_static_shapes() {
+    let data = dataset(&[
+        ("A", "A", Label::Class(0)),
+        ("A man.", "A man.", Label::Missing),
+    ]);
+    let lengths = Lengths {
+        source: 16,
+        target: 4,
+    };
+    let tk = tiny_tokenizer();
+    let enc = encode_dataset(&tk, &data, lengths).unwrap();
+    let batch = Batch::collate(&enc, &[0, 1], Padding::Fixed).unwrap();
+    assert_eq!((batch.source_len, batch.target_len), (16, 4));
+    assert_eq!(batch.input_ids.len(), 32);
+    assert_eq!(batch.labels.len(), 8);
+    // The unlabeled row has no target: all ignored, no decoder positions.
+    assert!(batch.labels[4..].iter().all(|&l| l == IGNORE_INDEX));
+    assert_eq!(&batch.decoder_attention_mask[4..], &[0, 0, 0, 0]);
+    let short = encode_dataset(
+        &tk,
+        &data,
+        Lengths {
+            source: 4,
+            target: 4,
+        },
+    )
+    .unwrap();
+    assert_eq!(short.truncated_sources, 2);
+    assert!(short
+        .examples
+        .iter()
+        .all(|e| e.input_ids.len() == 4 && e.input_ids[3] == 1));
+}
+
+fn synthetic(split: Split, rows: usize) -> EncodedDataset {
+    let mut data = Source::NliSynthetic
+        .load(Task::mnli(), split, Default::default())
+        .expect("synthetic data");
+    data.examples.truncate(rows);
+    encode_dataset(&tiny_tokenizer(), &data, Lengths::default()).expect("encodes")
+}
+
+fn config(order: Order, batch_size: usize) -> LoaderConfig {
+    LoaderConfig {
+        batch_size,
+        order,
+        seed: 17,
+        padding: Padding::Dynamic,
+        drop_last: false,
+    }
+}
+
+#[test]
+fn parallel_encoding_equals_one_by_one() {
+    let data = Source::NliSynthetic
+        .load(Task::mnli(), Split::Validation, Default::default())
+        .unwrap();
+    let tk = tiny_tokenizer();
+    let enc = encode_dataset(&tk, &data, Lengths::default()).unwrap();
+    for (ex, got) in data.examples.iter().zip(&enc.examples).step_by(37) {
+        assert_eq!(
+            got.input_ids,
+            tk.encode(&Task::mnli().source_text(ex), 512).unwrap()
+        );
+    }
+}
+
+#[test]
+fn sequential_order_is_file_order() {
+    let enc = synthetic(Split::Validation, 10);
+    let plan = epoch_plan(&enc, &config(Order::Sequential, 4), 3);
+    assert_eq!(plan, vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
+    let mut drop = config(Order::Sequential, 4);
+    drop.drop_last = true;
+    assert_eq!(epoch_plan(&enc, &drop, 0).len(), 2);
+    let eval: Vec<Batch> = batches_in_order(&enc, 4, Padding::Dynamic)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        eval.iter().map(|b| b.rows.clone()).collect::<Vec<_>>(),
+        plan
+    );
+}
+
+#[test]
+fn shuffling_is_seeded_and_covers_every_row_once() {
+    let enc = synthetic(Split::Validation, 100);
+    for order in [Order::Shuffled, Order::LengthBucketed] {
+        let cfg = config(order, 8);
+        let a = epoch_plan(&enc, &cfg, 0);
+        assert_eq!(a, epoch_plan(&enc, &cfg, 0), "{order:?}");
+        assert_ne!(a, epoch_plan(&enc, &cfg, 1), "{order:?}");
+        assert_ne!(
+            a,
+            epoch_plan(&enc, &LoaderConfig { seed: 18, ..cfg }, 0),
+            "{order:?}"
+        );
+        let mut rows: Vec<usize> = a.concat();
+        rows.sort_unstable();
+        assert_eq!(rows, (0..100).collect::<Vec<_>>(), "{order:?}");
+    }
+}
+
+#[test]
+fn length_bucketing_reduces_padding() {
+    let enc = synthetic(Split::Train, 2000);
+    let padded = |order| -> usize {
+        epoch_plan(&enc, &config(order, 16), 0)
+            .iter()
+            .map(|rows| Batch::collate(&enc, rows, Padding::Dynamic).unwrap())
+            .map(|b| b.attention_mask.iter().filter(|&&m| m == 0).count())
+            .sum()
+    };
+    let (shuffled, bucketed) = (padded(Order::Shuffled), padded(Order::LengthBucketed));
+    assert!(
+        bucketed * 3 < shuffled,
+        "bucketed {bucketed} vs shuffled {shuffled}"
+    );
+}
+
+#[test]
+fn a_restored_cursor_continues_the_same_stream() {
+    let enc = synthetic(Split::Validation, 50);
+    let cfg = config(Order::Shuffled, 8); // 7 batches per epoch
+    let mut straight = Loader::new(enc.clone(), cfg).unwrap();
+    let all: Vec<Vec<usize>> = (0..20)
+        .map(|_| straight.next_batch().unwrap().rows)
+        .collect();
+    assert_eq!(straight.cursor(), Cursor { epoch: 2, batch: 6 });
+
+    let mut first = Loader::new(enc.clone(), cfg).unwrap();
+    for _ in 0..9 {
+        first.next_batch().unwrap();
+    }
+    let saved = serde_json::to_string(&first.cursor()).unwrap();
+    assert_eq!(saved, r#"{"epoch":1,"batch":2}"#);
+    let mut resumed = Loader::new(enc.clone(), cfg).unwrap();
+    resumed.seek(serde_json::from_str(&saved).unwrap()).unwrap();
+    let rest: Vec<Vec<usize>> = (9..20)
+        .map(|_| resumed.next_batch().unwrap().rows)
+        .collect();
+    assert_eq!(rest, all[9..]);
+    let e = resumed
+        .seek(Cursor {
+            epoch: 0,
+            batch: 99,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("batch 99 but an epoch has only 7 batches"),
+        "{e}"
+    );
+}
+
+#[test]
+fn loader_rejects_bad_settings() {
+    let enc = synthetic(Split::Validation, 5);
+    assert!(Loader::new(enc.clone(), config(Order::Sequential, 0)).is_err());
+    let mut cfg = config(Order::Sequential, 8);
+    cfg.drop_last = true;
+    let e = Loader::new(enc, cfg).unwrap_err().to_string();
+    assert!(e.contains("5 rows, too few for one batch of 8"), "{e}");
+}
