@@ -5,6 +5,7 @@
 
 mod bench;
 mod output;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,12 +23,15 @@ enum Command {
     /// Measure the kernels and the training step.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Plan and time a T5 job on a Graphcore IPU pod (the IPU-topology simulator).
+    Simulate(simulate::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Simulate(args) => simulate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
