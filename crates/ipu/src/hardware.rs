@@ -128,7 +128,7 @@ impl Assumptions {
 /// (phased TP 16, 1 replica, the seed's settings) takes Graphcore's
 /// published ≈ 36 s per step. The test `calibration_matches_the_constant`
 /// re-solves it and fails if the model changes under it.
-pub const CALIBRATED_MATMUL_EFFICIENCY: f64 = 0.10;
+pub const CALIBRATED_MATMUL_EFFICIENCY: f64 = 0.068;
 
 #[cfg(test)]
 mod tests {

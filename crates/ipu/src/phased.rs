@@ -23,6 +23,8 @@ use crate::{gib, mib, part, Context, Outcome, SimError, ADAMW_FLOPS_PER_PARAM};
 pub struct Phase {
     /// Layer and pass, e.g. `dec 3 bwd`.
     pub label: String,
+    /// The part of the step, e.g. `decoder bwd`.
+    pub group: String,
     /// Forward, backward or optimizer.
     pub kind: SegmentKind,
     /// FLOPs per IPU.
@@ -196,6 +198,7 @@ fn schedule(ctx: &Context, phases: &[Phase]) -> (TimeBreakdown, Vec<Segment>) {
                         end_s: e,
                         kind,
                         label: p.label.clone(),
+                        group: p.group.clone(),
                     });
                 }
             }
@@ -328,8 +331,16 @@ impl<'a> Shards<'a> {
             SegmentKind::Optimizer => self.optimizer_sram(layer),
             _ => self.sram(layer, kind == SegmentKind::Backward, io),
         };
+        let group = match (kind, layer.kind) {
+            (SegmentKind::Optimizer, _) => "AdamW".to_string(),
+            (_, LayerKind::Embedding) => format!("emb {pass}"),
+            (_, LayerKind::Encoder) => format!("encoder {pass}"),
+            (_, LayerKind::Decoder) => format!("decoder {pass}"),
+            (_, LayerKind::LmHead) => "head".to_string(),
+        };
         Phase {
             label: format!("{} {pass}", layer.name()),
+            group,
             kind,
             flops,
             links_s,
@@ -507,6 +518,7 @@ impl<'a> Shards<'a> {
             io,
         );
         phase.label = format!("{} tok {step}", layer.name());
+        phase.group = format!("token {step}");
         phase
     }
 }
@@ -557,6 +569,7 @@ mod tests {
     fn phase(flops: f64, links_s: f64, streamed_bytes: f64) -> Phase {
         Phase {
             label: "x".into(),
+            group: "x".into(),
             kind: SegmentKind::Forward,
             flops,
             links_s,

@@ -389,7 +389,12 @@ impl<'a> Pipeline<'a> {
         for pass in 0..per_stage[0].len() {
             let times: Vec<StageTime> = per_stage.iter().map(|p| p[pass]).collect();
             let b = pass_breakdown(&times, self.ctx.m);
-            draw_pass(&times, self.ctx.m, total.total_s, &mut timeline);
+            let group = match (self.ctx.req.workload.mode, pass) {
+                (Mode::Train, _) => format!("{} micro-batches, forward + backward", self.ctx.m),
+                (Mode::Infer, 0) => "encoder pass".to_string(),
+                (Mode::Infer, k) => format!("token {}", k - 1),
+            };
+            draw_pass(&times, self.ctx.m, total.total_s, &group, &mut timeline);
             total = total.add(b);
         }
         if self.ctx.req.workload.mode == Mode::Train {
@@ -432,6 +437,7 @@ impl<'a> Pipeline<'a> {
                         end_s: t + d,
                         kind,
                         label: label.into(),
+                        group: "update".into(),
                     });
                     t += d;
                 }
@@ -472,7 +478,7 @@ pub fn pass_breakdown(times: &[StageTime], m: u64) -> TimeBreakdown {
 /// Appends a pass's schedule starting at `t0`: per stage and micro-batch a
 /// forward, a backward and a send segment, and a bubble wherever a stage
 /// waits.
-pub fn draw_pass(times: &[StageTime], m: u64, t0: f64, out: &mut Vec<Segment>) -> f64 {
+pub fn draw_pass(times: &[StageTime], m: u64, t0: f64, group: &str, out: &mut Vec<Segment>) -> f64 {
     let mut prev_stage_end = vec![t0; m as usize];
     let mut makespan = t0;
     for (k, t) in times.iter().enumerate() {
@@ -487,6 +493,7 @@ pub fn draw_pass(times: &[StageTime], m: u64, t0: f64, out: &mut Vec<Segment>) -
                     end_s: start,
                     kind: SegmentKind::Bubble,
                     label: "idle".into(),
+                    group: group.into(),
                 });
             }
             let mut at = start;
@@ -502,6 +509,7 @@ pub fn draw_pass(times: &[StageTime], m: u64, t0: f64, out: &mut Vec<Segment>) -
                         end_s: at + d,
                         kind,
                         label: format!("mb {j}"),
+                        group: group.into(),
                     });
                     at += d;
                 }
@@ -575,7 +583,7 @@ mod tests {
         let times = [st(0.5), st(1.0), st(0.2), st(0.7)];
         for m in [1, 2, 5, 9] {
             let mut segs = Vec::new();
-            let end = draw_pass(&times, m, 0.0, &mut segs);
+            let end = draw_pass(&times, m, 0.0, "pass", &mut segs);
             let totals: Vec<f64> = times.iter().map(StageTime::total_s).collect();
             assert!((end - pass_s(&totals, m)).abs() < 1e-9, "m = {m}");
             assert!(segs.iter().all(|s| s.end_s > s.start_s));

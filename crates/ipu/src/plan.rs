@@ -136,6 +136,9 @@ pub struct Segment {
     pub kind: SegmentKind,
     /// Which layer, stage or micro-batch.
     pub label: String,
+    /// The part of the step it belongs to (`encoder fwd`, `token 2`, …),
+    /// drawn as a band above the lanes.
+    pub group: String,
 }
 
 /// The answer to "does this model fit on this pod, how, and how fast?".
@@ -194,6 +197,15 @@ pub struct Plan {
     pub timeline: Vec<Segment>,
 }
 
+/// Seconds, or milliseconds below one second.
+fn duration(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.2} s")
+    } else {
+        format!("{:.2} ms", s * 1e3)
+    }
+}
+
 const MIB: f64 = (1u64 << 20) as f64;
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -236,8 +248,12 @@ impl fmt::Display for Plan {
         if let (Some(t), Some(sps)) = (self.time, self.samples_per_s) {
             writeln!(
                 f,
-                "Step time: {:.2} s = compute {:.2} + links {:.2} + streaming {:.2} + bubbles {:.2}",
-                t.total_s, t.compute_s, t.links_s, t.streaming_s, t.bubbles_s
+                "Step time: {} = compute {} + links {} + streaming (not hidden) {} + bubbles {}",
+                duration(t.total_s),
+                duration(t.compute_s),
+                duration(t.links_s),
+                duration(t.streaming_s),
+                duration(t.bubbles_s)
             )?;
             writeln!(f, "Throughput: {sps:.2} samples/s")?;
         }

@@ -9,7 +9,7 @@ use std::fmt::Write;
 const WIDTH: f64 = 1400.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 56.0;
+const TOP: f64 = 78.0;
 const LANE: f64 = 22.0;
 const LANE_GAP: f64 = 6.0;
 const STRIP: f64 = 4.0;
@@ -84,6 +84,7 @@ pub fn timeline(plan: &Plan) -> String {
             WIDTH - LEFT - RIGHT
         );
     }
+    draw_bands(&mut svg, plan, &x);
     for s in &plan.timeline {
         draw_segment(&mut svg, s, x(s.start_s), x(s.end_s));
     }
@@ -135,9 +136,15 @@ fn draw_segment(svg: &mut String, s: &Segment, x0: f64, x1: f64) {
         _ => (y, LANE - STRIP - 1.0),
     };
     let w = (x1 - x0).max(0.3);
+    // A hairline edge separates neighbouring segments that are wide enough.
+    let edge = if w > 3.0 {
+        r#" stroke="white" stroke-width="0.5""#
+    } else {
+        ""
+    };
     let _ = writeln!(
         svg,
-        r#"<rect x="{x0:.2}" y="{top:.1}" width="{w:.2}" height="{h:.1}" fill="{}"><title>{}</title></rect>"#,
+        r#"<rect x="{x0:.2}" y="{top:.1}" width="{w:.2}" height="{h:.1}" fill="{}"{edge}><title>{}</title></rect>"#,
         colour(s.kind),
         escape(&s.label)
     );
@@ -156,6 +163,43 @@ fn draw_segment(svg: &mut String, s: &Segment, x0: f64, x1: f64) {
             y + 12.0,
             escape(&s.label)
         );
+    }
+}
+
+/// The parts of the step (segment `group`s, each spanning from its first
+/// start to its last end on any IPU) as alternating bands above the
+/// lanes, named when wide enough.
+fn draw_bands(svg: &mut String, plan: &Plan, x: &impl Fn(f64) -> f64) {
+    let mut bands: Vec<(f64, f64, &str)> = Vec::new();
+    for s in plan
+        .timeline
+        .iter()
+        .filter(|s| s.kind != SegmentKind::Streaming)
+    {
+        match bands.iter_mut().find(|b| b.2 == s.group) {
+            Some(b) => *b = (b.0.min(s.start_s), b.1.max(s.end_s), b.2),
+            None => bands.push((s.start_s, s.end_s, &s.group)),
+        }
+    }
+    let y = TOP - 22.0;
+    for (k, (start, end, name)) in bands.iter().enumerate() {
+        let (x0, x1) = (x(*start), x(*end));
+        let fill = if k % 2 == 0 { "#e8e8e8" } else { "#d0d0d0" };
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{x0:.2}" y="{y:.1}" width="{:.2}" height="16" fill="{fill}"><title>{}</title></rect>"#,
+            (x1 - x0).max(0.3),
+            escape(name)
+        );
+        if x1 - x0 > 6.5 * name.len() as f64 + 6.0 {
+            let _ = writeln!(
+                svg,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text>"#,
+                0.5 * (x0 + x1),
+                y + 12.0,
+                escape(name)
+            );
+        }
     }
 }
 
