@@ -93,9 +93,13 @@ impl Pod {
 /// calibrated against a measurement (XXL on POD16, ≈ 36 s per step).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Assumptions {
-    /// Fraction of peak FLOP/s that T5's operations reach, everything that
-    /// the model does not itemise included. Calibrated.
+    /// Fraction of peak FLOP/s that T5's operations reach on large
+    /// matmuls, everything that the model does not itemise included.
+    /// Calibrated.
     pub matmul_efficiency: f64,
+    /// Token rows at which a matmul reaches half of `matmul_efficiency`
+    /// (few rows cannot keep 1,472 tiles' AMP units busy).
+    pub half_efficiency_rows: f64,
     /// Streaming Memory bandwidth seen by one IPU when all four IPUs of an
     /// M2000 stream at once, bytes/s.
     pub streaming_bytes_per_s: f64,
@@ -116,6 +120,7 @@ impl Assumptions {
     /// The values used throughout (see `docs/ipu.md` for each reason).
     pub const DEFAULT: Assumptions = Assumptions {
         matmul_efficiency: CALIBRATED_MATMUL_EFFICIENCY,
+        half_efficiency_rows: 64.0,
         streaming_bytes_per_s: 12e9,
         link_latency_s: 3e-6,
         ring_bytes_per_s: 64e9,
@@ -124,11 +129,19 @@ impl Assumptions {
     };
 }
 
+impl Assumptions {
+    /// The share of `matmul_efficiency` a matmul over `rows` token rows
+    /// reaches: `rows / (rows + half_efficiency_rows)`.
+    pub fn shape_factor(&self, rows: f64) -> f64 {
+        rows / (rows + self.half_efficiency_rows)
+    }
+}
+
 /// `matmul_efficiency` solved so that Flan-T5 XXL training on a POD16
 /// (phased TP 16, 1 replica, the seed's settings) takes Graphcore's
 /// published ≈ 36 s per step. The test `calibration_matches_the_constant`
 /// re-solves it and fails if the model changes under it.
-pub const CALIBRATED_MATMUL_EFFICIENCY: f64 = 0.068;
+pub const CALIBRATED_MATMUL_EFFICIENCY: f64 = 0.0764;
 
 #[cfg(test)]
 mod tests {
@@ -138,6 +151,14 @@ mod tests {
     fn gc200_sram_is_about_900_mb() {
         assert_eq!(Ipu::GC200.sram_bytes(), 1472 * 638_976);
         assert_eq!(Ipu::GC200.sram_bytes(), 940_572_672);
+    }
+
+    #[test]
+    fn shape_factor_halves_at_the_named_row_count() {
+        let a = Assumptions::DEFAULT;
+        assert_eq!(a.shape_factor(64.0), 0.5);
+        assert_eq!(a.shape_factor(192.0), 0.75);
+        assert!(a.shape_factor(512.0) < a.shape_factor(513.0));
     }
 
     #[test]

@@ -154,6 +154,12 @@ impl<'a> Context<'a> {
         peak * a.matmul_efficiency * compute_tiles as f64 / ipu.tiles as f64
     }
 
+    /// Seconds for `flops` of matmuls over `rows` token rows on one IPU:
+    /// `flops / (peak · efficiency · compute-tile share · rows / (rows + r½))`.
+    pub fn matmul_s(&self, flops: f64, rows: f64, io_tiles: bool) -> f64 {
+        flops / (self.flops_per_s(io_tiles) * self.req.assumptions.shape_factor(rows))
+    }
+
     /// The SRAM share reserved for code, exchange buffers and temporaries.
     pub fn reserve(&self) -> MemoryPart {
         let sram = self.req.pod.ipu.sram_bytes() as f64;

@@ -27,8 +27,9 @@ pub struct Phase {
     pub group: String,
     /// Forward, backward or optimizer.
     pub kind: SegmentKind,
-    /// FLOPs per IPU.
-    pub flops: f64,
+    /// Seconds of arithmetic on each IPU (its FLOPs at the sustained rate
+    /// for the phase's matmul shape).
+    pub arithmetic_s: f64,
     /// Time in collectives over IPU-Links.
     pub links_s: f64,
     /// Bytes moved between Streaming Memory and this IPU.
@@ -50,16 +51,11 @@ pub struct PhaseTime {
     pub total_s: f64,
 }
 
-/// Times a phase: `compute = flops / rate + streamed / exchange`,
+/// Times a phase: `compute = arithmetic + streamed / exchange`,
 /// `streaming = streamed / streaming bandwidth`, and the phase lasts
 /// `max(compute + links, streaming)`.
-pub fn phase_time(
-    p: &Phase,
-    ctx_rate: f64,
-    exchange_bytes_per_s: f64,
-    streaming_bytes_per_s: f64,
-) -> PhaseTime {
-    let compute_s = p.flops / ctx_rate + p.streamed_bytes / exchange_bytes_per_s;
+pub fn phase_time(p: &Phase, exchange_bytes_per_s: f64, streaming_bytes_per_s: f64) -> PhaseTime {
+    let compute_s = p.arithmetic_s + p.streamed_bytes / exchange_bytes_per_s;
     let streaming_s = p.streamed_bytes / streaming_bytes_per_s;
     PhaseTime {
         compute_s,
@@ -175,12 +171,11 @@ pub(crate) fn streaming_footprint(ctx: &Context) -> f64 {
 /// Runs the phases back to back on every IPU of replica 0.
 fn schedule(ctx: &Context, phases: &[Phase]) -> (TimeBreakdown, Vec<Segment>) {
     let ipu = &ctx.req.pod.ipu;
-    let rate = ctx.flops_per_s(true);
     let stream_bw = ctx.req.assumptions.streaming_bytes_per_s;
     let mut total = TimeBreakdown::default();
     let mut timeline = Vec::new();
     for p in phases {
-        let t = phase_time(p, rate, ipu.exchange_bytes_per_s, stream_bw);
+        let t = phase_time(p, ipu.exchange_bytes_per_s, stream_bw);
         let start = total.total_s;
         let busy = t.compute_s + t.links_s;
         let pieces = [
@@ -203,13 +198,13 @@ fn schedule(ctx: &Context, phases: &[Phase]) -> (TimeBreakdown, Vec<Segment>) {
                 }
             }
         }
-        total = total.add(TimeBreakdown {
+        total += TimeBreakdown {
             compute_s: t.compute_s,
             links_s: t.links_s,
             streaming_s: t.total_s - busy,
             bubbles_s: 0.0,
             total_s: t.total_s,
-        });
+        };
     }
     (total, timeline)
 }
@@ -284,17 +279,22 @@ impl<'a> Shards<'a> {
         }
     }
 
+    /// The pass a phase of `kind` runs on `layer`: backward phases are
+    /// backward, decoder-side phases of generation decode one token.
+    fn pass(&self, layer: &Layer, kind: SegmentKind) -> Pass {
+        let infer = self.ctx.req.workload.mode == Mode::Infer;
+        match (kind, layer.kind) {
+            (SegmentKind::Backward, _) => Pass::Backward,
+            (_, LayerKind::Decoder | LayerKind::LmHead) if infer => Pass::Decode,
+            _ => Pass::Forward,
+        }
+    }
+
     /// SRAM of a forward or backward phase of `layer`.
-    fn sram(&self, layer: &Layer, backward: bool, io_bytes: f64) -> Vec<MemoryPart> {
+    fn sram(&self, layer: &Layer, pass: Pass, io_bytes: f64) -> Vec<MemoryPart> {
         let w = &self.ctx.req.workload;
-        let decode =
-            w.mode == Mode::Infer && matches!(layer.kind, LayerKind::Decoder | LayerKind::LmHead);
-        let pass = match (backward, decode) {
-            (true, _) => Pass::Backward,
-            (false, true) => Pass::Decode,
-            (false, false) => Pass::Forward,
-        };
         let working = w.working_bytes(layer, self.n, pass);
+        let backward = pass == Pass::Backward;
         let mut parts = vec![
             part("weights", self.weight_bytes(layer)),
             part("next weights (prefetch)", self.weight_bytes(layer)),
@@ -305,7 +305,7 @@ impl<'a> Shards<'a> {
         } else {
             parts.push(part("activations", working));
         }
-        if decode && layer.kind == LayerKind::Decoder {
+        if pass == Pass::Decode && layer.kind == LayerKind::Decoder {
             parts.push(part("kv cache", w.kv_cache_bytes(self.n)));
         }
         parts.push(part("I/O buffers", 2.0 * io_bytes));
@@ -327,9 +327,14 @@ impl<'a> Shards<'a> {
             SegmentKind::Backward => "bwd",
             _ => "adamw",
         };
-        let sram = match kind {
-            SegmentKind::Optimizer => self.optimizer_sram(layer),
-            _ => self.sram(layer, kind == SegmentKind::Backward, io),
+        let ctx = self.ctx;
+        let (sram, arithmetic_s) = match kind {
+            SegmentKind::Optimizer => (self.optimizer_sram(layer), flops / ctx.flops_per_s(true)),
+            _ => {
+                let p = self.pass(layer, kind);
+                let rows = ctx.req.workload.matmul_rows(layer, p);
+                (self.sram(layer, p, io), ctx.matmul_s(flops, rows, true))
+            }
         };
         let group = match (kind, layer.kind) {
             (SegmentKind::Optimizer, _) => "AdamW".to_string(),
@@ -342,7 +347,7 @@ impl<'a> Shards<'a> {
             label: format!("{} {pass}", layer.name()),
             group,
             kind,
-            flops,
+            arithmetic_s,
             links_s,
             streamed_bytes: streamed,
             sram,
@@ -380,19 +385,21 @@ impl<'a> Shards<'a> {
     fn train_head(&self, layer: &Layer) -> Phase {
         let w = &self.ctx.req.workload;
         let n = self.n as f64;
-        let rows = (w.micro_batch * w.target_len * 4) as f64;
-        let links = self.ar(self.h_t) + 2.0 * self.ar(rows);
+        let per_token_fp32 = (w.micro_batch * w.target_len * 4) as f64;
+        let links = self.ar(self.h_t) + 2.0 * self.ar(per_token_fp32);
         let io = 2.0 * self.h_t / n;
         let streamed = self.weight_bytes(layer) + self.grad_bytes(layer) + self.m * io;
         let flops = self.m * w.train_flops(layer) / n;
-        self.phase(
+        let mut phase = self.phase(
             layer,
             SegmentKind::Backward,
             flops,
             self.m * links,
             streamed,
             io,
-        )
+        );
+        phase.label = "lm head fwd+bwd".into();
+        phase
     }
 
     /// The backward phase of `layer`: recomputation and backward per
@@ -566,12 +573,12 @@ fn infer_phases(ctx: &Context) -> Vec<Phase> {
 mod tests {
     use super::*;
 
-    fn phase(flops: f64, links_s: f64, streamed_bytes: f64) -> Phase {
+    fn phase(arithmetic_s: f64, links_s: f64, streamed_bytes: f64) -> Phase {
         Phase {
             label: "x".into(),
             group: "x".into(),
             kind: SegmentKind::Forward,
-            flops,
+            arithmetic_s,
             links_s,
             streamed_bytes,
             sram: Vec::new(),
@@ -580,13 +587,13 @@ mod tests {
 
     #[test]
     fn phase_time_is_the_longer_of_busy_and_streaming() {
-        // 1e12 FLOP at 1e12 FLOP/s = 1 s, + 1e9 B over 1e12 B/s exchange = 1 ms;
-        // links 0.5 s; streaming 1e9 B at 1e9 B/s = 1 s → compute-bound 1.501 s.
-        let t = phase_time(&phase(1e12, 0.5, 1e9), 1e12, 1e12, 1e9);
+        // 1 s of arithmetic + 1e9 B over 1e12 B/s exchange = 1 ms; links
+        // 0.5 s; streaming 1e9 B at 1e9 B/s = 1 s → compute-bound 1.501 s.
+        let t = phase_time(&phase(1.0, 0.5, 1e9), 1e12, 1e9);
         assert!((t.compute_s - 1.001).abs() < 1e-12);
         assert!((t.total_s - 1.501).abs() < 1e-12);
         // With 4e9 B streamed: 4 s of streaming exceeds 1.004 + 0.5.
-        let t = phase_time(&phase(1e12, 0.5, 4e9), 1e12, 1e12, 1e9);
+        let t = phase_time(&phase(1.0, 0.5, 4e9), 1e12, 1e9);
         assert!((t.total_s - 4.0).abs() < 1e-12);
     }
 }

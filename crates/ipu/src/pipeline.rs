@@ -92,7 +92,6 @@ struct Pipeline<'a> {
     fixed: Vec<Layer>,
     /// Encoder then decoder blocks, in order.
     blocks: Vec<Layer>,
-    rate: f64,
 }
 
 impl<'a> Pipeline<'a> {
@@ -103,12 +102,7 @@ impl<'a> Pipeline<'a> {
             .layers()
             .into_iter()
             .partition(Layer::is_block);
-        Pipeline {
-            ctx,
-            fixed,
-            blocks,
-            rate: ctx.flops_per_s(false),
-        }
+        Pipeline { ctx, fixed, blocks }
     }
 
     fn weight_bytes(&self, l: &Layer) -> f64 {
@@ -187,11 +181,13 @@ impl<'a> Pipeline<'a> {
     /// recomputation and backward, plus a send forward and one backward.
     fn train_time(&self, layers: &[Layer]) -> StageTime {
         let w = &self.ctx.req.workload;
-        let fwd: f64 = layers.iter().map(|l| w.forward_flops(l)).sum();
-        let all: f64 = layers.iter().map(|l| w.train_flops(l)).sum();
+        let fwd = self.matmul_s(layers, Pass::Forward, |l| w.forward_flops(l));
+        let bwd = self.matmul_s(layers, Pass::Backward, |l| {
+            w.train_flops(l) - w.forward_flops(l)
+        });
         StageTime {
-            forward_s: fwd / self.rate,
-            backward_s: (all - fwd) / self.rate,
+            forward_s: fwd,
+            backward_s: bwd,
             send_s: 2.0 * send_s(self.boundary_bytes(), &self.ctx.req.assumptions),
         }
     }
@@ -202,30 +198,31 @@ impl<'a> Pipeline<'a> {
     fn infer_times(&self, layers: &[Layer]) -> Vec<StageTime> {
         let w = &self.ctx.req.workload;
         let a = &self.ctx.req.assumptions;
-        let encode: f64 = layers
-            .iter()
-            .map(|l| {
-                if l.kind == LayerKind::Encoder {
-                    w.forward_flops(l)
-                } else {
-                    0.0
-                }
-            })
-            .sum();
+        let encode = self.matmul_s(layers, Pass::Forward, |l| match l.kind {
+            LayerKind::Encoder => w.forward_flops(l),
+            _ => 0.0,
+        });
         let mut passes = vec![StageTime {
-            forward_s: encode / self.rate,
+            forward_s: encode,
             backward_s: 0.0,
             send_s: send_s(self.boundary_bytes(), a),
         }];
-        passes.extend((0..w.target_len).map(|step| {
-            let flops: f64 = layers.iter().map(|l| w.decode_flops(l, step)).sum();
-            StageTime {
-                forward_s: flops / self.rate,
-                backward_s: 0.0,
-                send_s: send_s(w.hidden_bytes(1), a),
-            }
+        passes.extend((0..w.target_len).map(|step| StageTime {
+            forward_s: self.matmul_s(layers, Pass::Decode, |l| w.decode_flops(l, step)),
+            backward_s: 0.0,
+            send_s: send_s(w.hidden_bytes(1), a),
         }));
         passes
+    }
+
+    /// Seconds for `flops(l)` of each of `layers` in `pass`, each at the
+    /// sustained rate for its matmul shape.
+    fn matmul_s(&self, layers: &[Layer], pass: Pass, flops: impl Fn(&Layer) -> f64) -> f64 {
+        let w = &self.ctx.req.workload;
+        layers
+            .iter()
+            .map(|l| self.ctx.matmul_s(flops(l), w.matmul_rows(l, pass), false))
+            .sum()
     }
 
     /// Per pass, the time of stage `layers` (training has one pass).
@@ -262,10 +259,10 @@ impl<'a> Pipeline<'a> {
         // best[k][j]: the slowest stage when stages 0..=k hold blocks 0..j.
         let mut best = vec![vec![f64::INFINITY; nb + 1]; s];
         let mut from = vec![vec![0usize; nb + 1]; s];
-        for j in 0..=nb {
+        for (j, cost) in best[0].iter_mut().enumerate() {
             let layers = self.stage_layers(0, 0..j);
             if self.fits(0, &layers, offload) {
-                best[0][j] = self.stage_cost(&layers);
+                *cost = self.stage_cost(&layers);
             }
         }
         for k in 1..s {
@@ -395,11 +392,11 @@ impl<'a> Pipeline<'a> {
                 (Mode::Infer, k) => format!("token {}", k - 1),
             };
             draw_pass(&times, self.ctx.m, total.total_s, &group, &mut timeline);
-            total = total.add(b);
+            total += b;
         }
         if self.ctx.req.workload.mode == Mode::Train {
             let update = self.update(stages, offload, total.total_s, &mut timeline);
-            total = total.add(update);
+            total += update;
         }
         (total, timeline)
     }
@@ -416,7 +413,7 @@ impl<'a> Pipeline<'a> {
         let p = &self.ctx.req.workload.precision;
         let a = &self.ctx.req.assumptions;
         let params = self.max_stage_params(stages);
-        let compute_s = params * ADAMW_FLOPS_PER_PARAM / self.rate;
+        let compute_s = params * ADAMW_FLOPS_PER_PARAM / self.ctx.flops_per_s(false);
         let streaming_s = if offload {
             2.0 * params * p.optimizer_state_bytes as f64 / a.streaming_bytes_per_s
         } else {

@@ -53,16 +53,14 @@ pub struct TimeBreakdown {
     pub total_s: f64,
 }
 
-impl TimeBreakdown {
-    /// Sum of two breakdowns.
-    pub fn add(self, o: TimeBreakdown) -> TimeBreakdown {
-        TimeBreakdown {
-            compute_s: self.compute_s + o.compute_s,
-            links_s: self.links_s + o.links_s,
-            streaming_s: self.streaming_s + o.streaming_s,
-            bubbles_s: self.bubbles_s + o.bubbles_s,
-            total_s: self.total_s + o.total_s,
-        }
+impl std::ops::AddAssign for TimeBreakdown {
+    /// Appends `o`'s time, part by part.
+    fn add_assign(&mut self, o: TimeBreakdown) {
+        self.compute_s += o.compute_s;
+        self.links_s += o.links_s;
+        self.streaming_s += o.streaming_s;
+        self.bubbles_s += o.bubbles_s;
+        self.total_s += o.total_s;
     }
 }
 

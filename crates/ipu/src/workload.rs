@@ -259,6 +259,20 @@ impl Workload {
         }
     }
 
+    /// Token rows of `layer`'s matmuls for one micro-batch in `pass`: `b·s`
+    /// for the encoder, `b·t` for the decoder and LM head, `b` when decoding
+    /// one token; `b·(s + t)` for the embedding.
+    pub fn matmul_rows(&self, layer: &Layer, pass: Pass) -> f64 {
+        let (b, s, t) = (self.micro_batch, self.source_len, self.target_len);
+        let rows = match (layer.kind, pass) {
+            (LayerKind::Embedding, _) => b * (s + t),
+            (LayerKind::Encoder, _) => b * s,
+            (_, Pass::Decode) => b,
+            _ => b * t,
+        };
+        rows as f64
+    }
+
     /// Bytes of one micro-batch's hidden state over `len` tokens: `b·len·d`
     /// activation elements.
     pub fn hidden_bytes(&self, len: u64) -> f64 {
@@ -430,6 +444,15 @@ pub(crate) mod tests {
         );
         // kv cache, n = 2: 2·2·(5+3)·8·2 / 2.
         assert_eq!(w.kv_cache_bytes(2), 256.0);
+    }
+
+    #[test]
+    fn matmul_rows_by_hand() {
+        let w = tiny();
+        let l = w.layers();
+        assert_eq!(w.matmul_rows(&l[1], Pass::Backward), 6.0);
+        assert_eq!(w.matmul_rows(&l[3], Pass::Forward), 10.0);
+        assert_eq!(w.matmul_rows(&l[5], Pass::Decode), 2.0);
     }
 
     #[test]
