@@ -70,6 +70,26 @@ pub struct Args {
 
 /// Runs the simulation and prints (and optionally writes) the plan.
 pub fn run(args: Args) -> Result<()> {
+    let plan = simulate(&request(&args)?)?;
+    print!("{plan}");
+    if let Some(path) = &args.json {
+        output::write_json(path, &plan)?;
+    }
+    if let Some(path) = &args.timeline {
+        if !plan.fits {
+            bail!(
+                "no timeline written to {}: the plan does not fit",
+                path.display()
+            );
+        }
+        output::write_atomic(path, tessera_ipu::svg::timeline(&plan).as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The simulator request the flags describe: the seed's settings for the
+/// mode, overridden by any flag given.
+fn request(args: &Args) -> Result<Request> {
     let config = load_model(&args.model)?;
     let mode = match args.mode {
         ModeArg::Train => Mode::Train,
@@ -96,7 +116,7 @@ pub fn run(args: Args) -> Result<()> {
         System::Pod16 => "pod16",
         System::Pod64 => "pod64",
     };
-    let request = Request {
+    Ok(Request {
         workload,
         pod: Pod::named(name).context("the pod table lost a pod")?,
         strategy: match args.strategy {
@@ -105,33 +125,76 @@ pub fn run(args: Args) -> Result<()> {
         },
         replicas: args.replicas,
         assumptions: Assumptions::DEFAULT,
-    };
-    let plan = simulate(&request)?;
-    print!("{plan}");
-    if let Some(path) = &args.json {
-        output::write_json(path, &plan)?;
-    }
-    if let Some(path) = &args.timeline {
-        if !plan.fits {
-            bail!(
-                "no timeline written to {}: the plan does not fit",
-                path.display()
-            );
-        }
-        output::write_atomic(path, tessera_ipu::svg::timeline(&plan).as_bytes())?;
-    }
-    Ok(())
+    })
 }
 
 /// A preset name, or a path to a `config.json` when one exists there.
 fn load_model(model: &str) -> Result<T5Config> {
     let path = Path::new(model);
     if path.exists() || model.ends_with(".json") {
-        return Ok(T5Config::from_file(path)?);
+        // The error already names the file and its cause; flatten it so the
+        // cause is not printed twice.
+        return T5Config::from_file(path).map_err(|e| anyhow::anyhow!("{e}"));
     }
     T5Config::preset(model).map_err(|_| {
         anyhow::anyhow!(
             "--model {model:?} is neither a Flan-T5 preset (flan-t5-small, -base, -large, -xl, -xxl) nor an existing config.json"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(flags: &str) -> Result<Request> {
+        let argv = std::iter::once("simulate").chain(flags.split_whitespace());
+        request(&Cli::try_parse_from(argv)?.args)
+    }
+
+    #[test]
+    fn defaults_are_the_seeds_settings() {
+        let r = parse(
+            "--model flan-t5-xxl --system pod16 --strategy phased-tp --mode infer --replicas 2",
+        )
+        .expect("valid flags");
+        let w = &r.workload;
+        assert_eq!(
+            (w.micro_batch, w.global_batch, w.source_len, w.target_len),
+            (20, 40, 268, 5)
+        );
+        let r = parse(
+            "--model flan-t5-xl --system pod8 --strategy pipeline --mode train --seq-len 128",
+        )
+        .expect("valid flags");
+        let w = &r.workload;
+        assert_eq!(
+            (w.micro_batch, w.global_batch, w.source_len, w.target_len),
+            (1, 128, 128, 128)
+        );
+        assert_eq!(r.pod.ipus(), 8);
+        assert_eq!(r.strategy, Strategy::Pipeline);
+    }
+
+    #[test]
+    fn bad_models_are_named() {
+        let err = parse("--model t5-huge --system pod4 --strategy phased-tp --mode infer")
+            .expect_err("unknown preset");
+        assert!(err.to_string().contains("\"t5-huge\""), "{err}");
+        let err =
+            parse("--model /no/such/config.json --system pod4 --strategy phased-tp --mode infer")
+                .expect_err("missing file");
+        assert!(
+            err.to_string()
+                .starts_with("cannot read /no/such/config.json"),
+            "{err}"
+        );
+    }
 }

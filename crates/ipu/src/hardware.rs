@@ -106,8 +106,9 @@ pub struct Assumptions {
     /// Fixed cost of one step of a ring collective or one point-to-point
     /// send over IPU-Links (sync + hop), seconds.
     pub link_latency_s: f64,
-    /// Bandwidth one IPU drives toward one ring neighbour, bytes/s.
-    pub ring_bytes_per_s: f64,
+    /// IPU-Links one IPU drives toward its next neighbour in a ring
+    /// collective or a pipeline send.
+    pub ring_links: f64,
     /// Tiles set aside for overlapped I/O in phased execution (the seed's
     /// `io_tiles: 128`); they do no compute.
     pub io_tiles: u64,
@@ -123,7 +124,7 @@ impl Assumptions {
         half_efficiency_rows: 64.0,
         streaming_bytes_per_s: 12e9,
         link_latency_s: 3e-6,
-        ring_bytes_per_s: 64e9,
+        ring_links: 4.0,
         io_tiles: 128,
         sram_reserved_fraction: 0.25,
     };

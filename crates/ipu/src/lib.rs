@@ -160,6 +160,11 @@ impl<'a> Context<'a> {
         flops / (self.flops_per_s(io_tiles) * self.req.assumptions.shape_factor(rows))
     }
 
+    /// The IPU-Link figures for collectives and sends.
+    pub fn link(&self) -> links::Link {
+        links::Link::of(&self.req.pod.ipu, &self.req.assumptions)
+    }
+
     /// The SRAM share reserved for code, exchange buffers and temporaries.
     pub fn reserve(&self) -> MemoryPart {
         let sram = self.req.pod.ipu.sram_bytes() as f64;

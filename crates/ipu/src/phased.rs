@@ -13,7 +13,6 @@
 //! backward phases in reverse (each recomputing its block), then one AdamW
 //! phase per layer with the optimizer state sharded over replicas (RTS).
 
-use crate::links::{all_gather_s, all_reduce_s};
 use crate::plan::{IpuMemory, MemoryPart, Segment, SegmentKind, TimeBreakdown};
 use crate::workload::{Layer, LayerKind, Mode, Pass};
 use crate::{gib, mib, part, Context, Outcome, SimError, ADAMW_FLOPS_PER_PARAM};
@@ -231,11 +230,11 @@ impl<'a> Shards<'a> {
     }
 
     fn ar(&self, bytes: f64) -> f64 {
-        all_reduce_s(bytes, self.n, &self.ctx.req.assumptions)
+        self.ctx.link().all_reduce_s(bytes, self.n)
     }
 
     fn ag(&self, bytes: f64) -> f64 {
-        all_gather_s(bytes, self.n, &self.ctx.req.assumptions)
+        self.ctx.link().all_gather_s(bytes, self.n)
     }
 
     /// Elements of `layer`'s weights on each IPU.
@@ -407,9 +406,11 @@ impl<'a> Shards<'a> {
     /// over the replicas.
     fn train_backward(&self, layer: &Layer) -> Phase {
         let w = &self.ctx.req.workload;
-        let a = &self.ctx.req.assumptions;
         let n = self.n as f64;
-        let replica_reduce = all_gather_s(self.grad_bytes(layer), self.ctx.req.replicas, a);
+        let replica_reduce = self
+            .ctx
+            .link()
+            .all_gather_s(self.grad_bytes(layer), self.ctx.req.replicas);
         let (flops, links, io, weights) = match layer.kind {
             LayerKind::Embedding => (0.0, 0.0, (self.h_s + self.h_t) / n, 0.0),
             _ => (
@@ -441,11 +442,10 @@ impl<'a> Shards<'a> {
         let streamed = per_replica
             * (p.grad_bytes + p.weight_bytes + 2 * p.optimizer_state_bytes) as f64
             + elems * p.weight_bytes as f64;
-        let links = all_gather_s(
-            elems * p.weight_bytes as f64,
-            self.ctx.req.replicas,
-            &self.ctx.req.assumptions,
-        );
+        let links = self
+            .ctx
+            .link()
+            .all_gather_s(elems * p.weight_bytes as f64, self.ctx.req.replicas);
         self.phase(
             layer,
             SegmentKind::Optimizer,

@@ -13,7 +13,6 @@
 //! IPU stays under its SRAM, first with the optimizer state resident, then
 //! with it offloaded to Streaming Memory.
 
-use crate::links::{all_reduce_s, send_s};
 use crate::plan::{IpuMemory, MemoryPart, Segment, SegmentKind, TimeBreakdown};
 use crate::workload::{Layer, LayerKind, Mode, Pass};
 use crate::{gib, mib, part, Context, Outcome, SimError, ADAMW_FLOPS_PER_PARAM};
@@ -74,8 +73,12 @@ pub(crate) fn plan(ctx: &Context) -> Result<crate::Plan, SimError> {
         .into_iter()
         .find_map(|offload| p.search(offload).map(|cuts| (offload, cuts)));
     let Some((offload, cuts)) = placed else {
+        let even_offloaded = match w.mode {
+            Mode::Train => ", even with the optimizer state in Streaming Memory",
+            Mode::Infer => "",
+        };
         let reason = format!(
-            "no placement of the {} blocks on {} IPUs keeps every IPU under its {:.1} MiB of SRAM, even with the optimizer state in Streaming Memory",
+            "no placement of the {} blocks on {} IPUs keeps every IPU under its {:.1} MiB of SRAM{even_offloaded}",
             p.blocks.len(),
             ctx.n,
             mib(sram)
@@ -188,7 +191,7 @@ impl<'a> Pipeline<'a> {
         StageTime {
             forward_s: fwd,
             backward_s: bwd,
-            send_s: 2.0 * send_s(self.boundary_bytes(), &self.ctx.req.assumptions),
+            send_s: 2.0 * self.ctx.link().send_s(self.boundary_bytes()),
         }
     }
 
@@ -197,7 +200,7 @@ impl<'a> Pipeline<'a> {
     /// hidden state).
     fn infer_times(&self, layers: &[Layer]) -> Vec<StageTime> {
         let w = &self.ctx.req.workload;
-        let a = &self.ctx.req.assumptions;
+        let link = self.ctx.link();
         let encode = self.matmul_s(layers, Pass::Forward, |l| match l.kind {
             LayerKind::Encoder => w.forward_flops(l),
             _ => 0.0,
@@ -205,12 +208,12 @@ impl<'a> Pipeline<'a> {
         let mut passes = vec![StageTime {
             forward_s: encode,
             backward_s: 0.0,
-            send_s: send_s(self.boundary_bytes(), a),
+            send_s: link.send_s(self.boundary_bytes()),
         }];
         passes.extend((0..w.target_len).map(|step| StageTime {
             forward_s: self.matmul_s(layers, Pass::Decode, |l| w.decode_flops(l, step)),
             backward_s: 0.0,
-            send_s: send_s(w.hidden_bytes(1), a),
+            send_s: link.send_s(w.hidden_bytes(1)),
         }));
         passes
     }
@@ -419,7 +422,10 @@ impl<'a> Pipeline<'a> {
         } else {
             0.0
         };
-        let links_s = all_reduce_s(params * p.grad_bytes as f64, self.ctx.req.replicas, a);
+        let links_s = self
+            .ctx
+            .link()
+            .all_reduce_s(params * p.grad_bytes as f64, self.ctx.req.replicas);
         for k in 0..self.ctx.n {
             let mut t = start;
             for (kind, d, label) in [

@@ -20,15 +20,6 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    /// Parses `phased-tp` or `pipeline`.
-    pub fn parse(name: &str) -> Option<Strategy> {
-        match name {
-            "phased-tp" => Some(Strategy::PhasedTp),
-            "pipeline" => Some(Strategy::Pipeline),
-            _ => None,
-        }
-    }
-
     fn describe(self) -> &'static str {
         match self {
             Strategy::PhasedTp => "phased tensor parallelism",
