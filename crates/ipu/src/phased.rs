@@ -89,9 +89,13 @@ pub(crate) fn plan(ctx: &Context) -> Result<crate::Plan, SimError> {
         .collect();
     let streaming = streaming_footprint(ctx);
     let (fits, reason) = verdict(ctx, &memory[0], streaming);
+    let ipus = if n == 1 {
+        "ipu 0".to_string()
+    } else {
+        format!("ipu 0-{}", n - 1)
+    };
     let placement = vec![format!(
-        "ipu 0-{}: every layer, sharded {n} ways (heads, d_ff and vocabulary split), run as {} phases",
-        n - 1,
+        "{ipus}: every layer, sharded {n} ways (heads, d_ff and vocabulary split), run as {} phases",
         phases.len()
     )];
     Ok(ctx.finish(Outcome {

@@ -255,9 +255,14 @@ impl Plan {
     /// Prints the memory table, one line per run of IPUs with the same
     /// breakdown.
     fn fmt_memory(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let replica = if self.replicas > 1 {
+            "; replica 0, the others are the same"
+        } else {
+            ""
+        };
         writeln!(
             f,
-            "SRAM per IPU at its peak (of {:.1} MiB):",
+            "SRAM per IPU at its peak (of {:.1} MiB{replica}):",
             self.sram_bytes_per_ipu as f64 / MIB
         )?;
         let mut k = 0;

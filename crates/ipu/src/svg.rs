@@ -112,10 +112,10 @@ fn title(plan: &Plan) -> String {
 }
 
 fn subtitle(plan: &Plan) -> String {
-    let others = if plan.replicas > 1 {
-        format!("; replicas 1-{} run the same schedule", plan.replicas - 1)
-    } else {
-        String::new()
+    let others = match plan.replicas {
+        1 => String::new(),
+        2 => "; replica 1 runs the same schedule".to_string(),
+        r => format!("; replicas 1-{} run the same schedule", r - 1),
     };
     format!(
         "replica 0: {} IPUs; micro-batch {}, {} micro-batches per replica; {} → {} tokens{others}",
