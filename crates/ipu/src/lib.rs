@@ -102,7 +102,7 @@ pub(crate) struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    fn new(req: &'a Request) -> Result<Self, SimError> {
+    pub(crate) fn new(req: &'a Request) -> Result<Self, SimError> {
         let w = &req.workload;
         for (name, v) in [
             ("--micro-batch", w.micro_batch),

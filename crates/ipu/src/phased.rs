@@ -212,8 +212,8 @@ fn schedule(ctx: &Context, phases: &[Phase]) -> (TimeBreakdown, Vec<Segment>) {
     (total, timeline)
 }
 
-/// Per-IPU quantities shared by the phase builders.
-struct Shards<'a> {
+/// Builds the phases of a step from the per-IPU quantities they share.
+struct PhaseBuilder<'a> {
     ctx: &'a Context<'a>,
     n: u64,
     m: f64,
@@ -221,10 +221,10 @@ struct Shards<'a> {
     h_t: f64,
 }
 
-impl<'a> Shards<'a> {
+impl<'a> PhaseBuilder<'a> {
     fn new(ctx: &'a Context<'a>) -> Self {
         let w = &ctx.req.workload;
-        Shards {
+        PhaseBuilder {
             ctx,
             n: ctx.n,
             m: ctx.m as f64,
@@ -316,6 +316,8 @@ impl<'a> Shards<'a> {
         parts
     }
 
+    /// Assembles a phase of `kind` on `layer`: its label and group, its
+    /// SRAM, and the arithmetic time of `flops` at the layer's matmul shape.
     fn phase(
         &self,
         layer: &Layer,
@@ -536,7 +538,7 @@ impl<'a> Shards<'a> {
 
 /// Training phases: forward, head, backward in reverse, AdamW.
 fn train_phases(ctx: &Context) -> Vec<Phase> {
-    let s = Shards::new(ctx);
+    let s = PhaseBuilder::new(ctx);
     let layers = ctx.req.workload.layers();
     let (head, body) = layers.split_last().expect("layers end with the LM head");
     let mut phases: Vec<Phase> = body.iter().map(|l| s.train_forward(l)).collect();
@@ -554,7 +556,7 @@ fn train_phases(ctx: &Context) -> Vec<Phase> {
 /// Generation phases: the encoder pass, then for each new token the
 /// embedding, every decoder block and the LM head.
 fn infer_phases(ctx: &Context) -> Vec<Phase> {
-    let s = Shards::new(ctx);
+    let s = PhaseBuilder::new(ctx);
     let w = &ctx.req.workload;
     let layers = w.layers();
     let mut phases: Vec<Phase> = layers
@@ -576,6 +578,7 @@ fn infer_phases(ctx: &Context) -> Vec<Phase> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Request;
 
     fn phase(arithmetic_s: f64, links_s: f64, streamed_bytes: f64) -> Phase {
         Phase {
@@ -587,6 +590,49 @@ mod tests {
             streamed_bytes,
             sram: Vec::new(),
         }
+    }
+
+    /// The tiny workload (see `workload::tests::tiny`) on a POD4: TP 4,
+    /// `m` = 8 / 2 = 4 micro-batches, `h(s)` = 2·3·8·2 = 96 B, `h(t)` = 160 B.
+    fn tiny_request() -> Request {
+        Request {
+            workload: crate::workload::tests::tiny(),
+            pod: crate::Pod::named("pod4").expect("known pod"),
+            strategy: crate::Strategy::PhasedTp,
+            replicas: 1,
+            assumptions: crate::Assumptions::DEFAULT,
+        }
+    }
+
+    #[test]
+    fn encoder_forward_phase_by_hand() {
+        let req = tiny_request();
+        let ctx = Context::new(&req).expect("valid");
+        let b = PhaseBuilder::new(&ctx);
+        let enc0 = req.workload.layers()[1];
+        let p = b.train_forward(&enc0);
+        // 664 params / 4 × 2 B = 332 B of weights, then per micro-batch the
+        // input and output shards 2·96/4 = 48 B: 332 + 4·48 = 524 B.
+        assert_eq!(p.streamed_bytes, 524.0);
+        // 4 micro-batches × 2 all-reduces of 96 B over 4 IPUs at λ = 3 µs,
+        // β = 64 GB/s: 8 · 2·3·(3e-6 + 96/(4·64e9)).
+        let expected = 8.0 * 6.0 * (3e-6 + 96.0 / 256e9);
+        assert!((p.links_s - expected).abs() < 1e-15, "{}", p.links_s);
+        assert_eq!(p.label, "enc 0 fwd");
+    }
+
+    #[test]
+    fn optimizer_phase_and_footprint_by_hand() {
+        let req = tiny_request();
+        let ctx = Context::new(&req).expect("valid");
+        let enc0 = req.workload.layers()[1];
+        let p = PhaseBuilder::new(&ctx).optimizer(&enc0);
+        // 166 params per IPU: load gradient 2, weights 2, state 8, store
+        // state 8 and the gathered weights 2 → 166 · 22 B.
+        assert_eq!(p.streamed_bytes, 166.0 * 22.0);
+        assert_eq!(p.links_s, 0.0, "one replica gathers nothing");
+        // P = 3344: P(2+2)/4 + 8P/4 + m(2·96 + 2·160 + 96)/4 = 3344 + 6688 + 608.
+        assert_eq!(streaming_footprint(&ctx), 10640.0);
     }
 
     #[test]

@@ -562,6 +562,54 @@ fn layer_ranges(layers: &[Layer]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hardware::CALIBRATED_MATMUL_EFFICIENCY;
+    use crate::Request;
+
+    /// The tiny workload (see `workload::tests::tiny`) on a POD4 as a
+    /// 4-stage pipeline with 16 examples: `m` = 8 = 2 × stages.
+    fn tiny_request() -> Request {
+        let mut workload = crate::workload::tests::tiny();
+        workload.global_batch = 16;
+        Request {
+            workload,
+            pod: crate::Pod::named("pod4").expect("known pod"),
+            strategy: crate::Strategy::Pipeline,
+            replicas: 1,
+            assumptions: crate::Assumptions::DEFAULT,
+        }
+    }
+
+    #[test]
+    fn stage_memory_by_hand() {
+        let req = tiny_request();
+        let ctx = Context::new(&req).expect("valid");
+        let enc1 = [req.workload.layers()[2]];
+        let bytes: Vec<u64> = Pipeline::new(&ctx)
+            .stage_memory(1, &enc1, false)
+            .iter()
+            .map(|p| p.bytes)
+            .collect();
+        // 664 params: weights 2 B, gradients 2 B, AdamW 8 B; 3 micro-batches
+        // in flight on stage 1 of 4, each h(s) + h(t) = 96 + 160 B; backward
+        // working set 2·(96 + 264 + 288) elements of 2 B; a quarter of SRAM.
+        assert_eq!(bytes, [1328, 1328, 5312, 768, 2592, 235_143_168]);
+        let offloaded = Pipeline::new(&ctx).stage_memory(1, &enc1, true);
+        assert_eq!(offloaded[2].bytes, 0);
+    }
+
+    #[test]
+    fn stage_time_by_hand() {
+        let req = tiny_request();
+        let ctx = Context::new(&req).expect("valid");
+        let enc1 = [req.workload.layers()[2]];
+        let t = Pipeline::new(&ctx).train_time(&enc1);
+        // 8256 forward FLOPs over b·s = 6 rows: 250 TFLOP/s × efficiency × 6/70.
+        let rate = 250e12 * CALIBRATED_MATMUL_EFFICIENCY * 6.0 / 70.0;
+        assert!((t.forward_s - 8256.0 / rate).abs() < 1e-18);
+        assert!((t.backward_s - 3.0 * 8256.0 / rate).abs() < 1e-18);
+        // A send each way of 256 B: 2·(3 µs + 256 B / 64 GB/s).
+        assert!((t.send_s - 2.0 * (3e-6 + 4e-9)).abs() < 1e-15);
+    }
 
     fn st(f: f64) -> StageTime {
         StageTime {
