@@ -595,13 +595,7 @@ mod tests {
     /// The tiny workload (see `workload::tests::tiny`) on a POD4: TP 4,
     /// `m` = 8 / 2 = 4 micro-batches, `h(s)` = 2·3·8·2 = 96 B, `h(t)` = 160 B.
     fn tiny_request() -> Request {
-        Request {
-            workload: crate::workload::tests::tiny(),
-            pod: crate::Pod::named("pod4").expect("known pod"),
-            strategy: crate::Strategy::PhasedTp,
-            replicas: 1,
-            assumptions: crate::Assumptions::DEFAULT,
-        }
+        crate::workload::tests::tiny_request(crate::Strategy::PhasedTp, 8)
     }
 
     #[test]

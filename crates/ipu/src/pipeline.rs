@@ -568,15 +568,7 @@ mod tests {
     /// The tiny workload (see `workload::tests::tiny`) on a POD4 as a
     /// 4-stage pipeline with 16 examples: `m` = 8 = 2 × stages.
     fn tiny_request() -> Request {
-        let mut workload = crate::workload::tests::tiny();
-        workload.global_batch = 16;
-        Request {
-            workload,
-            pod: crate::Pod::named("pod4").expect("known pod"),
-            strategy: crate::Strategy::Pipeline,
-            replicas: 1,
-            assumptions: crate::Assumptions::DEFAULT,
-        }
+        crate::workload::tests::tiny_request(crate::Strategy::Pipeline, 16)
     }
 
     #[test]

@@ -360,6 +360,21 @@ pub(crate) mod tests {
         }
     }
 
+    /// The tiny workload on a POD4 with one replica, `global_batch`
+    /// examples and `strategy`.
+    pub(crate) fn tiny_request(strategy: crate::Strategy, global_batch: u64) -> crate::Request {
+        crate::Request {
+            workload: Workload {
+                global_batch,
+                ..tiny()
+            },
+            pod: crate::Pod::named("pod4").expect("known pod"),
+            strategy,
+            replicas: 1,
+            assumptions: crate::Assumptions::DEFAULT,
+        }
+    }
+
     #[test]
     fn layer_params_sum_to_the_config_count() {
         for w in [tiny(), xxl()] {
