@@ -297,12 +297,18 @@ impl<'a> Pipeline<'a> {
         Some(cuts)
     }
 
-    /// The outcome when nothing fits: memory shown for an even split.
+    /// The outcome when nothing fits: memory shown for an even split with
+    /// the optimizer state offloaded (the most lenient attempt).
     fn unplaceable(&self, reason: String) -> crate::Plan {
         let s = self.ctx.n as usize;
         let nb = self.blocks.len();
         let cuts: Vec<usize> = (0..=s).map(|k| k * nb / s).collect();
-        let (memory, placement) = self.describe(&cuts, true);
+        let (memory, mut placement) = self.describe(&cuts, true);
+        let note = match self.ctx.req.workload.mode {
+            Mode::Train => "(no placement fits: an even split is shown, optimizer state offloaded)",
+            Mode::Infer => "(no placement fits: an even split is shown)",
+        };
+        placement.push(note.into());
         self.ctx.finish(Outcome {
             fits: false,
             reason,
