@@ -18,7 +18,7 @@ pub mod workload;
 
 pub use hardware::{Assumptions, Ipu, Pod};
 pub use plan::{IpuMemory, MemoryPart, Plan, Segment, SegmentKind, Strategy, TimeBreakdown};
-pub use workload::{Layer, LayerKind, Mode, Pass, Precision, Workload};
+pub use workload::{Generation, Layer, LayerKind, Mode, Pass, Precision, Workload};
 
 /// A question for the simulator.
 #[derive(Debug, Clone, PartialEq)]

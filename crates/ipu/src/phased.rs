@@ -77,7 +77,8 @@ pub(crate) fn plan(ctx: &Context) -> Result<crate::Plan, SimError> {
     }
     let phases = match ctx.req.workload.mode {
         Mode::Train => train_phases(ctx),
-        Mode::Infer => infer_phases(ctx),
+        Mode::Infer if ctx.req.workload.uses_kv_cache() => cached_phases(ctx),
+        Mode::Infer => recompute_phases(ctx),
     };
     let (time, timeline) = schedule(ctx, &phases);
     let peak = phases
@@ -150,8 +151,9 @@ fn verdict(ctx: &Context, peak: &IpuMemory, streaming: f64) -> (bool, String) {
 /// Streaming Memory each IPU needs. Training: weight and gradient shards
 /// `P(w + g)/n`, optimizer state `P·o/(n·r)`, and the activation
 /// checkpoints `m·(L_enc·h_s + L_dec·h_t + h_s)/n` (each block's input plus
-/// the encoder output). Inference: weights `P·w/n`, key/value caches
-/// `m·L_dec·kv/n` and the encoder output `m·h_s/n`.
+/// the encoder output). Inference: weights `P·w/n` and the encoder output
+/// `m·h_s/n`, plus the current hidden states `m·h_s/n` (recomputing; the
+/// target is padded to `s`) or the key/value caches `m·L_dec·kv/n`.
 pub(crate) fn streaming_footprint(ctx: &Context) -> f64 {
     let w = &ctx.req.workload;
     let p = &w.precision;
@@ -166,7 +168,12 @@ pub(crate) fn streaming_footprint(ctx: &Context) -> f64 {
                 + m * (enc * h_s + dec * h_t + h_s) / n
         }
         Mode::Infer => {
-            params * p.weight_bytes as f64 / n + m * (dec * w.kv_cache_bytes(ctx.n) + h_s / n)
+            let state = if w.uses_kv_cache() {
+                dec * w.kv_cache_bytes(ctx.n)
+            } else {
+                h_s / n
+            };
+            params * p.weight_bytes as f64 / n + m * (state + h_s / n)
         }
     }
 }
@@ -283,12 +290,12 @@ impl<'a> PhaseBuilder<'a> {
     }
 
     /// The pass a phase of `kind` runs on `layer`: backward phases are
-    /// backward, decoder-side phases of generation decode one token.
+    /// backward, decoder-side phases of cached generation decode one token.
     fn pass(&self, layer: &Layer, kind: SegmentKind) -> Pass {
-        let infer = self.ctx.req.workload.mode == Mode::Infer;
+        let decode = self.ctx.req.workload.uses_kv_cache();
         match (kind, layer.kind) {
             (SegmentKind::Backward, _) => Pass::Backward,
-            (_, LayerKind::Decoder | LayerKind::LmHead) if infer => Pass::Decode,
+            (_, LayerKind::Decoder | LayerKind::LmHead) if decode => Pass::Decode,
             _ => Pass::Forward,
         }
     }
@@ -359,8 +366,9 @@ impl<'a> PhaseBuilder<'a> {
         }
     }
 
-    /// The training forward phase of `layer` over all micro-batches.
-    fn train_forward(&self, layer: &Layer) -> Phase {
+    /// The forward phase of `layer` over all micro-batches (training, and
+    /// every layer but the LM head of a recomputed generation step).
+    fn forward(&self, layer: &Layer) -> Phase {
         let w = &self.ctx.req.workload;
         let n = self.n as f64;
         let flops = self.m * w.forward_flops(layer) / n;
@@ -374,6 +382,26 @@ impl<'a> PhaseBuilder<'a> {
                 self.block_activation_bytes(layer, false),
             ),
         };
+        let streamed = self.weight_bytes(layer) + self.m * io;
+        self.phase(
+            layer,
+            SegmentKind::Forward,
+            flops,
+            self.m * links,
+            streamed,
+            io,
+        )
+    }
+
+    /// The LM head of a recomputed generation step: logits for every
+    /// position, then the arg-max over the vocabulary shards (an all-reduce
+    /// of `8b` bytes: value and index per example).
+    fn head_forward(&self, layer: &Layer) -> Phase {
+        let w = &self.ctx.req.workload;
+        let n = self.n as f64;
+        let flops = self.m * w.forward_flops(layer) / n;
+        let links = self.ar((w.micro_batch * 8) as f64);
+        let io = self.h_t / n;
         let streamed = self.weight_bytes(layer) + self.m * io;
         self.phase(
             layer,
@@ -541,7 +569,7 @@ fn train_phases(ctx: &Context) -> Vec<Phase> {
     let s = PhaseBuilder::new(ctx);
     let layers = ctx.req.workload.layers();
     let (head, body) = layers.split_last().expect("layers end with the LM head");
-    let mut phases: Vec<Phase> = body.iter().map(|l| s.train_forward(l)).collect();
+    let mut phases: Vec<Phase> = body.iter().map(|l| s.forward(l)).collect();
     phases.push(s.train_head(head));
     phases.extend(body.iter().rev().map(|l| s.train_backward(l)));
     phases.extend(
@@ -553,9 +581,40 @@ fn train_phases(ctx: &Context) -> Vec<Phase> {
     phases
 }
 
-/// Generation phases: the encoder pass, then for each new token the
-/// embedding, every decoder block and the LM head.
-fn infer_phases(ctx: &Context) -> Vec<Phase> {
+/// Generation as the seed's eval runs it: for each new token, the forward
+/// phases of the whole model over the padded sequence
+/// ([`crate::Workload::recompute_step`]).
+fn recompute_phases(ctx: &Context) -> Vec<Phase> {
+    let w = &ctx.req.workload;
+    let req = crate::Request {
+        workload: w.recompute_step(),
+        ..ctx.req.clone()
+    };
+    let step_ctx = Context {
+        req: &req,
+        n: ctx.n,
+        m: ctx.m,
+    };
+    let b = PhaseBuilder::new(&step_ctx);
+    let layers = req.workload.layers();
+    let mut phases = Vec::new();
+    for step in 0..w.target_len {
+        for l in &layers {
+            let mut p = match l.kind {
+                LayerKind::LmHead => b.head_forward(l),
+                _ => b.forward(l),
+            };
+            p.label = format!("{} tok {step}", l.name());
+            p.group = format!("token {step}");
+            phases.push(p);
+        }
+    }
+    phases
+}
+
+/// Generation with a key/value cache: the encoder pass, then for each new
+/// token the embedding, every decoder block and the LM head.
+fn cached_phases(ctx: &Context) -> Vec<Phase> {
     let s = PhaseBuilder::new(ctx);
     let w = &ctx.req.workload;
     let layers = w.layers();
@@ -604,7 +663,7 @@ mod tests {
         let ctx = Context::new(&req).expect("valid");
         let b = PhaseBuilder::new(&ctx);
         let enc0 = req.workload.layers()[1];
-        let p = b.train_forward(&enc0);
+        let p = b.forward(&enc0);
         // 664 params / 4 × 2 B = 332 B of weights, then per micro-batch the
         // input and output shards 2·96/4 = 48 B: 332 + 4·48 = 524 B.
         assert_eq!(p.streamed_bytes, 524.0);

@@ -14,7 +14,7 @@
 //! with it offloaded to Streaming Memory.
 
 use crate::plan::{IpuMemory, MemoryPart, Segment, SegmentKind, TimeBreakdown};
-use crate::workload::{Layer, LayerKind, Mode, Pass};
+use crate::workload::{Layer, LayerKind, Mode, Pass, Workload};
 use crate::{gib, mib, part, Context, Outcome, SimError, ADAMW_FLOPS_PER_PARAM};
 
 /// Time of one micro-batch on one stage in one pass.
@@ -95,17 +95,25 @@ struct Pipeline<'a> {
     fixed: Vec<Layer>,
     /// Encoder then decoder blocks, in order.
     blocks: Vec<Layer>,
+    /// The shapes the passes run: the request's workload, or for recomputed
+    /// generation one padded step of it ([`Workload::recompute_step`]).
+    shapes: Workload,
 }
 
 impl<'a> Pipeline<'a> {
     fn new(ctx: &'a Context<'a>) -> Self {
-        let (blocks, fixed) = ctx
-            .req
-            .workload
-            .layers()
-            .into_iter()
-            .partition(Layer::is_block);
-        Pipeline { ctx, fixed, blocks }
+        let w = &ctx.req.workload;
+        let (blocks, fixed) = w.layers().into_iter().partition(Layer::is_block);
+        let shapes = match w.mode {
+            Mode::Infer if !w.uses_kv_cache() => w.recompute_step(),
+            _ => w.clone(),
+        };
+        Pipeline {
+            ctx,
+            fixed,
+            blocks,
+            shapes,
+        }
     }
 
     fn weight_bytes(&self, l: &Layer) -> f64 {
@@ -127,16 +135,16 @@ impl<'a> Pipeline<'a> {
     /// accumulators, optimizer state (unless `offload`), stashed inputs of
     /// the `min(M, S − k)` micro-batches in flight (1F1B), the working set
     /// of its largest layer (activations and their gradients). Inference:
-    /// weights, the working set, and the key/value caches of its decoder
-    /// blocks for all `M` micro-batches.
+    /// weights, the forward working set, and with a cache the key/value
+    /// caches of its decoder blocks for all `M` micro-batches.
     fn stage_memory(&self, k: u64, layers: &[Layer], offload: bool) -> Vec<MemoryPart> {
-        let w = &self.ctx.req.workload;
+        let w = &self.shapes;
         let p = &w.precision;
         let params: f64 = layers.iter().map(|l| l.params as f64).sum();
         let pass = |l: &Layer| match w.mode {
             Mode::Train => Pass::Backward,
-            Mode::Infer if l.kind == LayerKind::Encoder => Pass::Forward,
-            Mode::Infer => Pass::Decode,
+            Mode::Infer if w.uses_kv_cache() && l.kind != LayerKind::Encoder => Pass::Decode,
+            Mode::Infer => Pass::Forward,
         };
         let working = layers
             .iter()
@@ -157,15 +165,15 @@ impl<'a> Pipeline<'a> {
                 parts.push(part("activations+gradients", working));
             }
             Mode::Infer => {
-                let dec = layers
-                    .iter()
-                    .filter(|l| l.kind == LayerKind::Decoder)
-                    .count() as f64;
                 parts.push(part("activations", working));
-                parts.push(part(
-                    "kv cache",
-                    self.ctx.m as f64 * dec * w.kv_cache_bytes(1),
-                ));
+                if w.uses_kv_cache() {
+                    let dec = layers
+                        .iter()
+                        .filter(|l| l.kind == LayerKind::Decoder)
+                        .count() as f64;
+                    let caches = self.ctx.m as f64 * dec * w.kv_cache_bytes(1);
+                    parts.push(part("kv cache", caches));
+                }
             }
         }
         parts.push(self.ctx.reserve());
@@ -176,14 +184,14 @@ impl<'a> Pipeline<'a> {
     /// source and target hidden states (`h_s + h_t`), since the decoder's
     /// embedded input travels with the encoder activations.
     fn boundary_bytes(&self) -> f64 {
-        let w = &self.ctx.req.workload;
+        let w = &self.shapes;
         w.hidden_bytes(w.source_len) + w.hidden_bytes(w.target_len)
     }
 
     /// Training time of one micro-batch on a stage: forward, then
     /// recomputation and backward, plus a send forward and one backward.
     fn train_time(&self, layers: &[Layer]) -> StageTime {
-        let w = &self.ctx.req.workload;
+        let w = &self.shapes;
         let fwd = self.matmul_s(layers, Pass::Forward, |l| w.forward_flops(l));
         let bwd = self.matmul_s(layers, Pass::Backward, |l| {
             w.train_flops(l) - w.forward_flops(l)
@@ -195,12 +203,23 @@ impl<'a> Pipeline<'a> {
         }
     }
 
-    /// Inference passes of a stage: the encoder pass, then one pass per
-    /// generated token (decoder blocks and LM head, sending one token's
-    /// hidden state).
+    /// Inference passes of a stage, one per generated token: recomputed,
+    /// each is the forward of its layers over the padded sequence; with a
+    /// cache, an encoder pass comes first and each token pass runs the
+    /// decoder blocks and LM head on one position, sending one token's
+    /// hidden state.
     fn infer_times(&self, layers: &[Layer]) -> Vec<StageTime> {
-        let w = &self.ctx.req.workload;
+        let w = &self.shapes;
         let link = self.ctx.link();
+        if !w.uses_kv_cache() {
+            let step = StageTime {
+                forward_s: self.matmul_s(layers, Pass::Forward, |l| w.forward_flops(l)),
+                backward_s: 0.0,
+                send_s: link.send_s(self.boundary_bytes()),
+            };
+            // `w` is one padded step; the request says how many tokens.
+            return vec![step; self.ctx.req.workload.target_len as usize];
+        }
         let encode = self.matmul_s(layers, Pass::Forward, |l| match l.kind {
             LayerKind::Encoder => w.forward_flops(l),
             _ => 0.0,
@@ -221,7 +240,7 @@ impl<'a> Pipeline<'a> {
     /// Seconds for `flops(l)` of each of `layers` in `pass`, each at the
     /// sustained rate for its matmul shape.
     fn matmul_s(&self, layers: &[Layer], pass: Pass, flops: impl Fn(&Layer) -> f64) -> f64 {
-        let w = &self.ctx.req.workload;
+        let w = &self.shapes;
         layers
             .iter()
             .map(|l| self.ctx.matmul_s(flops(l), w.matmul_rows(l, pass), false))
@@ -395,10 +414,12 @@ impl<'a> Pipeline<'a> {
         for pass in 0..per_stage[0].len() {
             let times: Vec<StageTime> = per_stage.iter().map(|p| p[pass]).collect();
             let b = pass_breakdown(&times, self.ctx.m);
-            let group = match (self.ctx.req.workload.mode, pass) {
-                (Mode::Train, _) => format!("{} micro-batches, forward + backward", self.ctx.m),
-                (Mode::Infer, 0) => "encoder pass".to_string(),
-                (Mode::Infer, k) => format!("token {}", k - 1),
+            let cached = self.shapes.uses_kv_cache();
+            let group = match (self.shapes.mode, cached, pass) {
+                (Mode::Train, ..) => format!("{} micro-batches, forward + backward", self.ctx.m),
+                (Mode::Infer, true, 0) => "encoder pass".to_string(),
+                (Mode::Infer, true, k) => format!("token {}", k - 1),
+                (Mode::Infer, false, k) => format!("token {k}"),
             };
             draw_pass(&times, self.ctx.m, total.total_s, &group, &mut timeline);
             total += b;

@@ -19,6 +19,19 @@ pub enum Mode {
     Infer,
 }
 
+/// How greedy generation produces each new token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Generation {
+    /// The seed's eval (PopXL `batch_inference`): every new token re-runs
+    /// the encoder and the decoder over the whole padded sequence — the
+    /// decoder input is padded to the source length — with no cache.
+    Recompute,
+    /// The encoder runs once; each new token runs the decoder on one
+    /// position against a key/value cache.
+    KvCache,
+}
+
 /// Bytes per element of each kind of tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Precision {
@@ -121,6 +134,8 @@ pub struct Workload {
     pub target_len: u64,
     /// Element sizes.
     pub precision: Precision,
+    /// How generation works (inference only).
+    pub generation: Generation,
 }
 
 impl Workload {
@@ -128,7 +143,8 @@ impl Workload {
     /// batch 128, source and target length 512. Inference (the seed's
     /// greedy eval): source cut to the longest validation example (268
     /// tokens), 5 new tokens, micro-batch 20 for XXL-sized models
-    /// (`d_model ≥ 4096`) and 24 otherwise (XL), one micro-batch per step.
+    /// (`d_model ≥ 4096`) and 24 otherwise (XL), one micro-batch per step,
+    /// each token recomputed over the padded sequence.
     pub fn seed(model: &str, config: T5Config, mode: Mode) -> Workload {
         let (micro_batch, global_batch, source_len, target_len) = match mode {
             Mode::Train => (1, 128, 512, 512),
@@ -146,6 +162,21 @@ impl Workload {
             source_len,
             target_len,
             precision: Precision::SEED,
+            generation: Generation::Recompute,
+        }
+    }
+
+    /// Whether generation decodes one position at a time against a cache.
+    pub fn uses_kv_cache(&self) -> bool {
+        self.mode == Mode::Infer && self.generation == Generation::KvCache
+    }
+
+    /// The forward one new token costs under [`Generation::Recompute`]:
+    /// the whole model over `s` source and `s` (padded) target positions.
+    pub fn recompute_step(&self) -> Workload {
+        Workload {
+            target_len: self.source_len,
+            ..self.clone()
         }
     }
 
@@ -357,6 +388,7 @@ pub(crate) mod tests {
             source_len: 3,
             target_len: 5,
             precision: Precision::SEED,
+            generation: Generation::KvCache,
         }
     }
 
