@@ -366,8 +366,11 @@ impl<'a> PhaseBuilder<'a> {
         }
     }
 
-    /// The forward phase of `layer` over all micro-batches (training, and
-    /// every layer but the LM head of a recomputed generation step).
+    /// The forward phase of `layer` over all micro-batches (training, a
+    /// recomputed generation step, the encoder pass of cached generation).
+    /// The LM head appears here only in generation: logits for every
+    /// position, then the arg-max over the vocabulary shards (an all-reduce
+    /// of `8b` bytes: value and index per example).
     fn forward(&self, layer: &Layer) -> Phase {
         let w = &self.ctx.req.workload;
         let n = self.n as f64;
@@ -377,31 +380,12 @@ impl<'a> PhaseBuilder<'a> {
                 self.ar(self.h_s) + self.ar(self.h_t),
                 (self.h_s + self.h_t) / n,
             ),
+            LayerKind::LmHead => (self.ar((w.micro_batch * 8) as f64), self.h_t / n),
             _ => (
                 self.block_forward_links_s(layer),
                 self.block_activation_bytes(layer, false),
             ),
         };
-        let streamed = self.weight_bytes(layer) + self.m * io;
-        self.phase(
-            layer,
-            SegmentKind::Forward,
-            flops,
-            self.m * links,
-            streamed,
-            io,
-        )
-    }
-
-    /// The LM head of a recomputed generation step: logits for every
-    /// position, then the arg-max over the vocabulary shards (an all-reduce
-    /// of `8b` bytes: value and index per example).
-    fn head_forward(&self, layer: &Layer) -> Phase {
-        let w = &self.ctx.req.workload;
-        let n = self.n as f64;
-        let flops = self.m * w.forward_flops(layer) / n;
-        let links = self.ar((w.micro_batch * 8) as f64);
-        let io = self.h_t / n;
         let streamed = self.weight_bytes(layer) + self.m * io;
         self.phase(
             layer,
@@ -505,27 +489,6 @@ impl<'a> PhaseBuilder<'a> {
         ]
     }
 
-    /// A forward phase over full source sequences (the encoder pass of
-    /// generation): embedding, then encoder blocks.
-    fn encode(&self, layer: &Layer) -> Phase {
-        let w = &self.ctx.req.workload;
-        let n = self.n as f64;
-        let (links, io) = match layer.kind {
-            LayerKind::Embedding => (self.ar(self.h_s), self.h_s / n),
-            _ => (2.0 * self.ar(self.h_s), 2.0 * self.h_s / n),
-        };
-        let flops = self.m * w.forward_flops(layer) / n;
-        let streamed = self.weight_bytes(layer) + self.m * io;
-        self.phase(
-            layer,
-            SegmentKind::Forward,
-            flops,
-            self.m * links,
-            streamed,
-            io,
-        )
-    }
-
     /// One generation step of a decoder-side layer: embedding of the new
     /// token, decoder blocks reading their key/value cache, and the LM head
     /// with an arg-max over the vocabulary shards.
@@ -600,10 +563,7 @@ fn recompute_phases(ctx: &Context) -> Vec<Phase> {
     let mut phases = Vec::new();
     for step in 0..w.target_len {
         for l in &layers {
-            let mut p = match l.kind {
-                LayerKind::LmHead => b.head_forward(l),
-                _ => b.forward(l),
-            };
+            let mut p = b.forward(l);
             p.label = format!("{} tok {step}", l.name());
             p.group = format!("token {step}");
             phases.push(p);
@@ -621,7 +581,7 @@ fn cached_phases(ctx: &Context) -> Vec<Phase> {
     let mut phases: Vec<Phase> = layers
         .iter()
         .filter(|l| matches!(l.kind, LayerKind::Embedding | LayerKind::Encoder))
-        .map(|l| s.encode(l))
+        .map(|l| s.forward(l))
         .collect();
     for step in 0..w.target_len {
         phases.extend(
