@@ -6,6 +6,7 @@
 mod bench;
 mod fixtures;
 mod output;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Regenerate the PyTorch reference fixtures (needs python3 + torch).
     Fixtures(fixtures::Args),
+    /// Plan and time a T5 job on a Graphcore IPU pod (the IPU-topology simulator).
+    Simulate(simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Fixtures(args) => fixtures::run(args),
+        Command::Simulate(args) => simulate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
