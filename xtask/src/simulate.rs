@@ -132,9 +132,7 @@ fn request(args: &Args) -> Result<Request> {
 fn load_model(model: &str) -> Result<T5Config> {
     let path = Path::new(model);
     if path.exists() || model.ends_with(".json") {
-        // The error already names the file and its cause; flatten it so the
-        // cause is not printed twice.
-        return T5Config::from_file(path).map_err(|e| anyhow::anyhow!("{e}"));
+        return Ok(T5Config::from_file(path)?);
     }
     T5Config::preset(model).map_err(|_| {
         anyhow::anyhow!(

@@ -115,7 +115,7 @@ impl<'a> Context<'a> {
             }
         }
         let ipus = req.pod.ipus();
-        if ipus % req.replicas != 0 {
+        if !ipus.is_multiple_of(req.replicas) {
             return Err(SimError::Replicas {
                 replicas: req.replicas,
                 ipus,

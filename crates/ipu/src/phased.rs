@@ -68,7 +68,7 @@ pub fn phase_time(p: &Phase, exchange_bytes_per_s: f64, streaming_bytes_per_s: f
 pub(crate) fn plan(ctx: &Context) -> Result<crate::Plan, SimError> {
     let c = &ctx.req.workload.config;
     let n = ctx.n;
-    if c.num_heads as u64 % n != 0 || c.d_ff as u64 % n != 0 {
+    if !(c.num_heads as u64).is_multiple_of(n) || !(c.d_ff as u64).is_multiple_of(n) {
         return Err(SimError::TensorParallel {
             tp: n,
             heads: c.num_heads,

@@ -365,7 +365,8 @@ impl Workload {
     /// or `None` when the global batch does not split evenly.
     pub fn micro_batches_per_replica(&self, replicas: u64) -> Option<u64> {
         let per_step = self.micro_batch * replicas;
-        (per_step > 0 && self.global_batch % per_step == 0).then(|| self.global_batch / per_step)
+        (per_step > 0 && self.global_batch.is_multiple_of(per_step))
+            .then(|| self.global_batch / per_step)
     }
 }
 

@@ -10,20 +10,20 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         /// The file.
         path: String,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message, not chained, so it prints once).
+        cause: std::io::Error,
     },
     /// The JSON is malformed or a field has the wrong type.
-    #[error("{path} is not a valid T5 config.json: {source}")]
+    #[error("{path} is not a valid T5 config.json: {cause}")]
     Json {
         /// The file (or `<string>`).
         path: String,
-        /// The parser's error, with line and column.
-        source: serde_json::Error,
+        /// The parser's error, with line and column (in the message, not chained).
+        cause: serde_json::Error,
     },
     /// A field has a value the model cannot run with.
     #[error("config field `{field}` is invalid: {reason}")]
@@ -143,18 +143,18 @@ pub struct T5Config {
 impl T5Config {
     /// Reads and validates a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         Self::from_json(&text, &path.display().to_string())
     }
 
     /// Parses and validates config JSON; `origin` names it in errors.
     pub fn from_json(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: T5Config = serde_json::from_str(text).map_err(|source| ConfigError::Json {
+        let config: T5Config = serde_json::from_str(text).map_err(|cause| ConfigError::Json {
             path: origin.to_string(),
-            source,
+            cause,
         })?;
         config.validate()?;
         Ok(config)
