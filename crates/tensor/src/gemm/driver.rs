@@ -2,7 +2,7 @@
 //! BLIS cache-blocking loops (see [`super::blocking`]).
 
 use super::kernel::{self, Kernel, Tile};
-use super::pack::pack_panel;
+use super::pack::pack_block;
 use crate::Element;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -197,31 +197,11 @@ fn block<A: Element, B: Element>(
             let nc = ncb.min(n1 - jc);
             for pc in (0..p.k).step_by(bl.kc) {
                 let kc = bl.kc.min(p.k - pc);
-                for jr in (0..nc).step_by(nr) {
-                    let src = b.at(e, pc, jc + jr);
-                    pack_panel(
-                        &mut bpack[jr * kc..],
-                        src,
-                        (b.cs, b.rs),
-                        nr.min(nc - jr),
-                        kc,
-                        nr,
-                    );
-                }
+                pack_block(bpack, b.at(e, pc, jc), (b.cs, b.rs), nc, kc, nr);
                 let beta = if pc == 0 { p.beta } else { 1.0 };
                 for ic in (m0..m1).step_by(bl.mc) {
                     let mc = bl.mc.min(m1 - ic);
-                    for ir in (0..mc).step_by(mr) {
-                        let src = a.at(e, ic + ir, pc);
-                        pack_panel(
-                            &mut apack[ir * kc..],
-                            src,
-                            (a.rs, a.cs),
-                            mr.min(mc - ir),
-                            kc,
-                            mr,
-                        );
-                    }
+                    pack_block(apack, a.at(e, ic, pc), (a.rs, a.cs), mc, kc, mr);
                     for jr in (0..nc).step_by(nr) {
                         for ir in (0..mc).step_by(mr) {
                             let tile = Tile {

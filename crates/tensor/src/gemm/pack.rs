@@ -14,6 +14,61 @@
 
 use crate::{DType, Element};
 
+/// Packs a whole block of `lines` lines (any count) as consecutive
+/// micro-panels of width `r`, each `kc * r` floats; the last one is padded.
+///
+/// When the values of a group are contiguous in the source (each step `p`
+/// is one row of memory), an f32 block is packed row by row across all its
+/// micro-panels: the source is then read as a few long streams, which the
+/// prefetcher follows, instead of `kc` short pieces a page apart per panel.
+pub(crate) fn pack_block<E: Element>(
+    dst: &mut [f32],
+    src: &[E],
+    (ls, es): (usize, usize),
+    lines: usize,
+    kc: usize,
+    r: usize,
+) {
+    if let (1, Some(s)) = (ls, as_f32(src)) {
+        return match r {
+            4 => rows_across_panels::<4>(dst, s, es, lines, kc),
+            6 => rows_across_panels::<6>(dst, s, es, lines, kc),
+            8 => rows_across_panels::<8>(dst, s, es, lines, kc),
+            16 => rows_across_panels::<16>(dst, s, es, lines, kc),
+            _ => unreachable!("micro-kernel tile widths are 4, 6, 8 or 16, not {r}"),
+        };
+    }
+    for (q, l0) in (0..lines).step_by(r).enumerate() {
+        let part = &mut dst[q * kc * r..];
+        pack_panel(part, &src[l0 * ls..], (ls, es), r.min(lines - l0), kc, r);
+    }
+}
+
+/// Step `p` of every line is `src[p * es ..][..lines]`: copy each such row
+/// into group `p` of every micro-panel.
+fn rows_across_panels<const R: usize>(
+    dst: &mut [f32],
+    src: &[f32],
+    es: usize,
+    lines: usize,
+    kc: usize,
+) {
+    let panels = lines.div_ceil(R);
+    let (groups, _) = dst[..panels * kc * R].as_chunks_mut::<R>();
+    for p in 0..kc {
+        let row = &src[p * es..p * es + lines];
+        let (full, tail) = row.as_chunks::<R>();
+        for (q, part) in full.iter().enumerate() {
+            groups[q * kc + p] = *part;
+        }
+        if !tail.is_empty() {
+            let g = &mut groups[full.len() * kc + p];
+            g[..tail.len()].copy_from_slice(tail);
+            g[tail.len()..].fill(0.0);
+        }
+    }
+}
+
 /// Packs `lines ≤ r` lines of `kc` elements into `dst[..kc * r]`: element `p`
 /// of line `l` is `src[l * ls + p * es]`. One of `ls`, `es` is 1.
 pub(crate) fn pack_panel<E: Element>(
@@ -243,6 +298,33 @@ mod tests {
                 for l in 0..r {
                     let want = if l < lines { (l * kc + p) as f32 } else { 0.0 };
                     assert_eq!(p1[p * r + l], want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocks_pack_like_their_panels() {
+        for (lines, kc, r) in [
+            (37usize, 9usize, 16usize),
+            (32, 5, 16),
+            (13, 7, 6),
+            (5, 3, 8),
+        ] {
+            let src: Vec<f32> = (0..lines * kc).map(|x| x as f32).collect();
+            for strides in [(1, lines), (kc, 1)] {
+                let panels = lines.div_ceil(r);
+                let mut block = vec![9.0; panels * kc * r];
+                pack_block(&mut block, &src, strides, lines, kc, r);
+                for q in 0..panels {
+                    let mut one = vec![7.0; kc * r];
+                    let (l0, n) = (q * r, r.min(lines - q * r));
+                    pack_panel(&mut one, &src[l0 * strides.0..], strides, n, kc, r);
+                    assert_eq!(
+                        &block[q * kc * r..][..kc * r],
+                        &one[..],
+                        "{lines} {kc} {r} {strides:?}"
+                    );
                 }
             }
         }
