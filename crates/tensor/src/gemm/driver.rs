@@ -189,8 +189,19 @@ fn block<A: Element, B: Element>(
     (n0, n1): (usize, usize),
 ) {
     let (mr, nr, bl) = (kern.mr, kern.nr, kern.blocking);
+    // When every row fits in one A panel (the LM head, small batches), A is
+    // packed once for the whole reduction, one `MC × KC` slice per `pc`, and
+    // reused by every B panel instead of being packed again for each.
+    let a_once = m1 - m0 <= bl.mc;
     SCRATCH.with_borrow_mut(|(abuf, bbuf)| {
-        let apack = aligned(abuf, bl.mc * bl.kc);
+        let apack = aligned(abuf, bl.mc * if a_once { p.k } else { bl.kc });
+        if a_once {
+            for pc in (0..p.k).step_by(bl.kc) {
+                let kc = bl.kc.min(p.k - pc);
+                let dst = &mut apack[pc * bl.mc..];
+                pack_block(dst, a.at(e, m0, pc), (a.rs, a.cs), m1 - m0, kc, mr);
+            }
+        }
         let ncb = bl.nc_for(m1 - m0);
         let bpack = aligned(bbuf, ncb.min((n1 - n0).div_ceil(nr) * nr) * bl.kc);
         for jc in (n0..n1).step_by(ncb) {
@@ -201,7 +212,12 @@ fn block<A: Element, B: Element>(
                 let beta = if pc == 0 { p.beta } else { 1.0 };
                 for ic in (m0..m1).step_by(bl.mc) {
                     let mc = bl.mc.min(m1 - ic);
-                    pack_block(apack, a.at(e, ic, pc), (a.rs, a.cs), mc, kc, mr);
+                    let ap = if a_once {
+                        &apack[pc * bl.mc..]
+                    } else {
+                        pack_block(apack, a.at(e, ic, pc), (a.rs, a.cs), mc, kc, mr);
+                        &apack[..]
+                    };
                     for jr in (0..nc).step_by(nr) {
                         for ir in (0..mc).step_by(mr) {
                             let tile = Tile {
@@ -219,7 +235,7 @@ fn block<A: Element, B: Element>(
                                 let cptr = c.ptr.add((ic + ir) * c.ld + jc + jr);
                                 (kern.run)(
                                     kc,
-                                    apack.as_ptr().add(ir * kc),
+                                    ap.as_ptr().add(ir * kc),
                                     bpack.as_ptr().add(jr * kc),
                                     cptr,
                                     c.ld,
