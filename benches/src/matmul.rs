@@ -13,6 +13,13 @@ pub struct Shape {
     pub n: usize,
 }
 
+impl Shape {
+    /// Floating-point operations of one product (2·m·k·n).
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.k as f64 * self.n as f64
+    }
+}
+
 const fn s(m: usize, k: usize, n: usize) -> Shape {
     Shape { m, k, n }
 }
@@ -93,7 +100,7 @@ impl<E: Element> Case<E> {
 
     /// Floating-point operations of one product (2·m·k·n).
     pub fn flops(&self) -> f64 {
-        2.0 * self.shape.m as f64 * self.shape.k as f64 * self.shape.n as f64
+        self.shape.flops()
     }
 
     /// `C = A·B` with tessera's kernel.

@@ -63,10 +63,8 @@ fn gflops(flops: f64, t: Duration) -> f64 {
 }
 
 /// The implementations timed for one case: tessera, then the baselines.
-fn contenders<E: Element>(args: &Args, case: Case<E>) -> Vec<Contender> {
-    let shape = case.shape;
-    let ops = case.ops;
-    let mut case = case;
+fn contenders<E: Element>(args: &Args, mut case: Case<E>) -> Vec<Contender> {
+    let (shape, ops) = (case.shape, case.ops);
     let mut list: Vec<Contender> = vec![("tessera", Box::new(move || case.run_tessera()))];
     if args.baselines && E::DTYPE == DType::F32 {
         let mut mm = Case::<f32>::new(shape, ops);
@@ -97,7 +95,7 @@ fn measure<E: Element>(args: &Args, rows: &mut Vec<Row>) {
                     dtype: E::DTYPE.to_string(),
                     implementation,
                     threads: args.threads,
-                    gflops: gflops(case_flops(shape), t),
+                    gflops: gflops(shape.flops(), t),
                 };
                 println!(
                     "{:>5} {:>5} {:>6}  {:<3} {:<5} {:<15} {:>8.1}",
@@ -116,7 +114,6 @@ fn print_summary(rows: &[Row]) {
         .iter()
         .map(|r| (r.implementation, r.dtype.as_str()))
         .collect();
-    keys.dedup();
     keys.sort();
     keys.dedup();
     println!();
@@ -153,10 +150,6 @@ fn same_case(a: &Row, b: &Row) -> bool {
 
 fn geomean(xs: &[f64]) -> f64 {
     (xs.iter().map(|x| x.ln()).sum::<f64>() / xs.len().max(1) as f64).exp()
-}
-
-fn case_flops(s: tessera_benches::matmul::Shape) -> f64 {
-    2.0 * s.m as f64 * s.k as f64 * s.n as f64
 }
 
 /// Runs the suite and prints one row per case and implementation.

@@ -128,7 +128,8 @@ fn single<A: Element, B: Element>(
     }
     let macs = p.m * p.n * p.k;
     let tasks = if macs < PARALLEL_MIN_MACS { 1 } else { threads };
-    let (len, unit) = if p.n > p.m {
+    let split_n = p.n > p.m;
+    let (len, unit) = if split_n {
         (p.n, kern.nr)
     } else {
         (p.m, kern.mr)
@@ -139,7 +140,7 @@ fn single<A: Element, B: Element>(
         .map(|s| (s, (s + chunk).min(len)))
         .collect();
     let task = |&(s, e): &(usize, usize)| {
-        let (rows, cols) = if p.n > p.m {
+        let (rows, cols) = if split_n {
             ((0, p.m), (s, e))
         } else {
             ((s, e), (0, p.n))
