@@ -1,0 +1,57 @@
+//! The errors of a training run, each one sentence naming the file, flag or value at fault.
+
+use std::path::PathBuf;
+
+/// Everything that can stop a training, evaluation or export.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Reading or writing a file failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done ("cannot read", "cannot write", …).
+        action: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// A setting is out of range or inconsistent with another.
+    #[error("invalid setting {name}: {reason}")]
+    Setting {
+        /// The setting as the user spells it (a flag or TOML key).
+        name: String,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// The model failed (shape mismatch, bad batch).
+    #[error(transparent)]
+    Model(#[from] tessera_t5::ModelError),
+    /// Loading or saving a model checkpoint failed.
+    #[error(transparent)]
+    Checkpoint(#[from] tessera_t5::CheckpointError),
+    /// The data pipeline failed (file, tokenizer, batching).
+    #[error(transparent)]
+    Data(#[from] tessera_glue::GlueError),
+}
+
+/// The result type of this crate.
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+impl TrainError {
+    /// An I/O error with the file it happened on.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A rejected setting.
+    pub fn setting(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        TrainError::Setting {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+}
