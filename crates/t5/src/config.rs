@@ -6,6 +6,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// The name of the tiny preset (see [`T5Config::preset`]).
+pub const TINY_PRESET: &str = "tessera-tiny";
+
 /// Why a configuration could not be used; names the file or field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -250,9 +253,15 @@ impl T5Config {
     }
 
     /// The published shapes of a Flan-T5 size: `flan-t5-small`, `-base`,
-    /// `-large`, `-xl`, `-xxl` (a `google/` prefix is accepted).
+    /// `-large`, `-xl`, `-xxl` (a `google/` prefix is accepted); or
+    /// [`TINY_PRESET`], a Flan-T5-shaped model small enough to train from
+    /// scratch in minutes on a CPU (the quickstart's), whose vocabulary fits
+    /// tessera's own 740-token tokenizer.
     pub fn preset(name: &str) -> Result<Self, ConfigError> {
         let short = name.strip_prefix("google/").unwrap_or(name);
+        if name == TINY_PRESET {
+            return Ok(Self::tiny());
+        }
         let (d_model, d_ff, layers, heads) = match short {
             "flan-t5-small" => (512, 1024, 8, 6),
             "flan-t5-base" => (768, 2048, 12, 12),
@@ -290,6 +299,21 @@ impl T5Config {
             eos_token_id: 1,
             extra,
         })
+    }
+
+    fn tiny() -> Self {
+        let flan = Self::preset("flan-t5-small").expect("flan-t5-small is a preset");
+        T5Config {
+            vocab_size: 768,
+            d_model: 128,
+            d_kv: 32,
+            d_ff: 256,
+            num_layers: 3,
+            num_decoder_layers: Some(3),
+            num_heads: 4,
+            dropout_rate: 0.0,
+            ..flan
+        }
     }
 
     /// Number of parameters, counting `shared` once and `lm_head` when untied.

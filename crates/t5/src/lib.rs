@@ -22,7 +22,7 @@ pub mod safetensors;
 mod stack;
 
 pub use checkpoint::{CheckpointError, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, WEIGHTS_FILE};
-pub use config::{ConfigError, FeedForward, T5Config};
+pub use config::{ConfigError, FeedForward, T5Config, TINY_PRESET};
 pub use model::{Batch, ForwardOutput, ModelError, T5Model, TrainOptions};
 pub use params::{
     AttentionIds, FeedForwardIds, ModelIds, ParamEntry, ParamId, ParamStore, StackIds, SublayerIds,

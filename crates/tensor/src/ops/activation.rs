@@ -2,6 +2,7 @@
 //! approximation of GELU that T5 v1.1 and Flan-T5 use), plain or gated
 //! (`act(h0) * h1`).
 
+use super::vmath::{self, simd_fn};
 use super::{check_len, PARALLEL_MIN_ELEMS};
 use crate::error::Result;
 use rayon::prelude::*;
@@ -22,19 +23,20 @@ pub enum Activation {
 
 impl Activation {
     /// The activation of one value.
-    #[inline]
+    #[inline(always)]
     pub fn apply(self, x: f32) -> f32 {
         self.value_and_derivative(x).0
     }
 
     /// The derivative at one value (ReLU's is 0 at 0, as in PyTorch).
-    #[inline]
+    #[inline(always)]
     pub fn derivative(self, x: f32) -> f32 {
         self.value_and_derivative(x).1
     }
 
-    /// Value and derivative together (one `tanh` for gelu_new).
-    #[inline]
+    /// Value and derivative together (one `tanh` for gelu_new, the
+    /// vectorisable one of [`vmath`]).
+    #[inline(always)]
     pub fn value_and_derivative(self, x: f32) -> (f32, f32) {
         match self {
             // NaN passes through, as in PyTorch, so divergence stays visible.
@@ -46,7 +48,7 @@ impl Activation {
                 }
             }
             Activation::GeluNew => {
-                let t = (SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)).tanh();
+                let t = vmath::tanh(SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x));
                 let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x);
                 let value = 0.5 * x * (1.0 + t);
                 (value, 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
@@ -57,12 +59,7 @@ impl Activation {
     /// `out = act(x)`.
     pub fn forward(self, out: &mut [f32], x: &[f32]) -> Result<()> {
         check_len("activation forward", "out", out.len(), x.len())?;
-        crate::install(|| {
-            out.par_iter_mut()
-                .with_min_len(PARALLEL_MIN_ELEMS)
-                .zip(x.par_iter())
-                .for_each(|(y, &x)| *y = self.apply(x));
-        });
+        par_blocks(out, |at, out| forward_block(self, out, &x[at..]));
         Ok(())
     }
 
@@ -70,12 +67,7 @@ impl Activation {
     pub fn backward(self, dx: &mut [f32], x: &[f32], dout: &[f32]) -> Result<()> {
         check_len("activation backward", "x", x.len(), dx.len())?;
         check_len("activation backward", "dout", dout.len(), dx.len())?;
-        crate::install(|| {
-            dx.par_iter_mut()
-                .with_min_len(PARALLEL_MIN_ELEMS)
-                .zip(x.par_iter().zip(dout.par_iter()))
-                .for_each(|(dx, (&x, &dy))| *dx = dy * self.derivative(x));
-        });
+        par_blocks(dx, |at, dx| backward_block(self, dx, &x[at..], &dout[at..]));
         Ok(())
     }
 
@@ -83,11 +75,8 @@ impl Activation {
     pub fn gated_forward(self, out: &mut [f32], h0: &[f32], h1: &[f32]) -> Result<()> {
         check_len("gated forward", "h0", h0.len(), out.len())?;
         check_len("gated forward", "h1", h1.len(), out.len())?;
-        crate::install(|| {
-            out.par_iter_mut()
-                .with_min_len(PARALLEL_MIN_ELEMS)
-                .zip(h0.par_iter().zip(h1.par_iter()))
-                .for_each(|(y, (&a, &b))| *y = self.apply(a) * b);
+        par_blocks(out, |at, out| {
+            gated_forward_block(self, out, &h0[at..], &h1[at..])
         });
         Ok(())
     }
@@ -112,17 +101,67 @@ impl Activation {
             check_len("gated backward", name, len, n)?;
         }
         crate::install(|| {
-            dh0.par_iter_mut()
-                .with_min_len(PARALLEL_MIN_ELEMS)
-                .zip(dh1.par_iter_mut())
-                .zip(h0.par_iter().zip(h1.par_iter()).zip(dout.par_iter()))
-                .for_each(|((d0, d1), ((&a, &b), &dy))| {
-                    let (value, slope) = self.value_and_derivative(a);
-                    *d0 = dy * b * slope;
-                    *d1 = dy * value;
+            dh0.par_chunks_mut(PARALLEL_MIN_ELEMS)
+                .zip(dh1.par_chunks_mut(PARALLEL_MIN_ELEMS))
+                .enumerate()
+                .for_each(|(block, (d0, d1))| {
+                    let at = block * PARALLEL_MIN_ELEMS;
+                    gated_backward_block(self, d0, d1, &h0[at..], &h1[at..], &dout[at..]);
                 });
         });
         Ok(())
+    }
+}
+
+/// Runs `f(offset, block)` over blocks of `out` of [`PARALLEL_MIN_ELEMS`]
+/// elements on the engine's pool.
+fn par_blocks(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    crate::install(|| {
+        out.par_chunks_mut(PARALLEL_MIN_ELEMS)
+            .enumerate()
+            .for_each(|(block, out)| f(block * PARALLEL_MIN_ELEMS, out));
+    });
+}
+
+// The per-block loops, vectorised (inputs are at least as long as the output block).
+
+simd_fn! {
+    fn forward_block(act: Activation, out: &mut [f32], x: &[f32]) {
+        out.iter_mut().zip(x).for_each(|(y, &x)| *y = act.apply(x));
+    }
+}
+
+simd_fn! {
+    fn backward_block(act: Activation, dx: &mut [f32], x: &[f32], dout: &[f32]) {
+        for (dx, (&x, &dy)) in dx.iter_mut().zip(x.iter().zip(dout)) {
+            *dx = dy * act.derivative(x);
+        }
+    }
+}
+
+simd_fn! {
+    fn gated_forward_block(act: Activation, out: &mut [f32], h0: &[f32], h1: &[f32]) {
+        for (y, (&a, &b)) in out.iter_mut().zip(h0.iter().zip(h1)) {
+            *y = act.apply(a) * b;
+        }
+    }
+}
+
+simd_fn! {
+    fn gated_backward_block(
+        act: Activation,
+        dh0: &mut [f32],
+        dh1: &mut [f32],
+        h0: &[f32],
+        h1: &[f32],
+        dout: &[f32],
+    ) {
+        let inputs = h0.iter().zip(h1).zip(dout);
+        for ((d0, d1), ((&a, &b), &dy)) in dh0.iter_mut().zip(dh1).zip(inputs) {
+            let (value, slope) = act.value_and_derivative(a);
+            *d0 = dy * b * slope;
+            *d1 = dy * value;
+        }
     }
 }
 

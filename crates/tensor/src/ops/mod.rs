@@ -17,6 +17,8 @@ pub mod embedding;
 pub mod norm;
 pub mod residual;
 pub mod softmax;
+#[macro_use]
+pub mod vmath;
 
 use crate::error::{shape_err, Result};
 
