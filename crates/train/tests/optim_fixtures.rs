@@ -83,3 +83,89 @@ fn adamw_trajectory_matches_torch() {
     }
     eprintln!("adamw-trajectory: worst final-weight rel. error {worst:.2e}");
 }
+
+/// The settings of one case of the `optimizers` group.
+fn case_config(fx: &Fixture, case: &str) -> OptimizerConfig {
+    let at = |key: &str| {
+        fx.meta_at(&format!("/cases/{case}/{key}"))
+            .expect("case setting")
+    };
+    let number = |key: &str| at(key).as_f64().expect("number") as f32;
+    let flag = |key: &str| at(key).as_bool().expect("bool");
+    let mut config = OptimizerConfig {
+        weight_decay: number("weight_decay"),
+        ..OptimizerConfig::default()
+    };
+    if case == "adamw" {
+        (config.beta1, config.beta2) = (number("betas/0"), number("betas/1"));
+        config.eps = number("eps");
+    } else {
+        config.kind = OptimizerKind::Adafactor;
+        let a = &mut config.adafactor;
+        a.beta1 = at("beta1").as_f64().map(|b| b as f32);
+        a.scale_parameter = flag("scale_parameter");
+        a.relative_step = flag("relative_step");
+        a.warmup_init = flag("warmup_init");
+    }
+    config
+}
+
+#[test]
+fn optimizers_match_torch_and_transformers_on_random_gradients() {
+    let fx = load("optimizers").expect("fixture group");
+    let model_config = fx
+        .meta_at("/model/config")
+        .expect("model config")
+        .to_string();
+    let mut config = tessera_t5::T5Config::from_json(&model_config, "optimizers/meta.json")
+        .expect("tiny config");
+    config.tie_word_embeddings = false;
+    let mut initial = T5Model::zeros(config).params().clone();
+    let names: Vec<String> = initial.entries().iter().map(|e| e.name.clone()).collect();
+    let fill = |store: &mut tessera_t5::ParamStore, prefix: &str| {
+        for (i, name) in names.iter().enumerate() {
+            let id = store.find(name).expect("layout name");
+            let values = fx.f32s(&format!("{prefix}{name}")).expect("tensor");
+            store.get_mut(id).copy_from_slice(&values);
+            assert_eq!(id.index(), i);
+        }
+    };
+    fill(&mut initial, "initial.");
+    let lrs: Vec<f32> = fx
+        .meta_at("/lrs")
+        .expect("lrs")
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|v| v.as_f64().expect("number") as f32)
+        .collect();
+    let grads: Vec<_> = (0..lrs.len())
+        .map(|step| {
+            let mut g = initial.zeros_like();
+            fill(&mut g, &format!("step{step}.grad."));
+            g
+        })
+        .collect();
+    let tol = fx.number("/tolerances/final_weights").expect("tolerance");
+    let cases = fx
+        .meta_at("/cases")
+        .expect("cases")
+        .as_object()
+        .expect("map");
+    for case in cases.keys() {
+        let config = case_config(&fx, case);
+        let mut params = initial.clone();
+        let mut opt = Optimizer::new(&config, &params).expect("valid config");
+        for (g, &lr) in grads.iter().zip(&lrs) {
+            opt.step(&mut params, g, lr);
+        }
+        let mut worst = 0.0f64;
+        for (entry, got) in params.iter() {
+            let name = format!("{case}.final.{}", entry.name);
+            let want = fx.f32s(&name).expect("final weight");
+            let c = check_close(&name, got, &want, tol).unwrap_or_else(|e| panic!("{e}"));
+            worst = worst.max(c.rel_error);
+        }
+        eprintln!("optimizers/{case}: worst final-weight rel. error {worst:.2e}");
+    }
+}

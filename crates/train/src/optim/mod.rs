@@ -24,6 +24,7 @@
 //! `exp_avg_sq_row`, `exp_avg_sq_col`) and the step count and optimizer
 //! kind in the header's metadata.
 
+mod adafactor;
 mod adamw;
 mod clip;
 mod pieces;
@@ -212,6 +213,7 @@ fn check_beta(value: f32, name: &str) -> Result<()> {
 #[derive(Debug, Clone, PartialEq)]
 enum State {
     AdamW(adamw::AdamW),
+    Adafactor(adafactor::Adafactor),
 }
 
 /// An optimizer with its state for one parameter layout.
@@ -231,10 +233,7 @@ impl Optimizer {
         let state = match config.kind {
             OptimizerKind::AdamW => State::AdamW(adamw::AdamW::new(params)),
             OptimizerKind::Adafactor => {
-                return Err(TrainError::setting(
-                    "--optimizer",
-                    "adafactor is not implemented yet on this branch",
-                ))
+                State::Adafactor(adafactor::Adafactor::new(&config.adafactor, params))
             }
         };
         Ok(Optimizer {
@@ -261,6 +260,7 @@ impl Optimizer {
         let (config, t) = (&self.config, self.steps);
         tessera_tensor::install(|| match &mut self.state {
             State::AdamW(s) => s.step(&adamw::Hyper::new(config, lr, t), params, grads),
+            State::Adafactor(s) => s.step(&adafactor::Hyper::new(config, lr, t), params, grads),
         });
     }
 
@@ -279,6 +279,7 @@ impl Optimizer {
     pub fn save(&self, path: &Path) -> Result<()> {
         let tensors = match &self.state {
             State::AdamW(s) => s.tensors(&self.entries),
+            State::Adafactor(s) => s.tensors(&self.entries),
         };
         state_file::save(path, self.config.kind, self.steps, &tensors)
     }
@@ -292,6 +293,7 @@ impl Optimizer {
         let entries = &opt.entries;
         let mut tensors = match &mut opt.state {
             State::AdamW(s) => s.tensors_mut(entries),
+            State::Adafactor(s) => s.tensors_mut(entries),
         };
         opt.steps = state_file::load(path, config.kind, &mut tensors)?;
         Ok(opt)
@@ -437,49 +439,115 @@ mod tests {
         }
     }
 
+    fn adafactor(beta1: Option<f32>) -> OptimizerConfig {
+        let mut config = OptimizerConfig {
+            kind: OptimizerKind::Adafactor,
+            weight_decay: 0.01,
+            ..OptimizerConfig::default()
+        };
+        config.adafactor.beta1 = beta1;
+        config
+    }
+
     #[test]
     fn steps_are_identical_for_any_thread_count() {
-        // A vocabulary large enough that the embeddings span several pieces.
+        // Wide enough that the embeddings span several pieces and column blocks.
         let mut config = tiny_config();
-        config.vocab_size = 20_000;
+        (config.vocab_size, config.d_model) = (2_000, 300);
         let start = T5Model::init(config, 5).params().clone();
-        let run_with = |threads| {
+        let run_with = |threads, optimizer: &OptimizerConfig| {
             tessera_tensor::set_num_threads(threads).unwrap();
             let mut out = start.clone();
-            let mut opt = Optimizer::new(&adamw(0.01), &out).unwrap();
+            let mut opt = Optimizer::new(optimizer, &out).unwrap();
             for s in 0..3 {
                 let g = grads_for(&out, s);
                 opt.step(&mut out, &g, 1e-3);
             }
             let mut g = grads_for(&out, 9);
             let norm = clip_grad_norm(&mut g, 0.5);
-            (out, g, norm)
+            (out, opt, g, norm)
         };
-        let one = run_with(1);
-        let three = run_with(3);
-        assert!(one == three, "results depend on the thread count");
+        for optimizer in [adamw(0.01), adafactor(Some(0.9))] {
+            let one = run_with(1, &optimizer);
+            let three = run_with(3, &optimizer);
+            assert!(
+                one == three,
+                "{:?} depends on the thread count",
+                optimizer.kind
+            );
+        }
     }
 
     #[test]
     fn save_then_load_resumes_bit_for_bit() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("optimizer.safetensors");
-        let config = adamw(0.01);
-        let (mut params, mut opt) = run(&config, 2);
-        opt.save(&path).unwrap();
-        let mut loaded = Optimizer::load(&config, &params, &path).unwrap();
-        assert_eq!(loaded, opt);
-        assert_eq!(loaded.steps(), 2);
-        let mut resumed = params.clone();
-        let g = grads_for(&params, 2);
-        opt.step(&mut params, &g, 1e-3);
-        loaded.step(&mut resumed, &g, 1e-3);
-        assert!(params == resumed);
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "no temporary file left"
-        );
+        for config in [adamw(0.01), adafactor(None), adafactor(Some(0.9))] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("optimizer.safetensors");
+            let (mut params, mut opt) = run(&config, 2);
+            opt.save(&path).unwrap();
+            let mut loaded = Optimizer::load(&config, &params, &path).unwrap();
+            assert_eq!(loaded, opt);
+            assert_eq!(loaded.steps(), 2);
+            let mut resumed = params.clone();
+            let g = grads_for(&params, 2);
+            opt.step(&mut params, &g, 1e-3);
+            loaded.step(&mut resumed, &g, 1e-3);
+            assert!(params == resumed, "{config:?}");
+            let files = std::fs::read_dir(dir.path()).unwrap().count();
+            assert_eq!(files, 1, "no temporary file left");
+        }
+    }
+
+    #[test]
+    fn adafactor_state_is_factored_for_matrices_only() {
+        let (params, opt) = run(&adafactor(Some(0.9)), 1);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        opt.save(file.path()).unwrap();
+        let st = tessera_t5::safetensors::SafeTensors::open(file.path()).unwrap();
+        assert_eq!(st.metadata()["optimizer"], "adafactor");
+        assert_eq!(st.metadata()["step"], "1");
+        let shape = |n: &str| st.info(n).unwrap().shape.clone();
+        assert_eq!(shape("shared.weight.exp_avg_sq_row"), [40]);
+        assert_eq!(shape("shared.weight.exp_avg_sq_col"), [8]);
+        assert_eq!(shape("shared.weight.exp_avg"), [40, 8]);
+        assert_eq!(shape("encoder.final_layer_norm.weight.exp_avg_sq"), [8]);
+        let per_param = |e: &ParamEntry| if e.shape.len() >= 2 { 3 } else { 2 };
+        let want: usize = params.entries().iter().map(per_param).sum();
+        assert_eq!(st.names().count(), want);
+    }
+
+    #[test]
+    fn adafactor_settings_are_validated() {
+        let base = adafactor(None);
+        let with = |f: fn(&mut AdafactorConfig)| {
+            let mut c = base.clone();
+            f(&mut c.adafactor);
+            c
+        };
+        let bad = [
+            (with(|a| a.clip_threshold = 0.0), "adafactor.clip_threshold"),
+            (with(|a| a.decay_rate = 0.5), "adafactor.decay_rate"),
+            (with(|a| a.eps_sq = f32::INFINITY), "adafactor.eps_sq"),
+            (with(|a| a.eps_scale = -1.0), "adafactor.eps_scale"),
+            (with(|a| a.beta1 = Some(1.5)), "adafactor.beta1"),
+            (with(|a| a.warmup_init = true), "adafactor.warmup_init"),
+        ];
+        for (config, key) in bad {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        // AdamW's own settings do not matter to Adafactor.
+        let mut c = base.clone();
+        c.eps = -1.0;
+        assert!(c.validate().is_ok());
+        let parsed: OptimizerConfig = serde_json::from_str(
+            r#"{"kind": "adafactor", "beta1": 0.9, "beta2": 0.999, "eps": 1e-6,
+                "weight_decay": 0.01, "adafactor": {"beta1": 0.9}}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.adafactor.beta1, Some(0.9));
+        assert_eq!(parsed.adafactor.decay_rate, -0.8);
+        assert!(parsed.adafactor.scale_parameter && !parsed.adafactor.relative_step);
     }
 
     #[test]
@@ -508,6 +576,13 @@ mod tests {
         let e = err(&T5Model::zeros(tied).params().clone(), &path);
         assert!(
             e.contains("optimizer.safetensors") && e.contains("lm_head.weight.exp_avg"),
+            "{e}"
+        );
+        let e = Optimizer::load(&adafactor(None), &params, &path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("optimizer.safetensors") && e.contains("saved by adamw, not adafactor"),
             "{e}"
         );
         let bytes = std::fs::read(&path).unwrap();
