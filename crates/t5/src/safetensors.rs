@@ -131,6 +131,7 @@ pub struct SafeTensors {
     file: File,
     data_start: usize,
     tensors: BTreeMap<String, TensorInfo>,
+    metadata: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for SafeTensors {
@@ -164,19 +165,26 @@ impl SafeTensors {
         // defend against (as for every mmap-based safetensors reader); every
         // offset is validated against the length observed here before use.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let (data_start, tensors) = parse_header(path, &map)?;
+        let (data_start, tensors, metadata) = parse_header(path, &map)?;
         drop(map);
         Ok(SafeTensors {
             path: path.to_path_buf(),
             file,
             data_start,
             tensors,
+            metadata,
         })
     }
 
     /// The file this was opened from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The string entries of the header's `__metadata__` (values that are
+    /// not strings, which the format does not allow, are left out).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
     }
 
     /// Tensor names in sorted order.
@@ -279,9 +287,14 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> SafetensorsError {
     }
 }
 
-type Header = (usize, BTreeMap<String, TensorInfo>);
+type Header = (
+    usize,
+    BTreeMap<String, TensorInfo>,
+    BTreeMap<String, String>,
+);
 
-/// Validates the header of a mapped file; returns the data start and the entries.
+/// Validates the header of a mapped file; returns the data start, the entries
+/// and the string metadata.
 fn parse_header(path: &Path, file: &[u8]) -> Result<Header, SafetensorsError> {
     let mut len_bytes = [0u8; 8];
     len_bytes.copy_from_slice(&file[..8]);
@@ -300,8 +313,15 @@ fn parse_header(path: &Path, file: &[u8]) -> Result<Header, SafetensorsError> {
         .map_err(|e| corrupt(path, format!("the header is not a JSON object: {e}")))?;
     let data_len = file.len() - data_start;
     let mut tensors = BTreeMap::new();
+    let mut metadata = BTreeMap::new();
     for (name, entry) in json {
         if name == "__metadata__" {
+            if let Value::Object(meta) = entry {
+                metadata.extend(
+                    meta.into_iter()
+                        .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string()))),
+                );
+            }
             continue;
         }
         let info = parse_entry(&entry)
@@ -315,7 +335,7 @@ fn parse_header(path: &Path, file: &[u8]) -> Result<Header, SafetensorsError> {
         tensors.insert(name, info);
     }
     check_no_overlap(path, &tensors)?;
-    Ok((data_start, tensors))
+    Ok((data_start, tensors, metadata))
 }
 
 fn parse_entry(entry: &Value) -> Result<TensorInfo, String> {
@@ -391,9 +411,23 @@ pub struct TensorToWrite<'a> {
 /// Writes f32 tensors as safetensors (in the order given, header padded to
 /// 8 bytes, `{"format": "pt"}` metadata as `save_pretrained` writes).
 pub fn write_f32(out: &mut impl Write, tensors: &[TensorToWrite<'_>]) -> std::io::Result<()> {
+    write_f32_with_metadata(out, tensors, &[])
+}
+
+/// [`write_f32`] with extra `__metadata__` string entries beside
+/// `"format": "pt"` (scalars that belong with the tensors, such as an
+/// optimizer's step count; read back with [`SafeTensors::metadata`]).
+pub fn write_f32_with_metadata(
+    out: &mut impl Write,
+    tensors: &[TensorToWrite<'_>],
+    metadata: &[(&str, &str)],
+) -> std::io::Result<()> {
     let mut header = Map::new();
     let mut meta = Map::new();
     meta.insert("format".into(), "pt".into());
+    for &(key, value) in metadata {
+        meta.insert(key.into(), value.into());
+    }
     header.insert("__metadata__".into(), Value::Object(meta));
     let mut offset = 0usize;
     for t in tensors {
@@ -478,6 +512,26 @@ mod tests {
             Err(SafetensorsError::Missing { .. })
         ));
         assert!(st.read_i64("a").is_err());
+    }
+
+    #[test]
+    fn metadata_round_trips_beside_the_format() {
+        assert_eq!(open_bytes(&sample()).unwrap().metadata()["format"], "pt");
+        let mut out = Vec::new();
+        let t = TensorToWrite {
+            name: "x",
+            shape: &[1],
+            data: &[2.0],
+        };
+        write_f32_with_metadata(&mut out, &[t], &[("step", "7"), ("kind", "adamw")]).unwrap();
+        let st = open_bytes(&out).unwrap();
+        let meta: Vec<_> = st
+            .metadata()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(meta, [("format", "pt"), ("kind", "adamw"), ("step", "7")]);
+        assert_eq!(st.read_f32("x").unwrap(), [2.0]);
     }
 
     #[test]

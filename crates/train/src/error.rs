@@ -32,6 +32,18 @@ pub enum TrainError {
     /// The data pipeline failed (file, tokenizer, batching).
     #[error(transparent)]
     Data(#[from] tessera_glue::GlueError),
+    /// An optimizer state file is unreadable or not valid safetensors.
+    #[error(transparent)]
+    StateFile(tessera_t5::safetensors::SafetensorsError),
+    /// An optimizer state file does not fit the model or the optimizer
+    /// configuration (other kind, missing, extra or misshapen tensors).
+    #[error("cannot use optimizer state {path}: {reason}")]
+    OptimizerState {
+        /// The file.
+        path: PathBuf,
+        /// What does not fit, naming the tensor.
+        reason: String,
+    },
 }
 
 /// The result type of this crate.

@@ -7,6 +7,9 @@
 //! that resume bit for bit, evaluation by greedy generation, and the export
 //! of a Hugging Face model folder.
 
+mod decimal;
 mod error;
+pub mod optim;
+pub mod schedule;
 
 pub use error::{Result, TrainError};

@@ -1,0 +1,149 @@
+//! AdamW as `torch.optim.AdamW` computes it (`_single_tensor_adam` with
+//! decoupled weight decay), element by element in f32:
+//!
+//! ```text
+//! p   *= f32(1 − lr·wd)                       (skipped for layer norms / wd = 0)
+//! m   += f32(1 − β1) · (g − m)                (lerp)
+//! v    = v · f32(β2) + (f32(1 − β2) · g) · g  (mul_, addcmul_)
+//! d    = sqrt(v) / f32(sqrt(1 − β2^t)) + f32(eps)
+//! p   += (f32(−lr / (1 − β1^t)) · m) / d      (addcdiv_)
+//! ```
+//!
+//! with the bracketed scalars computed in f64 as Python floats. Two
+//! differences of PyTorch's CPU kernels are not reproduced, so results
+//! agree to a unit or two in the last place per step rather than bit for
+//! bit: its vectorised `lerp` fuses the multiply-add, and its f32 `sqrt`
+//! is not always correctly rounded.
+
+use super::pieces::{entry_ranges, lens, pieces, split_mut, Piece};
+use super::{OptimizerConfig, StateTensor};
+use crate::decimal::widen;
+use rayon::prelude::*;
+use tessera_t5::{ParamEntry, ParamStore};
+
+/// First and second moments, laid out like the parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct AdamW {
+    exp_avg: Vec<f32>,
+    exp_avg_sq: Vec<f32>,
+    pieces: Vec<Piece>,
+}
+
+/// The f32 coefficients of one step.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Hyper {
+    /// `1 − lr·wd`, or `None` when there is no weight decay.
+    decay: Option<f32>,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    /// `sqrt(1 − β2^t)`.
+    bias_correction2_sqrt: f32,
+    eps: f32,
+    /// `−lr / (1 − β1^t)`.
+    neg_step_size: f32,
+}
+
+impl Hyper {
+    /// The coefficients of step `t` (1-based) at learning rate `lr`.
+    pub(super) fn new(config: &OptimizerConfig, lr: f32, t: u64) -> Self {
+        let (lr, wd) = (widen(lr), widen(config.weight_decay));
+        let (beta1, beta2) = (widen(config.beta1), widen(config.beta2));
+        let t = t as f64;
+        let bias_correction1 = 1.0 - beta1.powf(t);
+        let bias_correction2 = 1.0 - beta2.powf(t);
+        Hyper {
+            decay: (wd != 0.0).then_some((1.0 - lr * wd) as f32),
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            bias_correction2_sqrt: bias_correction2.powf(0.5) as f32,
+            eps: widen(config.eps) as f32,
+            neg_step_size: (-(lr / bias_correction1)) as f32,
+        }
+    }
+}
+
+impl AdamW {
+    /// Zero moments for parameters laid out like `params`.
+    pub(super) fn new(params: &ParamStore) -> Self {
+        let n = params.flat().len();
+        AdamW {
+            exp_avg: vec![0.0; n],
+            exp_avg_sq: vec![0.0; n],
+            pieces: pieces(params.entries()),
+        }
+    }
+
+    /// One update of every parameter.
+    pub(super) fn step(&mut self, h: &Hyper, params: &mut ParamStore, grads: &ParamStore) {
+        let no_decay: Vec<bool> = params
+            .entries()
+            .iter()
+            .map(ParamEntry::is_layer_norm)
+            .collect();
+        let g = grads.flat();
+        let p = split_mut(params.flat_mut(), lens(&self.pieces));
+        let m = split_mut(&mut self.exp_avg, lens(&self.pieces));
+        let v = split_mut(&mut self.exp_avg_sq, lens(&self.pieces));
+        p.into_par_iter()
+            .zip(m)
+            .zip(v)
+            .zip(&self.pieces)
+            .for_each(|(((p, m), v), piece)| {
+                let decay = if no_decay[piece.entry] { None } else { h.decay };
+                update(h, decay, p, &g[piece.range.clone()], m, v);
+            });
+    }
+
+    /// The state tensors, named after the parameters, for saving.
+    pub(super) fn tensors<'a>(&'a self, entries: &[ParamEntry]) -> Vec<StateTensor<&'a [f32]>> {
+        entries
+            .iter()
+            .zip(entry_ranges(entries))
+            .flat_map(|(e, r)| {
+                [
+                    tensor(e, "exp_avg", &self.exp_avg[r.clone()]),
+                    tensor(e, "exp_avg_sq", &self.exp_avg_sq[r]),
+                ]
+            })
+            .collect()
+    }
+
+    /// The state tensors, mutable, for loading.
+    pub(super) fn tensors_mut<'a>(
+        &'a mut self,
+        entries: &[ParamEntry],
+    ) -> Vec<StateTensor<&'a mut [f32]>> {
+        let numels = || entries.iter().map(ParamEntry::numel);
+        let m = split_mut(&mut self.exp_avg, numels());
+        let v = split_mut(&mut self.exp_avg_sq, numels());
+        entries
+            .iter()
+            .zip(m)
+            .zip(v)
+            .flat_map(|((e, m), v)| [tensor(e, "exp_avg", m), tensor(e, "exp_avg_sq", v)])
+            .collect()
+    }
+}
+
+fn tensor<T>(e: &ParamEntry, what: &str, data: T) -> StateTensor<T> {
+    StateTensor {
+        name: format!("{}.{what}", e.name),
+        shape: e.shape.clone(),
+        data,
+    }
+}
+
+/// The update of one run of elements (see the module docs for the formulas).
+fn update(h: &Hyper, decay: Option<f32>, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    if let Some(d) = decay {
+        p.iter_mut().for_each(|p| *p *= d);
+    }
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+        *m += h.one_minus_beta1 * (g - *m);
+        *v = *v * h.beta2 + (h.one_minus_beta2 * g) * g;
+        let denom = v.sqrt() / h.bias_correction2_sqrt + h.eps;
+        *p += (h.neg_step_size * *m) / denom;
+    }
+}

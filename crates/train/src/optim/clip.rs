@@ -1,0 +1,102 @@
+//! Global-norm gradient clipping, as `torch.nn.utils.clip_grad_norm_`.
+
+use rayon::prelude::*;
+use tessera_t5::ParamStore;
+
+/// Values per partial sum of squares: the sum is split this way whatever
+/// the thread count, so the norm is the same bit for bit.
+const CHUNK: usize = 1 << 16;
+
+/// Scales `grads` so that their global L2 norm is at most `max_norm`, and
+/// returns the norm before clipping.
+///
+/// Follows `torch.nn.utils.clip_grad_norm_`: the coefficient is
+/// `max_norm / (norm + 1e-6)` in f32 and is applied when it is below 1.
+/// The sum of squares is accumulated in f64 (more exact than PyTorch's f32
+/// reduction). `max_norm ≤ 0` or infinite means no clipping (the norm is
+/// still returned); a NaN or infinite norm is returned as it is and the
+/// gradients are left alone, so the caller can skip the step.
+pub fn clip_grad_norm(grads: &mut ParamStore, max_norm: f32) -> f32 {
+    let norm = global_norm(grads.flat());
+    let clips = max_norm > 0.0 && max_norm.is_finite() && norm.is_finite();
+    if clips {
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            tessera_tensor::install(|| {
+                grads
+                    .flat_mut()
+                    .par_chunks_mut(CHUNK)
+                    .for_each(|c| c.iter_mut().for_each(|g| *g *= coef));
+            });
+        }
+    }
+    norm
+}
+
+/// `sqrt(Σ g²)` with f64 partial sums over fixed chunks, added in order.
+fn global_norm(values: &[f32]) -> f32 {
+    let partials: Vec<f64> = tessera_tensor::install(|| {
+        values
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&g| f64::from(g) * f64::from(g)).sum())
+            .collect()
+    });
+    partials.iter().sum::<f64>().sqrt() as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::test_support::tiny_params;
+
+    fn filled(value: f32) -> ParamStore {
+        let mut g = tiny_params(0).zeros_like();
+        g.flat_mut().fill(value);
+        g
+    }
+
+    #[test]
+    fn returns_the_norm_and_clips_like_torch() {
+        let mut g = filled(0.5);
+        let n = g.flat().len() as f64;
+        let want = (n * 0.25).sqrt() as f32;
+        assert!(want > 1.0);
+        let norm = clip_grad_norm(&mut g, 1.0);
+        assert_eq!(norm, want);
+        let coef = 1.0 / (want + 1e-6);
+        assert!(g.flat().iter().all(|&v| v == 0.5 * coef));
+        let after = global_norm(g.flat());
+        assert!((after - 1.0).abs() < 1e-5, "{after}");
+    }
+
+    #[test]
+    fn small_norms_disabled_clipping_and_non_finite_norms_leave_gradients_alone() {
+        for (value, max_norm) in [(1e-4, 1.0), (0.5, 0.0), (0.5, -1.0), (0.5, f32::INFINITY)] {
+            let mut g = filled(value);
+            let before = g.clone();
+            let norm = clip_grad_norm(&mut g, max_norm);
+            assert!(norm > 0.0);
+            assert_eq!(g, before, "{value} {max_norm}");
+        }
+        let mut g = filled(0.5);
+        g.flat_mut()[3] = f32::NAN;
+        let before = g.flat().to_vec();
+        assert!(clip_grad_norm(&mut g, 1.0).is_nan());
+        assert_eq!(g.flat()[..3], before[..3]);
+        let mut g = filled(0.5);
+        g.flat_mut()[0] = f32::INFINITY;
+        assert_eq!(clip_grad_norm(&mut g, 1.0), f32::INFINITY);
+        assert_eq!(g.flat()[1], 0.5);
+    }
+
+    #[test]
+    fn the_norm_sums_in_f64() {
+        // In f32, 1 + 1e-8·n would lose every small term.
+        let mut g = filled(1e-4);
+        g.flat_mut()[0] = 1.0;
+        let n = g.flat().len() as f64;
+        let want = (1.0 + (n - 1.0) * f64::from(1e-4f32).powi(2)).sqrt() as f32;
+        assert!(want > 1.0);
+        assert_eq!(clip_grad_norm(&mut g, 0.0), want);
+    }
+}

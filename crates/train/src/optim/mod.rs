@@ -1,0 +1,599 @@
+//! Optimizers (AdamW, Adafactor) and global-norm gradient clipping.
+//!
+//! [`Optimizer`] updates a [`ParamStore`] from a gradient store of the same
+//! layout. Its state is f32, like PyTorch's, and every per-element formula
+//! follows the reference implementation's operation order in f32 with the
+//! scalar factors (bias corrections, `1 − β`) computed in f64 as Python
+//! does, so a tessera run tracks a PyTorch run to a few units in the last
+//! place per step:
+//! - AdamW: `torch.optim.AdamW` (the single-tensor path, `foreach=False`).
+//! - Adafactor: `transformers.optimization.Adafactor` (the fairseq port),
+//!   with an external learning rate.
+//!
+//! As in Hugging Face's `Trainer`, layer-norm weights
+//! ([`tessera_t5::ParamEntry::is_layer_norm`]) get no weight decay (T5 has
+//! no biases, the other exclusion there).
+//!
+//! A step runs on the thread pool of [`tessera_tensor::install`], split into
+//! pieces that do not depend on the thread count, and every reduction adds
+//! its parts in a fixed order: the result is bit-identical for any number
+//! of threads.
+//!
+//! The state is saved as one safetensors file ([`Optimizer::save`]) with
+//! tensors named `<parameter>.<state>` (`exp_avg`, `exp_avg_sq`,
+//! `exp_avg_sq_row`, `exp_avg_sq_col`) and the step count and optimizer
+//! kind in the header's metadata.
+
+mod adafactor;
+mod adamw;
+mod clip;
+mod pieces;
+mod state_file;
+
+use crate::error::{Result, TrainError};
+use std::path::Path;
+use tessera_t5::{ParamEntry, ParamStore};
+
+pub use clip::clip_grad_norm;
+
+/// Which update rule an [`Optimizer`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Adam with decoupled weight decay (`torch.optim.AdamW`). Spelled
+    /// `adamw` (snake case alone would make it `adam_w`).
+    #[serde(rename = "adamw")]
+    AdamW,
+    /// Adafactor with factored second moments (T5's own optimizer).
+    Adafactor,
+}
+
+impl OptimizerKind {
+    /// The name used on the command line, in configs and in saved state.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::AdamW => "adamw",
+            OptimizerKind::Adafactor => "adafactor",
+        }
+    }
+}
+
+impl std::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = TrainError;
+
+    /// Parses `adamw` or `adafactor` (as `--optimizer` takes them).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "adamw" => Ok(OptimizerKind::AdamW),
+            "adafactor" => Ok(OptimizerKind::Adafactor),
+            other => Err(TrainError::setting(
+                "--optimizer",
+                format!("{other:?} is not an optimizer; use adamw or adafactor"),
+            )),
+        }
+    }
+}
+
+/// Settings of an [`Optimizer`]. `beta1`, `beta2` and `eps` are AdamW's;
+/// `weight_decay` applies to both; Adafactor's own settings are in
+/// [`OptimizerConfig::adafactor`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OptimizerConfig {
+    /// The update rule.
+    pub kind: OptimizerKind,
+    /// AdamW's decay of the first moment.
+    pub beta1: f32,
+    /// AdamW's decay of the second moment.
+    pub beta2: f32,
+    /// AdamW's term added to the root of the second moment (`--adam-eps`).
+    pub eps: f32,
+    /// Decoupled weight decay (`--weight-decay`), not applied to layer norms.
+    pub weight_decay: f32,
+    /// Adafactor's settings (ignored by AdamW).
+    #[serde(default)]
+    pub adafactor: AdafactorConfig,
+}
+
+impl Default for OptimizerConfig {
+    /// AdamW with β 0.9/0.999, eps 1e-6 and no weight decay: Graphcore's
+    /// Flan-T5 fine-tuning recipe.
+    fn default() -> Self {
+        OptimizerConfig {
+            kind: OptimizerKind::AdamW,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-6,
+            weight_decay: 0.0,
+            adafactor: AdafactorConfig::default(),
+        }
+    }
+}
+
+/// Adafactor's settings, named and defaulted as in `transformers`'
+/// `Adafactor` except that the learning rate comes from the trainer
+/// (`relative_step` is off by default).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct AdafactorConfig {
+    /// `eps[0]`: added to the squared gradients (1e-30).
+    pub eps_sq: f32,
+    /// `eps[1]`: the smallest parameter RMS `scale_parameter` uses (1e-3).
+    pub eps_scale: f32,
+    /// The largest RMS of an update before it is scaled down (1.0).
+    pub clip_threshold: f32,
+    /// The second-moment decay is `1 − step^decay_rate` (-0.8).
+    pub decay_rate: f32,
+    /// Decay of an optional first moment; `None` (the default) keeps none.
+    pub beta1: Option<f32>,
+    /// Multiply the learning rate by the parameter's RMS (at least
+    /// `eps_scale`), as `transformers` does by default. Hugging Face
+    /// recommends `false` with an external learning rate for T5 fine-tuning.
+    pub scale_parameter: bool,
+    /// Ignore the trainer's learning rate and use Adafactor's own
+    /// `min(1e-2, 1/sqrt(step))` (off by default).
+    pub relative_step: bool,
+    /// With `relative_step`, start from `1e-6·step` instead of `1e-2`.
+    pub warmup_init: bool,
+}
+
+impl Default for AdafactorConfig {
+    fn default() -> Self {
+        AdafactorConfig {
+            eps_sq: 1e-30,
+            eps_scale: 1e-3,
+            clip_threshold: 1.0,
+            decay_rate: -0.8,
+            beta1: None,
+            scale_parameter: true,
+            relative_step: false,
+            warmup_init: false,
+        }
+    }
+}
+
+impl OptimizerConfig {
+    /// Rejects settings PyTorch or `transformers` would reject, naming the
+    /// flag or config key.
+    pub fn validate(&self) -> Result<()> {
+        let a = &self.adafactor;
+        check(self.weight_decay, "--weight-decay", |v| v >= 0.0, "≥ 0")?;
+        match self.kind {
+            OptimizerKind::AdamW => {
+                check_beta(self.beta1, "beta1")?;
+                check_beta(self.beta2, "beta2")?;
+                check(self.eps, "--adam-eps", |v| v >= 0.0, "≥ 0")
+            }
+            OptimizerKind::Adafactor => {
+                check(a.eps_sq, "adafactor.eps_sq", |v| v >= 0.0, "≥ 0")?;
+                check(a.eps_scale, "adafactor.eps_scale", |v| v >= 0.0, "≥ 0")?;
+                check(
+                    a.clip_threshold,
+                    "adafactor.clip_threshold",
+                    |v| v > 0.0,
+                    "> 0",
+                )?;
+                check(a.decay_rate, "adafactor.decay_rate", |v| v < 0.0, "< 0")?;
+                if let Some(beta1) = a.beta1 {
+                    check_beta(beta1, "adafactor.beta1")?;
+                }
+                if a.warmup_init && !a.relative_step {
+                    return Err(TrainError::setting(
+                        "adafactor.warmup_init",
+                        "it needs adafactor.relative_step",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn check(value: f32, name: &str, ok: impl Fn(f32) -> bool, want: &str) -> Result<()> {
+    if value.is_finite() && ok(value) {
+        Ok(())
+    } else {
+        Err(TrainError::setting(
+            name,
+            format!("{value} is not a finite number {want}"),
+        ))
+    }
+}
+
+fn check_beta(value: f32, name: &str) -> Result<()> {
+    check(value, name, |v| (0.0..1.0).contains(&v), "in [0, 1)")
+}
+
+/// The state of one optimizer kind.
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    AdamW(adamw::AdamW),
+    Adafactor(adafactor::Adafactor),
+}
+
+/// An optimizer with its state for one parameter layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Optimizer {
+    config: OptimizerConfig,
+    entries: Vec<ParamEntry>,
+    steps: u64,
+    state: State,
+}
+
+impl Optimizer {
+    /// A fresh optimizer (zero state, step 0) for parameters laid out like
+    /// `params`; fails with the flag's name when the config is invalid.
+    pub fn new(config: &OptimizerConfig, params: &ParamStore) -> Result<Self> {
+        config.validate()?;
+        let state = match config.kind {
+            OptimizerKind::AdamW => State::AdamW(adamw::AdamW::new(params)),
+            OptimizerKind::Adafactor => {
+                State::Adafactor(adafactor::Adafactor::new(&config.adafactor, params))
+            }
+        };
+        Ok(Optimizer {
+            config: config.clone(),
+            entries: params.entries().to_vec(),
+            steps: 0,
+            state,
+        })
+    }
+
+    /// One update of `params` from `grads` (same layout) at learning rate
+    /// `lr`; counts the step.
+    ///
+    /// # Panics
+    /// If `params` or `grads` are not laid out like the store the optimizer
+    /// was made for (a programming error, not a user one).
+    pub fn step(&mut self, params: &mut ParamStore, grads: &ParamStore, lr: f32) {
+        assert!(
+            params.entries() == self.entries.as_slice()
+                && grads.entries() == self.entries.as_slice(),
+            "the optimizer was made for another parameter layout"
+        );
+        self.steps += 1;
+        let (config, t) = (&self.config, self.steps);
+        tessera_tensor::install(|| match &mut self.state {
+            State::AdamW(s) => s.step(&adamw::Hyper::new(config, lr, t), params, grads),
+            State::Adafactor(s) => s.step(&adafactor::Hyper::new(config, lr, t), params, grads),
+        });
+    }
+
+    /// Optimizer steps taken so far (including those before a save/load).
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// The settings this optimizer was made with.
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    /// Writes the state to `path` (one safetensors file, written to a
+    /// temporary name and renamed into place).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tensors = match &self.state {
+            State::AdamW(s) => s.tensors(&self.entries),
+            State::Adafactor(s) => s.tensors(&self.entries),
+        };
+        state_file::save(path, self.config.kind, self.steps, &tensors)
+    }
+
+    /// Reads a state saved by [`Optimizer::save`] for parameters laid out
+    /// like `params` with this `config`. A file of another optimizer kind,
+    /// with missing, extra or misshapen tensors, or not valid safetensors,
+    /// is an error naming the file and the tensor.
+    pub fn load(config: &OptimizerConfig, params: &ParamStore, path: &Path) -> Result<Self> {
+        let mut opt = Optimizer::new(config, params)?;
+        let entries = &opt.entries;
+        let mut tensors = match &mut opt.state {
+            State::AdamW(s) => s.tensors_mut(entries),
+            State::Adafactor(s) => s.tensors_mut(entries),
+        };
+        opt.steps = state_file::load(path, config.kind, &mut tensors)?;
+        Ok(opt)
+    }
+}
+
+/// One tensor of optimizer state: its saved name, shape and values.
+#[derive(Debug)]
+struct StateTensor<T> {
+    name: String,
+    shape: Vec<usize>,
+    data: T,
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use tessera_t5::{ParamStore, T5Config, T5Model};
+
+    /// A tiny gated, untied T5 (about 2 000 values, every kind of tensor).
+    pub(crate) fn tiny_config() -> T5Config {
+        let mut c = T5Config::preset("flan-t5-small").expect("preset");
+        (c.vocab_size, c.d_model, c.d_kv, c.num_heads, c.d_ff) = (40, 8, 4, 2, 12);
+        (c.num_layers, c.num_decoder_layers) = (1, Some(1));
+        c.relative_attention_num_buckets = 4;
+        c
+    }
+
+    /// The randomly initialised parameters of [`tiny_config`].
+    pub(crate) fn tiny_params(seed: u64) -> ParamStore {
+        T5Model::init(tiny_config(), seed).params().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{tiny_config, tiny_params};
+    use super::*;
+    use tessera_t5::T5Model;
+
+    fn adamw(weight_decay: f32) -> OptimizerConfig {
+        OptimizerConfig {
+            weight_decay,
+            ..OptimizerConfig::default()
+        }
+    }
+
+    /// Gradients that differ per step and per element.
+    fn grads_for(params: &ParamStore, step: u64) -> ParamStore {
+        let mut g = params.zeros_like();
+        for (i, v) in g.flat_mut().iter_mut().enumerate() {
+            *v = ((i as f32 * 0.37 + step as f32).sin()) * 10f32.powi(-((i % 7) as i32));
+        }
+        g
+    }
+
+    /// `steps` steps of a fresh optimizer on the tiny model.
+    fn run(config: &OptimizerConfig, steps: u64) -> (ParamStore, Optimizer) {
+        let mut params = tiny_params(7);
+        let mut opt = Optimizer::new(config, &params).unwrap();
+        for s in 0..steps {
+            let g = grads_for(&params, s);
+            opt.step(&mut params, &g, 1e-3);
+        }
+        (params, opt)
+    }
+
+    #[test]
+    fn kinds_parse_and_print() {
+        for kind in [OptimizerKind::AdamW, OptimizerKind::Adafactor] {
+            assert_eq!(kind.to_string().parse::<OptimizerKind>().unwrap(), kind);
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{kind}\""));
+        }
+        let err = "sgd".parse::<OptimizerKind>().unwrap_err().to_string();
+        assert!(err.contains("--optimizer") && err.contains("sgd"), "{err}");
+    }
+
+    #[test]
+    fn config_defaults_and_validation() {
+        let c = OptimizerConfig::default();
+        assert_eq!(
+            (c.kind, c.beta1, c.beta2, c.eps, c.weight_decay),
+            (OptimizerKind::AdamW, 0.9, 0.999, 1e-6, 0.0)
+        );
+        let parsed: OptimizerConfig = serde_json::from_str(
+            r#"{"kind": "adamw", "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "weight_decay": 0.0}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed, c);
+        let bad = [
+            (
+                OptimizerConfig {
+                    eps: -1.0,
+                    ..c.clone()
+                },
+                "--adam-eps",
+            ),
+            (
+                OptimizerConfig {
+                    weight_decay: f32::NAN,
+                    ..c.clone()
+                },
+                "--weight-decay",
+            ),
+            (
+                OptimizerConfig {
+                    beta1: 1.0,
+                    ..c.clone()
+                },
+                "beta1",
+            ),
+            (
+                OptimizerConfig {
+                    beta2: -0.1,
+                    ..c.clone()
+                },
+                "beta2",
+            ),
+        ];
+        for (config, flag) in bad {
+            let err = Optimizer::new(&config, &tiny_params(0))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(flag), "{err}");
+        }
+    }
+
+    #[test]
+    fn adamw_decays_everything_but_layer_norms() {
+        let params = tiny_params(3);
+        let mut decayed = params.clone();
+        let mut opt = Optimizer::new(&adamw(0.5), &params).unwrap();
+        // Zero gradients: the moments stay 0, so only the decay moves weights.
+        opt.step(&mut decayed, &params.zeros_like(), 0.1);
+        let factor = (1.0 - 0.1f64 * 0.5) as f32;
+        for ((e, before), (_, after)) in params.iter().zip(decayed.iter()) {
+            let want: Vec<f32> = if e.is_layer_norm() {
+                before.to_vec()
+            } else {
+                before.iter().map(|v| v * factor).collect()
+            };
+            assert_eq!(after, want.as_slice(), "{}", e.name);
+        }
+    }
+
+    fn adafactor(beta1: Option<f32>) -> OptimizerConfig {
+        let mut config = OptimizerConfig {
+            kind: OptimizerKind::Adafactor,
+            weight_decay: 0.01,
+            ..OptimizerConfig::default()
+        };
+        config.adafactor.beta1 = beta1;
+        config
+    }
+
+    #[test]
+    fn steps_are_identical_for_any_thread_count() {
+        // Wide enough that the embeddings span several pieces and column blocks.
+        let mut config = tiny_config();
+        (config.vocab_size, config.d_model) = (2_000, 300);
+        let start = T5Model::init(config, 5).params().clone();
+        let run_with = |threads, optimizer: &OptimizerConfig| {
+            tessera_tensor::set_num_threads(threads).unwrap();
+            let mut out = start.clone();
+            let mut opt = Optimizer::new(optimizer, &out).unwrap();
+            for s in 0..3 {
+                let g = grads_for(&out, s);
+                opt.step(&mut out, &g, 1e-3);
+            }
+            let mut g = grads_for(&out, 9);
+            let norm = clip_grad_norm(&mut g, 0.5);
+            (out, opt, g, norm)
+        };
+        for optimizer in [adamw(0.01), adafactor(Some(0.9))] {
+            let one = run_with(1, &optimizer);
+            let three = run_with(3, &optimizer);
+            assert!(
+                one == three,
+                "{:?} depends on the thread count",
+                optimizer.kind
+            );
+        }
+    }
+
+    #[test]
+    fn save_then_load_resumes_bit_for_bit() {
+        for config in [adamw(0.01), adafactor(None), adafactor(Some(0.9))] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("optimizer.safetensors");
+            let (mut params, mut opt) = run(&config, 2);
+            opt.save(&path).unwrap();
+            let mut loaded = Optimizer::load(&config, &params, &path).unwrap();
+            assert_eq!(loaded, opt);
+            assert_eq!(loaded.steps(), 2);
+            let mut resumed = params.clone();
+            let g = grads_for(&params, 2);
+            opt.step(&mut params, &g, 1e-3);
+            loaded.step(&mut resumed, &g, 1e-3);
+            assert!(params == resumed, "{config:?}");
+            let files = std::fs::read_dir(dir.path()).unwrap().count();
+            assert_eq!(files, 1, "no temporary file left");
+        }
+    }
+
+    #[test]
+    fn adafactor_state_is_factored_for_matrices_only() {
+        let (params, opt) = run(&adafactor(Some(0.9)), 1);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        opt.save(file.path()).unwrap();
+        let st = tessera_t5::safetensors::SafeTensors::open(file.path()).unwrap();
+        assert_eq!(st.metadata()["optimizer"], "adafactor");
+        assert_eq!(st.metadata()["step"], "1");
+        let shape = |n: &str| st.info(n).unwrap().shape.clone();
+        assert_eq!(shape("shared.weight.exp_avg_sq_row"), [40]);
+        assert_eq!(shape("shared.weight.exp_avg_sq_col"), [8]);
+        assert_eq!(shape("shared.weight.exp_avg"), [40, 8]);
+        assert_eq!(shape("encoder.final_layer_norm.weight.exp_avg_sq"), [8]);
+        let per_param = |e: &ParamEntry| if e.shape.len() >= 2 { 3 } else { 2 };
+        let want: usize = params.entries().iter().map(per_param).sum();
+        assert_eq!(st.names().count(), want);
+    }
+
+    #[test]
+    fn adafactor_settings_are_validated() {
+        let base = adafactor(None);
+        let with = |f: fn(&mut AdafactorConfig)| {
+            let mut c = base.clone();
+            f(&mut c.adafactor);
+            c
+        };
+        let bad = [
+            (with(|a| a.clip_threshold = 0.0), "adafactor.clip_threshold"),
+            (with(|a| a.decay_rate = 0.5), "adafactor.decay_rate"),
+            (with(|a| a.eps_sq = f32::INFINITY), "adafactor.eps_sq"),
+            (with(|a| a.eps_scale = -1.0), "adafactor.eps_scale"),
+            (with(|a| a.beta1 = Some(1.5)), "adafactor.beta1"),
+            (with(|a| a.warmup_init = true), "adafactor.warmup_init"),
+        ];
+        for (config, key) in bad {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        // AdamW's own settings do not matter to Adafactor.
+        let mut c = base.clone();
+        c.eps = -1.0;
+        assert!(c.validate().is_ok());
+        let parsed: OptimizerConfig = serde_json::from_str(
+            r#"{"kind": "adafactor", "beta1": 0.9, "beta2": 0.999, "eps": 1e-6,
+                "weight_decay": 0.01, "adafactor": {"beta1": 0.9}}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.adafactor.beta1, Some(0.9));
+        assert_eq!(parsed.adafactor.decay_rate, -0.8);
+        assert!(parsed.adafactor.scale_parameter && !parsed.adafactor.relative_step);
+    }
+
+    #[test]
+    fn mismatched_or_corrupt_state_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("optimizer.safetensors");
+        let config = adamw(0.0);
+        let (params, opt) = run(&config, 1);
+        opt.save(&path).unwrap();
+        let err = |params: &ParamStore, path: &Path| {
+            Optimizer::load(&config, params, path)
+                .unwrap_err()
+                .to_string()
+        };
+        let mut wider = tiny_config();
+        wider.d_ff = 16;
+        let e = err(&T5Model::zeros(wider).params().clone(), &path);
+        assert!(
+            e.contains("optimizer.safetensors")
+                && e.contains("wi_0.weight.exp_avg")
+                && e.contains("[16, 8]"),
+            "{e}"
+        );
+        let mut tied = tiny_config();
+        tied.tie_word_embeddings = true;
+        let e = err(&T5Model::zeros(tied).params().clone(), &path);
+        assert!(
+            e.contains("optimizer.safetensors") && e.contains("lm_head.weight.exp_avg"),
+            "{e}"
+        );
+        let e = Optimizer::load(&adafactor(None), &params, &path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("optimizer.safetensors") && e.contains("saved by adamw, not adafactor"),
+            "{e}"
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        let truncated = dir.path().join("truncated.safetensors");
+        std::fs::write(&truncated, &bytes[..bytes.len() - 4]).unwrap();
+        let e = err(&params, &truncated);
+        assert!(
+            e.contains("truncated.safetensors") && e.contains("tensor"),
+            "{e}"
+        );
+        let e = err(&params, &dir.path().join("absent.safetensors"));
+        assert!(e.contains("absent.safetensors"), "{e}");
+    }
+}
