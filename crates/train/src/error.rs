@@ -32,6 +32,14 @@ pub enum TrainError {
     /// The data pipeline failed (file, tokenizer, batching).
     #[error(transparent)]
     Data(#[from] tessera_glue::GlueError),
+    /// A model could not be fetched from the Hugging Face Hub.
+    #[error("cannot download {id} from the Hugging Face Hub ({reason}); without network, download the model elsewhere and pass --model /path/to/folder")]
+    Hub {
+        /// The Hub model id.
+        id: String,
+        /// What failed (no connection, missing file, …).
+        reason: String,
+    },
 }
 
 /// The result type of this crate.

@@ -8,5 +8,13 @@
 //! of a Hugging Face model folder.
 
 mod error;
+pub mod eval;
+pub mod export;
+pub mod generation;
+#[cfg(feature = "hub")]
+pub mod hub;
+pub mod model_source;
+#[cfg(test)]
+mod testing;
 
 pub use error::{Result, TrainError};
