@@ -127,9 +127,8 @@ pub struct LoadedModel {
 pub fn load_model(spec: &ModelSpec, seed: u64) -> Result<LoadedModel> {
     let folder = match spec {
         ModelSpec::Preset(name) => {
-            let config = T5Config::preset(name).map_err(tessera_t5::CheckpointError::from)?;
             return Ok(LoadedModel {
-                model: T5Model::init(config, seed),
+                model: T5Model::init(preset_config(name)?, seed),
                 folder: None,
             });
         }
@@ -140,6 +139,11 @@ pub fn load_model(spec: &ModelSpec, seed: u64) -> Result<LoadedModel> {
         model: T5Model::load(&folder)?,
         folder: Some(folder),
     })
+}
+
+/// The shapes of preset `name` (one of [`PRESETS`]).
+fn preset_config(name: &str) -> Result<T5Config> {
+    Ok(T5Config::preset(name).map_err(tessera_t5::CheckpointError::from)?)
 }
 
 #[cfg(feature = "hub")]
@@ -253,11 +257,12 @@ mod tests {
     }
 
     #[test]
-    fn presets_initialise_from_the_seed_and_folders_load() {
-        let spec = ModelSpec::parse("flan-t5-small").unwrap();
-        let a = load_model(&spec, 3).unwrap();
-        assert!(a.folder.is_none());
-        assert_eq!(a.model.config().d_model, 512);
+    fn presets_have_their_shapes_and_folders_load() {
+        for name in PRESETS {
+            let config = preset_config(name).unwrap();
+            assert_eq!(config.vocab_size, 32128, "{name}");
+        }
+        assert_eq!(preset_config("flan-t5-small").unwrap().d_model, 512);
         let dir = tempfile::tempdir().unwrap();
         let model = tiny_model(740);
         model.save(dir.path()).unwrap();
