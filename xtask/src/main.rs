@@ -4,7 +4,11 @@
 //! command line and turns errors into one readable line and a non-zero exit.
 
 mod bench;
+mod eval;
+mod export;
 mod fixtures;
+mod generate;
+mod model_args;
 mod output;
 mod simulate;
 
@@ -24,8 +28,14 @@ enum Command {
     /// Measure the kernels and the training step.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Score a model on a GLUE validation set by greedy generation (accuracy, loss).
+    Eval(eval::Args),
+    /// Write a training checkpoint as a Hugging Face model folder.
+    Export(export::Args),
     /// Regenerate the PyTorch reference fixtures (needs python3 + torch).
     Fixtures(fixtures::Args),
+    /// Generate text for prompts with a model (greedy decoding).
+    Generate(generate::Args),
     /// Plan and time a T5 job on a Graphcore IPU pod (the IPU-topology simulator).
     Simulate(simulate::Args),
 }
@@ -34,7 +44,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Eval(args) => eval::run(args),
+        Command::Export(args) => export::run(args),
         Command::Fixtures(args) => fixtures::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Simulate(args) => simulate::run(args),
     };
     match result {

@@ -44,6 +44,14 @@ pub enum TrainError {
         /// What does not fit, naming the tensor.
         reason: String,
     },
+    /// A model could not be fetched from the Hugging Face Hub.
+    #[error("cannot download {id} from the Hugging Face Hub ({reason}); without network, download the model elsewhere and pass --model /path/to/folder")]
+    Hub {
+        /// The Hub model id.
+        id: String,
+        /// What failed (no connection, missing file, …).
+        reason: String,
+    },
 }
 
 /// The result type of this crate.

@@ -9,6 +9,14 @@
 
 mod decimal;
 mod error;
+pub mod eval;
+pub mod export;
+pub mod generation;
+#[cfg(feature = "hub")]
+pub mod hub;
+pub mod model_source;
+#[cfg(test)]
+mod testing;
 pub mod optim;
 pub mod schedule;
 

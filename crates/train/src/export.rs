@@ -1,0 +1,305 @@
+//! Export of a training checkpoint as a Hugging Face model folder that
+//! `transformers` loads with `AutoModelForSeq2SeqLM` and `AutoTokenizer`.
+//!
+//! A checkpoint folder holds `config.json` and the weights (written by
+//! [`T5Model::save`]), `tokenizer.json` (and `spiece.model` when the source
+//! model had one), and the trainer's own files (`optimizer.safetensors`,
+//! `trainer_state.json`, …), which are not exported. The export holds:
+//! - `config.json`, `generation_config.json` and `model.safetensors` (shards
+//!   and an index above 5 GB): the weights are loaded, checked (names, shapes,
+//!   finite values) and written again, so the peak memory is the model's f32
+//!   size;
+//! - `tokenizer.json` and `spiece.model` (if present), copied;
+//! - `tokenizer_config.json` and `special_tokens_map.json`, written for
+//!   `transformers`' `T5Tokenizer`: `<pad>`/`</s>`/`<unk>`, the
+//!   `<extra_id_N>` sentinels the vocabulary has, `model_max_length` 512.
+//!
+//! The folder is built under a temporary name beside `output` and renamed
+//! into place, so a reader never sees half an export. An existing `output`
+//! is replaced only if it is empty or a previous export (it holds nothing but
+//! the files an export writes); any other folder is refused, so an export
+//! never deletes a checkpoint or unrelated files.
+
+use crate::error::{Result, TrainError};
+use serde_json::{json, Value};
+use std::fs;
+use std::path::{Path, PathBuf};
+use tessera_glue::TextTokenizer;
+use tessera_t5::{T5Model, INDEX_FILE, WEIGHTS_FILE};
+
+/// The tokenizer file a checkpoint must hold.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The SentencePiece model, exported when the checkpoint has one.
+pub const SPIECE_FILE: &str = "spiece.model";
+/// The longest input `transformers` should feed the model (T5's 512).
+pub const MODEL_MAX_LENGTH: usize = 512;
+
+/// The files an export writes, besides weight shards `model-NNNNN-of-NNNNN.safetensors`.
+const EXPORT_FILES: [&str; 8] = [
+    "config.json",
+    "generation_config.json",
+    WEIGHTS_FILE,
+    INDEX_FILE,
+    TOKENIZER_FILE,
+    SPIECE_FILE,
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+/// Writes the Hugging Face export of `checkpoint` to `output` (see the module docs).
+pub fn export(checkpoint: &Path, output: &Path) -> Result<()> {
+    if !checkpoint.is_dir() {
+        return Err(TrainError::setting(
+            "--checkpoint",
+            format!("{} is not a folder", checkpoint.display()),
+        ));
+    }
+    check_output(checkpoint, output)?;
+    let tokenizer_file = checkpoint.join(TOKENIZER_FILE);
+    if !tokenizer_file.is_file() {
+        return Err(TrainError::setting(
+            "--checkpoint",
+            format!("{} has no {TOKENIZER_FILE}", checkpoint.display()),
+        ));
+    }
+    let tokenizer = TextTokenizer::from_file(&tokenizer_file)?;
+    let model = T5Model::load(checkpoint)?;
+    let staging = sibling(output, "export")?;
+    let built =
+        build(&model, &tokenizer, checkpoint, &staging).and_then(|()| swap(&staging, output));
+    if built.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    built
+}
+
+/// Writes every export file into the fresh folder `dir`.
+fn build(model: &T5Model, tokenizer: &TextTokenizer, checkpoint: &Path, dir: &Path) -> Result<()> {
+    model.save(dir)?;
+    copy(&checkpoint.join(TOKENIZER_FILE), &dir.join(TOKENIZER_FILE))?;
+    let spiece = checkpoint.join(SPIECE_FILE);
+    if spiece.is_file() {
+        copy(&spiece, &dir.join(SPIECE_FILE))?;
+    }
+    let (config, special) = tokenizer_configs(tokenizer);
+    write_json(&dir.join("tokenizer_config.json"), &config)?;
+    write_json(&dir.join("special_tokens_map.json"), &special)
+}
+
+/// `tokenizer_config.json` and `special_tokens_map.json` for `tokenizer`.
+pub fn tokenizer_configs(tokenizer: &TextTokenizer) -> (Value, Value) {
+    let inner = tokenizer.inner();
+    let sentinels: Vec<String> = (0..)
+        .map(|i| format!("<extra_id_{i}>"))
+        .take_while(|t| inner.token_to_id(t).is_some())
+        .collect();
+    let mut special = json!({"eos_token": "</s>", "pad_token": "<pad>"});
+    if inner.token_to_id("<unk>").is_some() {
+        special["unk_token"] = "<unk>".into();
+    }
+    special["additional_special_tokens"] = json!(sentinels);
+    let mut config = special.clone();
+    config["tokenizer_class"] = "T5Tokenizer".into();
+    config["extra_ids"] = sentinels.len().into();
+    config["model_max_length"] = MODEL_MAX_LENGTH.into();
+    config["clean_up_tokenization_spaces"] = false.into();
+    (config, special)
+}
+
+/// Refuses an `output` that is the checkpoint, a file, or a folder with
+/// anything but export files in it.
+fn check_output(checkpoint: &Path, output: &Path) -> Result<()> {
+    let refuse = |reason: String| Err(TrainError::setting("--output", reason));
+    if !output.exists() {
+        return Ok(());
+    }
+    if !output.is_dir() {
+        return refuse(format!("{} is a file, not a folder", output.display()));
+    }
+    let same = fs::canonicalize(output).ok() == fs::canonicalize(checkpoint).ok();
+    if same {
+        return refuse(format!("{} is the checkpoint itself", output.display()));
+    }
+    let entries = fs::read_dir(output).map_err(|e| TrainError::io("cannot read", output, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| TrainError::io("cannot read", output, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !is_export_file(&name) || entry.path().is_dir() {
+            return refuse(format!(
+                "{} already holds {name}, which is not part of an export; choose another folder or empty it",
+                output.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_export_file(name: &str) -> bool {
+    let shard = name
+        .strip_prefix("model-")
+        .and_then(|n| n.strip_suffix(".safetensors"))
+        .is_some_and(|n| {
+            n.split_once("-of-").is_some_and(|(a, b)| {
+                [a, b]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
+            })
+        });
+    shard || EXPORT_FILES.contains(&name)
+}
+
+/// A temporary folder name beside `path`: `.{name}.{what}-{pid}`.
+fn sibling(path: &Path, what: &str) -> Result<PathBuf> {
+    let name = path.file_name().ok_or_else(|| {
+        TrainError::setting("--output", format!("{} has no folder name", path.display()))
+    })?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = parent.join(format!(
+        ".{}.{what}-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| TrainError::io("cannot remove", &tmp, e))?;
+    }
+    Ok(tmp)
+}
+
+/// Moves the finished `staging` folder to `output`, replacing a previous export.
+fn swap(staging: &Path, output: &Path) -> Result<()> {
+    if !output.exists() {
+        return fs::rename(staging, output).map_err(|e| TrainError::io("cannot write", output, e));
+    }
+    let old = sibling(output, "old")?;
+    fs::rename(output, &old).map_err(|e| TrainError::io("cannot replace", output, e))?;
+    if let Err(e) = fs::rename(staging, output) {
+        let _ = fs::rename(&old, output);
+        return Err(TrainError::io("cannot write", output, e));
+    }
+    fs::remove_dir_all(&old).map_err(|e| TrainError::io("cannot remove", &old, e))
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    fs::copy(from, to)
+        .map(drop)
+        .map_err(|e| TrainError::io("cannot copy", from, e))
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value).expect("JSON values serialise");
+    text.push('\n');
+    fs::write(path, text).map_err(|e| TrainError::io("cannot write", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model_source::OWN_TOKENIZER_JSON;
+    use crate::testing::tiny_model;
+
+    /// A checkpoint as the trainer writes it: model, tokenizer, trainer files.
+    fn checkpoint(dir: &Path) -> T5Model {
+        let model = tiny_model(740);
+        model.save(dir).unwrap();
+        fs::write(dir.join(TOKENIZER_FILE), OWN_TOKENIZER_JSON).unwrap();
+        fs::write(dir.join("optimizer.safetensors"), b"not exported").unwrap();
+        fs::write(dir.join("trainer_state.json"), "{}").unwrap();
+        model
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn an_export_reloads_bit_exactly_without_trainer_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ckpt = tmp.path().join("step-3");
+        let model = checkpoint(&ckpt);
+        let out = tmp.path().join("hf");
+        export(&ckpt, &out).unwrap();
+        assert_eq!(
+            names(&out),
+            [
+                "config.json",
+                "generation_config.json",
+                "model.safetensors",
+                "special_tokens_map.json",
+                "tokenizer.json",
+                "tokenizer_config.json"
+            ]
+        );
+        let back = T5Model::load(&out).unwrap();
+        assert_eq!(back.params().flat(), model.params().flat());
+        assert_eq!(back.config(), model.config());
+        let generation: Value =
+            serde_json::from_str(&fs::read_to_string(out.join("generation_config.json")).unwrap())
+                .unwrap();
+        assert_eq!(generation["decoder_start_token_id"], 0);
+        assert_eq!(generation["eos_token_id"], 1);
+        let config: Value =
+            serde_json::from_str(&fs::read_to_string(out.join("tokenizer_config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["extra_ids"], 100);
+        assert_eq!(config["additional_special_tokens"][99], "<extra_id_99>");
+        // Nothing is left behind beside the export.
+        assert_eq!(names(tmp.path()), ["hf", "step-3"]);
+    }
+
+    #[test]
+    fn a_previous_export_is_replaced_and_other_folders_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ckpt = tmp.path().join("ckpt");
+        checkpoint(&ckpt);
+        fs::write(ckpt.join(SPIECE_FILE), b"spm").unwrap();
+        let out = tmp.path().join("hf");
+        fs::create_dir(&out).unwrap();
+        export(&ckpt, &out).unwrap();
+        assert!(out.join(SPIECE_FILE).is_file());
+        export(&ckpt, &out).unwrap();
+        fs::write(out.join("notes.txt"), "mine").unwrap();
+        let err = export(&ckpt, &out).unwrap_err().to_string();
+        assert!(
+            err.contains("notes.txt") && err.contains("--output"),
+            "{err}"
+        );
+        assert!(out.join("notes.txt").is_file());
+        let err = export(&ckpt, &ckpt).unwrap_err().to_string();
+        assert!(err.contains("checkpoint itself"), "{err}");
+        let err = export(&ckpt, &ckpt.join(TOKENIZER_FILE)).unwrap_err();
+        assert!(err.to_string().contains("is a file"), "{err}");
+    }
+
+    #[test]
+    fn broken_checkpoints_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("hf");
+        let err = export(&tmp.path().join("missing"), &out).unwrap_err();
+        assert!(err.to_string().contains("is not a folder"), "{err}");
+        let ckpt = tmp.path().join("ckpt");
+        checkpoint(&ckpt);
+        fs::remove_file(ckpt.join(TOKENIZER_FILE)).unwrap();
+        let err = export(&ckpt, &out).unwrap_err();
+        assert!(err.to_string().contains("has no tokenizer.json"), "{err}");
+        fs::write(ckpt.join(TOKENIZER_FILE), OWN_TOKENIZER_JSON).unwrap();
+        fs::remove_file(ckpt.join(WEIGHTS_FILE)).unwrap();
+        let err = export(&ckpt, &out).unwrap_err();
+        assert!(err.to_string().contains("model.safetensors"), "{err}");
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn shard_names_count_as_export_files() {
+        assert!(is_export_file("model-00001-of-00003.safetensors"));
+        assert!(!is_export_file("model-1-of-x.safetensors"));
+        assert!(!is_export_file("optimizer.safetensors"));
+    }
+}

@@ -1,0 +1,302 @@
+//! Where a model and its tokenizer come from: `--model DIR|PRESET|HUB_ID` and `--tokenizer FILE`.
+//!
+//! # `--model`
+//! A spec is read by the first rule that applies ([`ModelSpec::parse`]):
+//! 1. **An existing local folder** always wins: a Hugging Face folder with
+//!    `config.json` and `model.safetensors` (or `model.safetensors.index.json`
+//!    and its shards).
+//! 2. **A bare preset name**, `flan-t5-small`, `-base`, `-large`, `-xl` or
+//!    `-xxl` (no `google/` prefix): that architecture, randomly initialised
+//!    from `--seed` ([`T5Model::init`]).
+//! 3. **Anything else shaped like a Hub id** (`owner/name`, or a bare legacy
+//!    name that is no preset): the Hugging Face Hub. So `google/flan-t5-small`
+//!    is the published checkpoint, while `flan-t5-small` is the same shape
+//!    with random weights. Files already in the local Hub cache (`HF_HOME/hub`,
+//!    else `~/.cache/huggingface/hub`) are used without network; otherwise
+//!    `config.json`, the weights, `tokenizer.json` and `spiece.model` (when the
+//!    repository has them) are downloaded into that cache (cargo feature
+//!    `hub`, on by default). `HF_ENDPOINT` points at a mirror.
+//!
+//! A spec that looks like a path (starts with `/`, `.` or `~`, or has more
+//! than one `/`) but is no folder is an error, never a Hub request.
+//!
+//! # `--tokenizer`
+//! [`load_tokenizer`]: the `--tokenizer` file wins; else the model folder's
+//! `tokenizer.json`; else (a preset) the project's own tokenizer
+//! ([`OWN_TOKENIZER_JSON`], built into the binary), but only for a model whose
+//! vocabulary has exactly its size: the Flan-T5 presets (32,128 tokens) need
+//! `--tokenizer`. A tokenizer with more tokens than the model is rejected.
+
+use crate::error::{Result, TrainError};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use tessera_glue::TextTokenizer;
+use tessera_t5::{T5Config, T5Model};
+
+/// The project's own tokenizer (`fixtures/data/tokenizer/tokenizer.json`: a
+/// 740-token T5-style Unigram model with `<pad>`, `</s>`, `<unk>` and 100
+/// `<extra_id_N>`), built in so that the quickstart runs from any folder.
+pub const OWN_TOKENIZER_JSON: &str =
+    include_str!("../../../fixtures/data/tokenizer/tokenizer.json");
+
+/// How the built-in tokenizer is named in messages.
+pub const OWN_TOKENIZER_NAME: &str = "the built-in tokenizer";
+
+/// The preset names `--model` accepts (bare: a `google/` prefix means the Hub).
+pub const PRESETS: [&str; 5] = [
+    "flan-t5-small",
+    "flan-t5-base",
+    "flan-t5-large",
+    "flan-t5-xl",
+    "flan-t5-xxl",
+];
+
+/// A parsed `--model` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSpec {
+    /// A local Hugging Face model folder.
+    Folder(PathBuf),
+    /// A preset architecture, randomly initialised from a seed.
+    Preset(String),
+    /// A Hugging Face Hub model id.
+    Hub(String),
+}
+
+impl fmt::Display for ModelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelSpec::Folder(dir) => write!(f, "folder {}", dir.display()),
+            ModelSpec::Preset(name) => write!(f, "preset {name} (random initialisation)"),
+            ModelSpec::Hub(id) => write!(f, "Hugging Face Hub model {id}"),
+        }
+    }
+}
+
+impl ModelSpec {
+    /// Reads a `--model` value by the rules of the module documentation.
+    pub fn parse(spec: &str) -> Result<ModelSpec> {
+        let bad = |reason: String| Err(TrainError::setting("--model", reason));
+        if spec.trim().is_empty() {
+            return bad("the value is empty".into());
+        }
+        let path = Path::new(spec);
+        if path.is_dir() {
+            return Ok(ModelSpec::Folder(path.to_path_buf()));
+        }
+        if path.exists() {
+            return bad(format!(
+                "{spec} is a file; pass the folder that holds config.json and the weights"
+            ));
+        }
+        if PRESETS.contains(&spec) {
+            return Ok(ModelSpec::Preset(spec.to_string()));
+        }
+        let looks_like_path = spec.starts_with(['/', '.', '~'])
+            || spec.contains('\\')
+            || spec.matches('/').count() > 1;
+        if looks_like_path {
+            return bad(format!("the folder {spec} does not exist"));
+        }
+        let valid_id = spec.split('/').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        });
+        if !valid_id {
+            return bad(format!(
+                "{spec} is neither an existing folder, a preset ({}) nor a Hugging Face Hub id",
+                PRESETS.join(", ")
+            ));
+        }
+        Ok(ModelSpec::Hub(spec.to_string()))
+    }
+}
+
+/// A model ready to use, and the folder it was read from (none for a preset).
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The weights.
+    pub model: T5Model,
+    /// The folder holding `config.json` (and perhaps the tokenizer): the local
+    /// folder, or the Hub cache's snapshot folder.
+    pub folder: Option<PathBuf>,
+}
+
+/// Loads (or, for a preset, initialises from `seed`) the model `spec` names.
+pub fn load_model(spec: &ModelSpec, seed: u64) -> Result<LoadedModel> {
+    let folder = match spec {
+        ModelSpec::Preset(name) => {
+            return Ok(LoadedModel {
+                model: T5Model::init(preset_config(name)?, seed),
+                folder: None,
+            });
+        }
+        ModelSpec::Folder(dir) => dir.clone(),
+        ModelSpec::Hub(id) => fetch_from_hub(id)?,
+    };
+    Ok(LoadedModel {
+        model: T5Model::load(&folder)?,
+        folder: Some(folder),
+    })
+}
+
+/// The shapes of preset `name` (one of [`PRESETS`]).
+fn preset_config(name: &str) -> Result<T5Config> {
+    Ok(T5Config::preset(name).map_err(tessera_t5::CheckpointError::from)?)
+}
+
+#[cfg(feature = "hub")]
+fn fetch_from_hub(id: &str) -> Result<PathBuf> {
+    crate::hub::Hub::from_env().fetch(id)
+}
+
+#[cfg(not(feature = "hub"))]
+fn fetch_from_hub(id: &str) -> Result<PathBuf> {
+    Err(TrainError::Hub {
+        id: id.to_string(),
+        reason: "this build has no Hub support: the cargo feature `hub` of tessera-train is off"
+            .to_string(),
+    })
+}
+
+/// The project's own tokenizer ([`OWN_TOKENIZER_JSON`]).
+pub fn own_tokenizer() -> Result<TextTokenizer> {
+    let origin = PathBuf::from(OWN_TOKENIZER_NAME);
+    let inner: tessera_glue::tokenizers::Tokenizer =
+        OWN_TOKENIZER_JSON
+            .parse()
+            .map_err(|e| tessera_glue::GlueError::Tokenizer {
+                path: origin.clone(),
+                message: format!("cannot load ({e})"),
+            })?;
+    Ok(TextTokenizer::new(inner, origin)?)
+}
+
+/// Resolves the tokenizer of a model with `vocab_size` tokens: the `flag`
+/// file, else `folder/tokenizer.json`, else (no folder: a preset) the
+/// built-in tokenizer when its size matches exactly.
+pub fn load_tokenizer(
+    flag: Option<&Path>,
+    folder: Option<&Path>,
+    vocab_size: usize,
+) -> Result<TextTokenizer> {
+    let tokenizer = match (flag, folder) {
+        (Some(file), _) => TextTokenizer::from_file(file)?,
+        (None, Some(dir)) => {
+            let file = dir.join("tokenizer.json");
+            if !file.is_file() {
+                return Err(TrainError::setting(
+                    "--tokenizer",
+                    format!(
+                        "the model folder {} has no tokenizer.json; pass --tokenizer FILE",
+                        dir.display()
+                    ),
+                ));
+            }
+            TextTokenizer::from_file(&file)?
+        }
+        (None, None) => {
+            let own = own_tokenizer()?;
+            if own.vocab_size() != vocab_size {
+                return Err(TrainError::setting(
+                    "--tokenizer",
+                    format!(
+                        "the model has a {vocab_size}-token vocabulary, {OWN_TOKENIZER_NAME} has {} tokens; pass --tokenizer FILE (for a Flan-T5 preset, a Flan-T5 tokenizer.json)",
+                        own.vocab_size()
+                    ),
+                ));
+            }
+            own
+        }
+    };
+    if tokenizer.vocab_size() > vocab_size {
+        return Err(TrainError::setting(
+            "--tokenizer",
+            format!(
+                "the tokenizer has {} tokens, more than the model's vocab_size of {vocab_size}",
+                tokenizer.vocab_size()
+            ),
+        ));
+    }
+    Ok(tokenizer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::tiny_model;
+
+    #[test]
+    fn specs_follow_the_documented_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        assert_eq!(ModelSpec::parse(d).unwrap(), ModelSpec::Folder(d.into()));
+        assert_eq!(
+            ModelSpec::parse("flan-t5-small").unwrap(),
+            ModelSpec::Preset("flan-t5-small".into())
+        );
+        for hub in ["google/flan-t5-small", "t5-small", "org/my_model.v2"] {
+            assert_eq!(ModelSpec::parse(hub).unwrap(), ModelSpec::Hub(hub.into()));
+        }
+        for (bad, why) in [
+            ("./no/such/dir", "does not exist"),
+            ("a/b/c", "does not exist"),
+            ("/nope", "does not exist"),
+            ("has space", "neither"),
+            ("owner/", "neither"),
+            ("", "empty"),
+        ] {
+            let err = ModelSpec::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("--model") && err.contains(why), "{bad}: {err}");
+        }
+        let file = dir.path().join("config.json");
+        std::fs::write(&file, "{}").unwrap();
+        let err = ModelSpec::parse(file.to_str().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("is a file"), "{err}");
+    }
+
+    #[test]
+    fn presets_have_their_shapes_and_folders_load() {
+        for name in PRESETS {
+            let config = preset_config(name).unwrap();
+            assert_eq!(config.vocab_size, 32128, "{name}");
+        }
+        assert_eq!(preset_config("flan-t5-small").unwrap().d_model, 512);
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_model(740);
+        model.save(dir.path()).unwrap();
+        let loaded = load_model(&ModelSpec::Folder(dir.path().into()), 0).unwrap();
+        assert_eq!(loaded.folder.as_deref(), Some(dir.path()));
+        assert_eq!(loaded.model.params().flat(), model.params().flat());
+    }
+
+    #[test]
+    fn tokenizers_resolve_in_order_and_sizes_are_checked() {
+        let own = load_tokenizer(None, None, 740).unwrap();
+        assert_eq!(own.vocab_size(), 740);
+        let err = load_tokenizer(None, None, 32128).unwrap_err().to_string();
+        assert!(
+            err.contains("--tokenizer") && err.contains("32128"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_tokenizer(None, Some(dir.path()), 740)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no tokenizer.json"), "{err}");
+        let file = dir.path().join("tokenizer.json");
+        std::fs::write(&file, OWN_TOKENIZER_JSON).unwrap();
+        assert!(load_tokenizer(None, Some(dir.path()), 32128).is_ok());
+        let err = load_tokenizer(Some(&file), None, 500)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("more than the model's vocab_size of 500"),
+            "{err}"
+        );
+        let missing = dir.path().join("missing.json");
+        let err = load_tokenizer(Some(&missing), None, 740).unwrap_err();
+        assert!(err.to_string().contains("missing.json"), "{err}");
+    }
+}

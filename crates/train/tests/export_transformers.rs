@@ -1,0 +1,88 @@
+//! The export, checked by the installed Python `transformers` (skipped with a
+//! message when python3 cannot import torch and transformers): a tiny random
+//! model exported with the built-in tokenizer must load with
+//! `AutoModelForSeq2SeqLM`/`AutoTokenizer`, tokenize as tessera does, give
+//! tessera's logits and generate tessera's tokens (`fixtures/check_export.py`).
+
+use std::path::Path;
+use std::process::Command;
+use tessera_t5::{Batch, T5Config, T5Model};
+use tessera_train::export::export;
+use tessera_train::model_source::{own_tokenizer, OWN_TOKENIZER_JSON};
+
+const PROMPT: &str =
+    "mnli hypothesis: The farmer repaired the bridge. premise: The farmer repaired it.";
+
+fn python_has_transformers() -> bool {
+    Command::new("python3")
+        .args(["-c", "import torch, transformers"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A two-layer encoder, one-layer decoder T5 over the built-in tokenizer.
+fn small_model() -> T5Model {
+    let mut config = T5Config::preset("flan-t5-small").unwrap();
+    config.vocab_size = 740;
+    config.d_model = 32;
+    config.d_kv = 8;
+    config.d_ff = 64;
+    config.num_heads = 4;
+    config.num_layers = 2;
+    config.num_decoder_layers = Some(1);
+    T5Model::init(config, 11)
+}
+
+/// tessera's view of `PROMPT`: ids, labels, logits and greedy tokens, as JSON.
+fn reference(model: &T5Model) -> serde_json::Value {
+    let tokenizer = own_tokenizer().unwrap();
+    let ids = tokenizer.encode(PROMPT, 512).unwrap();
+    let labels = tokenizer.encode("entailment", 128).unwrap();
+    let batch = Batch {
+        batch_size: 1,
+        src_len: ids.len(),
+        tgt_len: labels.len(),
+        input_ids: ids.clone(),
+        attention_mask: vec![1; ids.len()],
+        labels: labels.iter().map(|&l| i64::from(l)).collect(),
+    };
+    let logits = model.forward(&batch).unwrap().logits;
+    let mut generated = model.generate(&ids, &vec![1; ids.len()], 1, 5).unwrap()[0].clone();
+    if let Some(end) = generated.iter().skip(1).position(|&t| t == 1) {
+        generated.truncate(end + 2);
+    }
+    serde_json::json!({
+        "prompt": PROMPT, "input_ids": ids, "labels": labels,
+        "logits": logits, "generated": generated,
+    })
+}
+
+#[test]
+#[ignore = "needs python3 with torch and transformers"]
+fn transformers_loads_the_export_and_agrees_with_tessera() {
+    if !python_has_transformers() {
+        eprintln!("skipped: python3 cannot import torch and transformers");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("checkpoint");
+    let model = small_model();
+    model.save(&ckpt).unwrap();
+    std::fs::write(ckpt.join("tokenizer.json"), OWN_TOKENIZER_JSON).unwrap();
+    std::fs::write(ckpt.join("trainer_state.json"), "{}").unwrap();
+    let out = tmp.path().join("hf");
+    export(&ckpt, &out).unwrap();
+    let reference_file = tmp.path().join("reference.json");
+    std::fs::write(&reference_file, reference(&model).to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/check_export.py");
+    let run = Command::new("python3")
+        .arg(script)
+        .arg(&out)
+        .arg(&reference_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "check_export.py failed:\n{stdout}");
+    assert!(stdout.contains("export check passed"));
+}

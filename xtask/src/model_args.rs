@@ -1,0 +1,45 @@
+//! The model, tokenizer and thread flags that `eval` and `generate` share.
+
+use anyhow::Result;
+use std::path::PathBuf;
+use tessera_glue::TextTokenizer;
+use tessera_t5::T5Model;
+use tessera_train::model_source::{load_model, load_tokenizer, ModelSpec};
+
+/// `--model`, `--tokenizer`, `--seed`, `--threads`.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// A model folder (config.json + model.safetensors); a bare preset name
+    /// (flan-t5-small … flan-t5-xxl: random weights from --seed); or a Hugging
+    /// Face Hub id such as google/flan-t5-small (downloaded into the HF cache;
+    /// a local folder of that name wins).
+    #[arg(long, value_name = "DIR|PRESET|HUB_ID")]
+    model: String,
+    /// tokenizer.json to use [default: the model folder's; for a preset, the built-in one].
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
+    /// Seed of a preset's random initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Worker threads [default: TESSERA_THREADS, else the number of cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl ModelArgs {
+    /// Sets the thread count, then loads the model and its tokenizer.
+    pub fn load(&self) -> Result<(T5Model, TextTokenizer)> {
+        if let Some(n) = self.threads {
+            tessera_tensor::set_num_threads(n)
+                .map_err(|e| anyhow::anyhow!("invalid setting --threads: {e}"))?;
+        }
+        let spec = ModelSpec::parse(&self.model)?;
+        let loaded = load_model(&spec, self.seed)?;
+        let tokenizer = load_tokenizer(
+            self.tokenizer.as_deref(),
+            loaded.folder.as_deref(),
+            loaded.model.config().vocab_size,
+        )?;
+        Ok((loaded.model, tokenizer))
+    }
+}
