@@ -29,6 +29,7 @@ mod adamw;
 mod clip;
 mod pieces;
 mod state_file;
+mod sums;
 
 use crate::error::{Result, TrainError};
 use std::path::Path;
