@@ -24,6 +24,7 @@
 //! with every sum split independently of the thread count.
 
 use super::pieces::{split_mut, PIECE};
+use super::sums::{norm, norm_from_partials, sum_by, sum_squares};
 use super::{AdafactorConfig, OptimizerConfig, StateTensor};
 use crate::decimal::widen;
 use rayon::prelude::*;
@@ -174,23 +175,11 @@ impl Adafactor {
 
     /// The state tensors, named after the parameters, for saving.
     pub(super) fn tensors<'a>(&'a self, entries: &[ParamEntry]) -> Vec<StateTensor<&'a [f32]>> {
-        let mut out = Vec::new();
-        for (e, slot) in entries.iter().zip(&self.slots) {
-            if let Some(m) = &slot.exp_avg {
-                out.push(tensor(e, "exp_avg", e.shape.clone(), m.as_slice()));
-            }
-            match &slot.second {
-                SecondMoment::Factored { row, col, .. } => {
-                    let (row_shape, col_shape) = factored_shapes(&e.shape);
-                    out.push(tensor(e, "exp_avg_sq_row", row_shape, row.as_slice()));
-                    out.push(tensor(e, "exp_avg_sq_col", col_shape, col.as_slice()));
-                }
-                SecondMoment::Full(v) => {
-                    out.push(tensor(e, "exp_avg_sq", e.shape.clone(), v.as_slice()))
-                }
-            }
-        }
-        out
+        let buffers = self.slots.iter().flat_map(Slot::buffers);
+        named(entries, &self.slots)
+            .zip(buffers)
+            .map(with_data)
+            .collect()
     }
 
     /// The state tensors, mutable, for loading.
@@ -198,31 +187,69 @@ impl Adafactor {
         &'a mut self,
         entries: &[ParamEntry],
     ) -> Vec<StateTensor<&'a mut [f32]>> {
-        let mut out = Vec::new();
-        for (e, slot) in entries.iter().zip(&mut self.slots) {
-            if let Some(m) = &mut slot.exp_avg {
-                out.push(tensor(e, "exp_avg", e.shape.clone(), m.as_mut_slice()));
-            }
-            match &mut slot.second {
-                SecondMoment::Factored { row, col, .. } => {
-                    let (row_shape, col_shape) = factored_shapes(&e.shape);
-                    out.push(tensor(e, "exp_avg_sq_row", row_shape, row.as_mut_slice()));
-                    out.push(tensor(e, "exp_avg_sq_col", col_shape, col.as_mut_slice()));
-                }
-                SecondMoment::Full(v) => {
-                    out.push(tensor(e, "exp_avg_sq", e.shape.clone(), v.as_mut_slice()))
-                }
-            }
-        }
-        out
+        let names: Vec<_> = named(entries, &self.slots).collect();
+        let buffers = self.slots.iter_mut().flat_map(Slot::buffers_mut);
+        names.into_iter().zip(buffers).map(with_data).collect()
     }
 }
 
-fn tensor<T>(e: &ParamEntry, what: &str, shape: Vec<usize>, data: T) -> StateTensor<T> {
+/// Name and shape of every state tensor, in the order of [`Slot::buffers`].
+fn named<'a>(
+    entries: &'a [ParamEntry],
+    slots: &'a [Slot],
+) -> impl Iterator<Item = StateTensor<()>> + 'a {
+    entries.iter().zip(slots).flat_map(|(e, slot)| {
+        let mut out = Vec::with_capacity(3);
+        if slot.exp_avg.is_some() {
+            out.push(tensor(e, "exp_avg", e.shape.clone()));
+        }
+        if let SecondMoment::Factored { .. } = slot.second {
+            let (row_shape, col_shape) = factored_shapes(&e.shape);
+            out.push(tensor(e, "exp_avg_sq_row", row_shape));
+            out.push(tensor(e, "exp_avg_sq_col", col_shape));
+        } else {
+            out.push(tensor(e, "exp_avg_sq", e.shape.clone()));
+        }
+        out
+    })
+}
+
+fn tensor(e: &ParamEntry, what: &str, shape: Vec<usize>) -> StateTensor<()> {
     StateTensor {
         name: format!("{}.{what}", e.name),
         shape,
+        data: (),
+    }
+}
+
+fn with_data<T>((t, data): (StateTensor<()>, T)) -> StateTensor<T> {
+    StateTensor {
+        name: t.name,
+        shape: t.shape,
         data,
+    }
+}
+
+impl Slot {
+    /// The state buffers: first moment (if any), then row and column or
+    /// full second moment.
+    fn buffers(&self) -> Vec<&[f32]> {
+        let mut out: Vec<&[f32]> = self.exp_avg.iter().map(Vec::as_slice).collect();
+        match &self.second {
+            SecondMoment::Factored { row, col, .. } => out.extend([row.as_slice(), col]),
+            SecondMoment::Full(v) => out.push(v),
+        }
+        out
+    }
+
+    /// [`Slot::buffers`], mutable.
+    fn buffers_mut(&mut self) -> Vec<&mut [f32]> {
+        let mut out: Vec<&mut [f32]> = self.exp_avg.iter_mut().map(Vec::as_mut_slice).collect();
+        match &mut self.second {
+            SecondMoment::Factored { row, col, .. } => out.extend([row.as_mut_slice(), col]),
+            SecondMoment::Full(v) => out.push(v),
+        }
+        out
     }
 }
 
@@ -275,7 +302,7 @@ impl SecondMoment {
                 }
                 let mut row_factor = Vec::with_capacity(row.len());
                 for batch in row.chunks(r) {
-                    let mean = (batch.iter().map(|&v| f64::from(v)).sum::<f64>() / r as f64) as f32;
+                    let mean = (sum_by(batch, f64::from) / r as f64) as f32;
                     row_factor.extend(batch.iter().map(|&v| 1.0 / (v / mean).sqrt()));
                 }
                 Preconditioner {
@@ -302,7 +329,7 @@ impl SecondMoment {
 
 /// `Σ (x² + eps)` in f64 of f32 terms, as PyTorch forms them.
 fn sum_sq(x: &[f32], eps: f32) -> f64 {
-    x.iter().map(|&v| f64::from(v * v + eps)).sum()
+    sum_by(x, |v| f64::from(v * v + eps))
 }
 
 /// Column sums of `x² + eps` over each `[rows, cols]` matrix of `g`, in
@@ -327,15 +354,14 @@ fn column_sums(g: &[f32], rows: usize, cols: usize, eps: f32) -> Vec<f64> {
     sums
 }
 
-/// `RMS(x) = ‖x‖ / sqrt(n)`: the norm (f64 sum, fixed pieces) rounded to
-/// f32, divided in f32 as PyTorch does.
+/// `RMS(x) = ‖x‖ / sqrt(n)`: the norm rounded to f32, divided in f32 as
+/// PyTorch's `norm(2) / numel ** 0.5` does.
 fn rms(x: &[f32]) -> f32 {
-    let partials: Vec<f64> = x
-        .par_chunks(PIECE)
-        .map(|c| c.iter().map(|&v| f64::from(v) * f64::from(v)).sum())
-        .collect();
-    let norm = partials.iter().sum::<f64>().sqrt() as f32;
-    norm / (x.len() as f64).sqrt() as f32
+    rms_from_norm(norm(x), x.len())
+}
+
+fn rms_from_norm(norm: f32, n: usize) -> f32 {
+    norm / (n as f64).sqrt() as f32
 }
 
 /// The factors that turn a gradient into an unscaled update.
@@ -381,11 +407,10 @@ impl Preconditioner {
             .map(|(k, g)| {
                 let mut u = vec![0.0; g.len()];
                 self.fill(k * self.rows_per_piece(), g, &mut u);
-                u.iter().map(|&v| f64::from(v) * f64::from(v)).sum()
+                sum_squares(&u)
             })
             .collect();
-        let norm = partials.iter().sum::<f64>().sqrt() as f32;
-        norm / (g.len() as f64).sqrt() as f32
+        rms_from_norm(norm_from_partials(&partials), g.len())
     }
 }
 

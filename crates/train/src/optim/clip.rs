@@ -1,10 +1,10 @@
 //! Global-norm gradient clipping, as `torch.nn.utils.clip_grad_norm_`.
 
+use super::sums::norm;
 use rayon::prelude::*;
 use tessera_t5::ParamStore;
 
-/// Values per partial sum of squares: the sum is split this way whatever
-/// the thread count, so the norm is the same bit for bit.
+/// Values per parallel task of the scaling.
 const CHUNK: usize = 1 << 16;
 
 /// Scales `grads` so that their global L2 norm is at most `max_norm`, and
@@ -17,31 +17,18 @@ const CHUNK: usize = 1 << 16;
 /// still returned); a NaN or infinite norm is returned as it is and the
 /// gradients are left alone, so the caller can skip the step.
 pub fn clip_grad_norm(grads: &mut ParamStore, max_norm: f32) -> f32 {
-    let norm = global_norm(grads.flat());
-    let clips = max_norm > 0.0 && max_norm.is_finite() && norm.is_finite();
-    if clips {
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
-            tessera_tensor::install(|| {
-                grads
-                    .flat_mut()
-                    .par_chunks_mut(CHUNK)
-                    .for_each(|c| c.iter_mut().for_each(|g| *g *= coef));
-            });
+    tessera_tensor::install(|| {
+        let total = norm(grads.flat());
+        let coef = max_norm / (total + 1e-6);
+        let clips = max_norm > 0.0 && max_norm.is_finite() && total.is_finite() && coef < 1.0;
+        if clips {
+            grads
+                .flat_mut()
+                .par_chunks_mut(CHUNK)
+                .for_each(|c| c.iter_mut().for_each(|g| *g *= coef));
         }
-    }
-    norm
-}
-
-/// `sqrt(Σ g²)` with f64 partial sums over fixed chunks, added in order.
-fn global_norm(values: &[f32]) -> f32 {
-    let partials: Vec<f64> = tessera_tensor::install(|| {
-        values
-            .par_chunks(CHUNK)
-            .map(|c| c.iter().map(|&g| f64::from(g) * f64::from(g)).sum())
-            .collect()
-    });
-    partials.iter().sum::<f64>().sqrt() as f32
+        total
+    })
 }
 
 #[cfg(test)]
@@ -61,11 +48,11 @@ mod tests {
         let n = g.flat().len() as f64;
         let want = (n * 0.25).sqrt() as f32;
         assert!(want > 1.0);
-        let norm = clip_grad_norm(&mut g, 1.0);
-        assert_eq!(norm, want);
+        let total = clip_grad_norm(&mut g, 1.0);
+        assert_eq!(total, want);
         let coef = 1.0 / (want + 1e-6);
         assert!(g.flat().iter().all(|&v| v == 0.5 * coef));
-        let after = global_norm(g.flat());
+        let after = norm(g.flat());
         assert!((after - 1.0).abs() < 1e-5, "{after}");
     }
 

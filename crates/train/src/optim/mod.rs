@@ -29,6 +29,7 @@ mod adamw;
 mod clip;
 mod pieces;
 mod state_file;
+mod sums;
 
 use crate::error::{Result, TrainError};
 use std::path::Path;
@@ -82,8 +83,10 @@ impl std::str::FromStr for OptimizerKind {
 
 /// Settings of an [`Optimizer`]. `beta1`, `beta2` and `eps` are AdamW's;
 /// `weight_decay` applies to both; Adafactor's own settings are in
-/// [`OptimizerConfig::adafactor`].
+/// [`OptimizerConfig::adafactor`]. A field missing from a config file takes
+/// its [`Default`] value.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct OptimizerConfig {
     /// The update rule.
     pub kind: OptimizerKind,
@@ -96,7 +99,6 @@ pub struct OptimizerConfig {
     /// Decoupled weight decay (`--weight-decay`), not applied to layer norms.
     pub weight_decay: f32,
     /// Adafactor's settings (ignored by AdamW).
-    #[serde(default)]
     pub adafactor: AdafactorConfig,
 }
 
@@ -546,6 +548,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(parsed.adafactor.beta1, Some(0.9));
+        let partial: OptimizerConfig = serde_json::from_str(r#"{"weight_decay": 0.01}"#).unwrap();
+        assert_eq!(partial, adamw(0.01));
         assert_eq!(parsed.adafactor.decay_rate, -0.8);
         assert!(parsed.adafactor.scale_parameter && !parsed.adafactor.relative_step);
     }
@@ -595,5 +599,15 @@ mod tests {
         );
         let e = err(&params, &dir.path().join("absent.safetensors"));
         assert!(e.contains("absent.safetensors"), "{e}");
+        let mut poisoned = bytes.clone();
+        let at = poisoned.len() - 4;
+        poisoned[at..].copy_from_slice(&f32::NAN.to_le_bytes());
+        let nan = dir.path().join("nan.safetensors");
+        std::fs::write(&nan, &poisoned).unwrap();
+        let e = err(&params, &nan);
+        assert!(
+            e.contains("nan.safetensors") && e.contains("NaN at element"),
+            "{e}"
+        );
     }
 }

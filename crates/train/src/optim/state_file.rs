@@ -55,8 +55,8 @@ fn temporary_name(path: &Path) -> PathBuf {
 }
 
 /// Fills `tensors` from the file at `path` and returns the saved step
-/// count. The file must hold exactly these tensors, as f32 of these shapes,
-/// saved by an optimizer of kind `kind`.
+/// count. The file must hold exactly these tensors, as finite f32 of these
+/// shapes, saved by an optimizer of kind `kind`.
 pub(super) fn load(
     path: &Path,
     kind: OptimizerKind,
@@ -98,6 +98,12 @@ pub(super) fn load(
         }
         file.read_f32_into(&t.name, t.data)
             .map_err(TrainError::StateFile)?;
+        if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!(
+                "tensor {} holds {} at element {i}",
+                t.name, t.data[i]
+            )));
+        }
     }
     Ok(steps)
 }
