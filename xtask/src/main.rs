@@ -11,6 +11,7 @@ mod generate;
 mod model_args;
 mod output;
 mod simulate;
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
     Generate(generate::Args),
     /// Plan and time a T5 job on a Graphcore IPU pod (the IPU-topology simulator).
     Simulate(simulate::Args),
+    /// Fine-tune a T5 on a GLUE task (no arguments: the offline quickstart).
+    Train(Box<train::Args>),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Fixtures(args) => fixtures::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Train(args) => train::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,7 @@ use tessera_train::model_source::{load_model, load_tokenizer, ModelSpec};
 #[derive(clap::Args)]
 pub struct ModelArgs {
     /// A model folder (config.json + model.safetensors); a bare preset name
-    /// (flan-t5-small … flan-t5-xxl: random weights from --seed); or a Hugging
+    /// (flan-t5-small … flan-t5-xxl, tessera-tiny: random weights from --seed); or a Hugging
     /// Face Hub id such as google/flan-t5-small (downloaded into the HF cache;
     /// a local folder of that name wins).
     #[arg(long, value_name = "DIR|PRESET|HUB_ID")]

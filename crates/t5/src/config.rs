@@ -304,7 +304,7 @@ impl T5Config {
     fn tiny() -> Self {
         let flan = Self::preset("flan-t5-small").expect("flan-t5-small is a preset");
         T5Config {
-            vocab_size: 768,
+            vocab_size: 740,
             d_model: 128,
             d_kv: 32,
             d_ff: 256,

@@ -29,6 +29,16 @@ pub enum TrainError {
     /// Loading or saving a model checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] tessera_t5::CheckpointError),
+    /// The loss or the gradient stopped being finite: training diverged.
+    #[error("training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; the weights were not updated (try a lower --lr)")]
+    Diverged {
+        /// The step that failed (1-based).
+        step: u64,
+        /// Its loss.
+        loss: f32,
+        /// Its gradient norm before clipping.
+        grad_norm: f32,
+    },
     /// The data pipeline failed (file, tokenizer, batching).
     #[error(transparent)]
     Data(#[from] tessera_glue::GlueError),

@@ -6,8 +6,9 @@
 //!    `config.json` and `model.safetensors` (or `model.safetensors.index.json`
 //!    and its shards).
 //! 2. **A bare preset name**, `flan-t5-small`, `-base`, `-large`, `-xl` or
-//!    `-xxl` (no `google/` prefix): that architecture, randomly initialised
-//!    from `--seed` ([`T5Model::init`]).
+//!    `-xxl` (no `google/` prefix), or `tessera-tiny` (the quickstart's model,
+//!    sized for the built-in tokenizer): that architecture, randomly
+//!    initialised from `--seed` ([`T5Model::init`]).
 //! 3. **Anything else shaped like a Hub id** (`owner/name`, or a bare legacy
 //!    name that is no preset): the Hugging Face Hub. So `google/flan-t5-small`
 //!    is the published checkpoint, while `flan-t5-small` is the same shape
@@ -43,7 +44,8 @@ pub const OWN_TOKENIZER_JSON: &str =
 pub const OWN_TOKENIZER_NAME: &str = "the built-in tokenizer";
 
 /// The preset names `--model` accepts (bare: a `google/` prefix means the Hub).
-pub const PRESETS: [&str; 5] = [
+pub const PRESETS: [&str; 6] = [
+    tessera_t5::TINY_PRESET,
     "flan-t5-small",
     "flan-t5-base",
     "flan-t5-large",
@@ -258,10 +260,12 @@ mod tests {
 
     #[test]
     fn presets_have_their_shapes_and_folders_load() {
-        for name in PRESETS {
+        for name in &PRESETS[1..] {
             let config = preset_config(name).unwrap();
             assert_eq!(config.vocab_size, 32128, "{name}");
         }
+        let tiny = preset_config(tessera_t5::TINY_PRESET).unwrap();
+        assert_eq!(tiny.vocab_size, own_tokenizer().unwrap().vocab_size());
         assert_eq!(preset_config("flan-t5-small").unwrap().d_model, 512);
         let dir = tempfile::tempdir().unwrap();
         let model = tiny_model(740);

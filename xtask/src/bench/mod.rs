@@ -2,6 +2,7 @@
 //! written as JSON.
 
 mod matmul;
+mod train;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -12,12 +13,15 @@ use std::time::{Duration, Instant};
 pub enum BenchCommand {
     /// The f32/f16/bf16 matmul on the T5 shape suite, with baselines.
     Matmul(matmul::Args),
+    /// Whole AdamW fine-tuning steps of a T5 on MNLI rows (PyTorch twin: fixtures/bench_train.py).
+    Train(train::Args),
 }
 
 /// Runs one bench subcommand.
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Matmul(args) => matmul::run(args),
+        BenchCommand::Train(args) => train::run(args),
     }
 }
 

@@ -1,0 +1,388 @@
+//! The run configuration of `cargo xtask train`: built-in recipes, a TOML
+//! file, and command-line flags, merged in that order.
+//!
+//! Every field of [`RunConfig`] is a TOML key and a flag of the same name
+//! (`max_grad_norm` ↔ `--max-grad-norm`). Layers are merged as TOML tables
+//! before one typed decode, so a flag given on the command line always wins
+//! over the file, the file over the recipe, and an unknown key in any layer
+//! is an error naming it.
+
+use crate::optim::{OptimizerConfig, OptimizerKind};
+use crate::schedule::Schedule;
+use crate::{Result, TrainError};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tessera_glue::Padding;
+
+/// The learning-rate schedule families a run can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// The peak learning rate from the first step.
+    Constant,
+    /// Linear warmup from `warmup_start_lr`, then constant (Graphcore's recipe).
+    WarmupConstant,
+    /// Linear warmup from 0, then linear decay to 0 at the last step.
+    LinearDecay,
+    /// Linear warmup, then `lr · sqrt(warmup / step)` (T5's original schedule).
+    InverseSqrt,
+}
+
+/// Everything that defines a training run. See the module docs for how it is assembled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The built-in recipe the other values started from (`quickstart`, `mnli`, `mnli-xl`).
+    pub recipe: String,
+    /// A model folder, a preset name (initialised from `seed`) or a Hugging Face Hub id.
+    pub model: String,
+    /// A `tokenizer.json`; by default the model folder's, or tessera's own for the tiny preset.
+    pub tokenizer: Option<PathBuf>,
+    /// The GLUE task (`mnli`, …).
+    pub task: String,
+    /// Training data: a file, a GLUE/Hugging Face folder, or `nli-synthetic`.
+    pub train_file: String,
+    /// Validation data; by default the train source's validation split
+    /// (`validation_mismatched` for MNLI) when the train source is a folder or `nli-synthetic`.
+    pub eval_file: Option<String>,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Rows per micro-batch (one forward/backward).
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step; the global batch is `batch_size × grad_accum`.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Learning-rate schedule.
+    pub schedule: ScheduleKind,
+    /// Warmup steps of the schedule.
+    pub warmup_steps: u64,
+    /// Learning rate at step 0 of a `warmup_constant` warmup.
+    pub warmup_start_lr: f32,
+    /// `adamw` or `adafactor`.
+    pub optimizer: OptimizerKind,
+    /// Decoupled weight decay (never applied to layer norms).
+    pub weight_decay: f32,
+    /// Adam's β₁.
+    pub adam_beta1: f32,
+    /// Adam's β₂.
+    pub adam_beta2: f32,
+    /// Adam's ε.
+    pub adam_eps: f32,
+    /// Global gradient-norm clipping threshold (0 = off).
+    pub max_grad_norm: f32,
+    /// Dropout probability; by default the model config's `dropout_rate`.
+    pub dropout: Option<f32>,
+    /// Shuffle the training rows every epoch (`--no-shuffle` keeps file order).
+    pub shuffle: bool,
+    /// Seed of the initialisation (presets), the shuffles and the dropout masks.
+    pub seed: u64,
+    /// Source tokens kept per example (`</s>` included).
+    pub max_source_length: usize,
+    /// Target tokens kept per example (`</s>` included).
+    pub max_target_length: usize,
+    /// Pad each batch to its longest row (`dynamic`) or every batch to the maxima (`fixed`, as the seed pads to 512).
+    pub padding: Padding,
+    /// Save a checkpoint every this many steps (0 = only at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints to keep (the oldest are deleted).
+    pub keep: usize,
+    /// Evaluate every this many steps (0 = only at the end).
+    pub eval_every: u64,
+    /// Evaluate on the first this many validation rows only (0 = all).
+    pub eval_examples: usize,
+    /// Tokens generated per validation row.
+    pub max_new_tokens: usize,
+    /// Rows per generation batch in evaluation.
+    pub eval_batch_size: usize,
+    /// Worker threads (0 = all cores).
+    pub threads: usize,
+    /// Folder of checkpoints, metrics and the export.
+    pub output: PathBuf,
+}
+
+/// Names of the built-in recipes.
+pub const RECIPES: [&str; 3] = ["quickstart", "mnli", "mnli-xl"];
+
+impl RunConfig {
+    /// The built-in recipe `name`.
+    ///
+    /// - `quickstart`: the offline demo — the tiny preset from a seed,
+    ///   tessera's own tokenizer, `nli-synthetic`, a few minutes on 2 cores.
+    /// - `mnli`: Graphcore's Flan-T5 XXL fine-tuning config — global batch
+    ///   128, 500 steps, AdamW (β 0.9/0.999, ε 1e-6), LR 5e-6 after a linear
+    ///   warmup from 1e-7 over 10 steps, no weight decay, clipping at 1.0,
+    ///   dropout 0, sources up to 512 tokens, evaluation with 5 new tokens on
+    ///   `validation_mismatched`.
+    /// - `mnli-xl`: the same for Flan-T5 XL, with weight decay 0.01.
+    pub fn recipe(name: &str) -> Result<Self> {
+        match name {
+            "quickstart" => Ok(Self::quickstart()),
+            "mnli" => Ok(Self::mnli("google/flan-t5-xxl", 0.0)),
+            "mnli-xl" => Ok(Self {
+                recipe: name.into(),
+                ..Self::mnli("google/flan-t5-xl", 0.01)
+            }),
+            _ => Err(TrainError::setting(
+                "--recipe",
+                format!(
+                    "unknown recipe {name:?}; the recipes are {}",
+                    RECIPES.join(", ")
+                ),
+            )),
+        }
+    }
+
+    fn quickstart() -> Self {
+        RunConfig {
+            recipe: "quickstart".into(),
+            model: tessera_t5::TINY_PRESET.into(),
+            tokenizer: None,
+            task: "mnli".into(),
+            train_file: tessera_glue::synthetic::NAME.into(),
+            eval_file: None,
+            steps: 600,
+            batch_size: 32,
+            grad_accum: 1,
+            lr: 1e-3,
+            schedule: ScheduleKind::LinearDecay,
+            warmup_steps: 50,
+            warmup_start_lr: 0.0,
+            optimizer: OptimizerKind::AdamW,
+            weight_decay: 0.01,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_eps: 1e-6,
+            max_grad_norm: 1.0,
+            dropout: Some(0.0),
+            shuffle: true,
+            seed: 42,
+            max_source_length: 128,
+            max_target_length: 8,
+            padding: Padding::Dynamic,
+            checkpoint_every: 200,
+            keep: 2,
+            eval_every: 200,
+            eval_examples: 0,
+            max_new_tokens: 5,
+            eval_batch_size: 100,
+            threads: 0,
+            output: PathBuf::from("runs/quickstart"),
+        }
+    }
+
+    fn mnli(model: &str, weight_decay: f32) -> Self {
+        RunConfig {
+            recipe: "mnli".into(),
+            model: model.into(),
+            tokenizer: None,
+            task: "mnli".into(),
+            train_file: "glue/MNLI".into(),
+            eval_file: None,
+            steps: 500,
+            batch_size: 4,
+            grad_accum: 32,
+            lr: 5e-6,
+            schedule: ScheduleKind::WarmupConstant,
+            warmup_steps: 10,
+            warmup_start_lr: 1e-7,
+            optimizer: OptimizerKind::AdamW,
+            weight_decay,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_eps: 1e-6,
+            max_grad_norm: 1.0,
+            dropout: Some(0.0),
+            shuffle: true,
+            seed: 42,
+            max_source_length: 512,
+            max_target_length: 8,
+            padding: Padding::Dynamic,
+            checkpoint_every: 100,
+            keep: 2,
+            eval_every: 0,
+            eval_examples: 0,
+            max_new_tokens: 5,
+            eval_batch_size: 64,
+            threads: 0,
+            output: PathBuf::from("runs/mnli"),
+        }
+    }
+
+    /// Merges `layers` (TOML tables, lowest priority first) over the recipe
+    /// they name (the last `recipe` key wins; `quickstart` by default) and
+    /// checks the result.
+    pub fn resolve(layers: &[toml::Table]) -> Result<Self> {
+        let recipe = layers
+            .iter()
+            .rev()
+            .find_map(|t| t.get("recipe"))
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| TrainError::setting("recipe", "must be a string"))
+            })
+            .transpose()?
+            .unwrap_or_else(|| "quickstart".to_owned());
+        Self::recipe(&recipe)?.overlay(layers)
+    }
+
+    /// This configuration with `layers` (lowest priority first) laid over it, checked.
+    pub fn overlay(&self, layers: &[toml::Table]) -> Result<Self> {
+        let mut merged = toml::Table::try_from(self)
+            .map_err(|e| TrainError::setting("configuration", e.to_string()))?;
+        for layer in layers {
+            merged.extend(layer.clone());
+        }
+        let config: RunConfig = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| TrainError::setting("configuration", one_line(&e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a TOML run configuration (one layer, not yet merged).
+    pub fn read_file(path: &Path) -> Result<toml::Table> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| TrainError::io("cannot read", path, e))?;
+        text.parse::<toml::Table>().map_err(|e| {
+            TrainError::setting(
+                "--config",
+                format!("{} is not valid TOML: {}", path.display(), one_line(&e)),
+            )
+        })
+    }
+
+    /// Checks ranges and combinations, naming the flag at fault.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("--steps", self.steps as usize),
+            ("--batch-size", self.batch_size),
+            ("--grad-accum", self.grad_accum),
+            ("--max-source-length", self.max_source_length),
+            ("--max-target-length", self.max_target_length),
+            ("--keep", self.keep),
+            ("--max-new-tokens", self.max_new_tokens),
+            ("--eval-batch-size", self.eval_batch_size),
+        ];
+        if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(TrainError::setting(*flag, "must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(TrainError::setting(
+                "--lr",
+                format!("must be a positive number, got {}", self.lr),
+            ));
+        }
+        if let Some(p) = self.dropout.filter(|p| !(0.0..1.0).contains(p)) {
+            return Err(TrainError::setting(
+                "--dropout",
+                format!("must be in [0, 1), got {p}"),
+            ));
+        }
+        if !(self.max_grad_norm >= 0.0) {
+            return Err(TrainError::setting(
+                "--max-grad-norm",
+                "must be 0 (off) or positive",
+            ));
+        }
+        self.schedule().validate()?;
+        Ok(())
+    }
+
+    /// The optimizer settings of this run.
+    pub fn optimizer_config(&self) -> OptimizerConfig {
+        OptimizerConfig {
+            kind: self.optimizer,
+            beta1: self.adam_beta1,
+            beta2: self.adam_beta2,
+            eps: self.adam_eps,
+            weight_decay: self.weight_decay,
+            ..OptimizerConfig::default()
+        }
+    }
+
+    /// The learning-rate schedule of this run.
+    pub fn schedule(&self) -> Schedule {
+        let warmup_steps = self.warmup_steps;
+        match self.schedule {
+            ScheduleKind::Constant => Schedule::Constant,
+            ScheduleKind::WarmupConstant => Schedule::WarmupConstant {
+                warmup_steps,
+                start_lr: self.warmup_start_lr,
+            },
+            ScheduleKind::LinearDecay => Schedule::LinearDecay {
+                warmup_steps,
+                total_steps: self.steps,
+            },
+            ScheduleKind::InverseSqrt => Schedule::InverseSqrt { warmup_steps },
+        }
+    }
+
+    /// Rows per optimizer step.
+    pub fn global_batch(&self) -> usize {
+        self.batch_size * self.grad_accum
+    }
+}
+
+/// A multi-line parser message folded into one line.
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_the_recipe() {
+        let file = table("recipe = \"mnli\"\nsteps = 20\nlr = 1e-4\n");
+        let flags = table("lr = 3e-4\n");
+        let c = RunConfig::resolve(&[file, flags]).unwrap();
+        assert_eq!(c.recipe, "mnli");
+        assert_eq!(c.steps, 20);
+        assert_eq!(c.lr, 3e-4);
+        assert_eq!(c.global_batch(), 128);
+        assert_eq!(c.warmup_start_lr, 1e-7);
+    }
+
+    #[test]
+    fn recipes_mirror_the_seed() {
+        let xxl = RunConfig::recipe("mnli").unwrap();
+        let xl = RunConfig::recipe("mnli-xl").unwrap();
+        assert_eq!((xxl.weight_decay, xl.weight_decay), (0.0, 0.01));
+        assert_eq!((xxl.steps, xxl.global_batch(), xxl.lr), (500, 128, 5e-6));
+        assert_eq!(xl.recipe, "mnli-xl");
+        for name in RECIPES {
+            RunConfig::recipe(name).unwrap().validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn mistakes_name_the_key() {
+        let err = |t: &str| RunConfig::resolve(&[table(t)]).unwrap_err().to_string();
+        assert!(err("stepz = 3").contains("stepz"), "{}", err("stepz = 3"));
+        assert!(err("steps = \"many\"").contains("steps"));
+        assert!(err("batch_size = 0").contains("--batch-size"));
+        assert!(err("recipe = \"imagenet\"").contains("imagenet"));
+        assert!(err("dropout = 1.5").contains("--dropout"));
+    }
+
+    #[test]
+    fn a_bad_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, "steps = [").unwrap();
+        let e = RunConfig::read_file(&path).unwrap_err().to_string();
+        assert!(e.contains("run.toml") && !e.contains('\n'), "{e}");
+        let missing = RunConfig::read_file(&dir.path().join("nope.toml")).unwrap_err();
+        assert!(missing.to_string().contains("nope.toml"));
+    }
+}

@@ -1,0 +1,387 @@
+//! The training loop: micro-batches accumulated into a global batch, global
+//! gradient clipping, the optimizer step, periodic evaluation and
+//! checkpoints, and an exact resume.
+//!
+//! **Loss normalisation.** Every micro-batch's summed token loss is divided
+//! by the number of target tokens in the *whole* global batch, so the
+//! accumulated gradient is the gradient of the global batch's mean token
+//! loss — Hugging Face's mean when there is one micro-batch, and independent
+//! of how the global batch is split.
+//!
+//! **Determinism.** The batches come from the loader's cursor, the dropout
+//! masks from `(seed, step, micro-batch)`, and every kernel gives the same
+//! bits on any thread count, so a run resumed from a checkpoint ends with
+//! the same weights, bit for bit, as one that never stopped.
+
+use crate::checkpoint::{self, TokenizerFiles, TrainerState};
+use crate::config::RunConfig;
+use crate::eval::{model_batch, EvalOptions, EvalReport, Evaluator};
+use crate::metrics::{MetricsLog, METRICS_FILE};
+use crate::optim::{clip_grad_norm, Optimizer};
+use crate::{Result, TrainError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tessera_glue::{Dataset, Loader, LoaderConfig, Order, TextTokenizer};
+use tessera_t5::{ParamStore, T5Model, TrainOptions};
+
+/// What one optimizer step measured.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct StepReport {
+    /// The step just taken (1-based: the number of updates so far).
+    pub step: u64,
+    /// Mean cross-entropy per target token over the global batch.
+    pub loss: f32,
+    /// Learning rate of this update.
+    pub lr: f32,
+    /// Global L2 norm of the gradient before clipping.
+    pub grad_norm: f32,
+    /// Rows in the global batch.
+    pub examples: usize,
+    /// Target tokens in the global batch.
+    pub target_tokens: usize,
+    /// Training rows per second of wall time of this step.
+    pub examples_per_s: f64,
+    /// Wall time of this step in seconds.
+    pub seconds: f64,
+}
+
+/// What [`Trainer::run`] reports as it goes.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// An optimizer step finished.
+    Step(&'a StepReport),
+    /// An evaluation finished after `step` steps.
+    Eval {
+        /// Steps taken when evaluating.
+        step: u64,
+        /// The results.
+        report: &'a EvalReport,
+    },
+    /// A checkpoint was written.
+    Checkpoint(&'a Path),
+}
+
+/// How [`Trainer::run`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// All steps done; the final checkpoint.
+    Finished(PathBuf),
+    /// Stopped by the caller's flag (Ctrl-C); the checkpoint saved before stopping.
+    Interrupted(PathBuf),
+}
+
+/// A fine-tuning run in progress.
+pub struct Trainer {
+    config: RunConfig,
+    model: T5Model,
+    grads: ParamStore,
+    optimizer: Optimizer,
+    tokenizer_files: TokenizerFiles,
+    loader: Loader,
+    evaluator: Option<Evaluator>,
+    state: TrainerState,
+}
+
+impl Trainer {
+    /// A fresh run of `config` on `model` with `tokenizer`, training on
+    /// `train` and validating on `eval_set`.
+    pub fn new(
+        config: RunConfig,
+        model: T5Model,
+        tokenizer: TextTokenizer,
+        tokenizer_files: TokenizerFiles,
+        train: &Dataset,
+        eval_set: Option<Dataset>,
+    ) -> Result<Self> {
+        let optimizer = Optimizer::new(&config.optimizer_config(), model.params())?;
+        let state = TrainerState {
+            step: 0,
+            cursor: Default::default(),
+            examples_seen: 0,
+            config: config.clone(),
+        };
+        Self::assemble(
+            model,
+            optimizer,
+            tokenizer,
+            tokenizer_files,
+            train,
+            eval_set,
+            state,
+        )
+    }
+
+    /// Continues the run saved in checkpoint `dir` with `config` (normally
+    /// the saved configuration with the caller's overrides laid over it).
+    pub fn resume(
+        dir: &Path,
+        config: RunConfig,
+        train: &Dataset,
+        eval_set: Option<Dataset>,
+    ) -> Result<Self> {
+        let mut state = checkpoint::read_state(dir)?;
+        let model = T5Model::load(dir)?;
+        let tokenizer_path = dir.join(checkpoint::TOKENIZER_FILE);
+        let tokenizer = TextTokenizer::from_file(&tokenizer_path)?;
+        let tokenizer_files = TokenizerFiles::of(&tokenizer, Some(&tokenizer_path))?;
+        let optimizer = Optimizer::load(
+            &config.optimizer_config(),
+            model.params(),
+            &dir.join(checkpoint::OPTIMIZER_FILE),
+        )?;
+        if optimizer.steps() != state.step {
+            return Err(TrainError::setting(
+                "--resume",
+                format!(
+                    "{} holds an optimizer at step {} but a trainer at step {}",
+                    dir.display(),
+                    optimizer.steps(),
+                    state.step
+                ),
+            ));
+        }
+        state.config = config;
+        Self::assemble(
+            model,
+            optimizer,
+            tokenizer,
+            tokenizer_files,
+            train,
+            eval_set,
+            state,
+        )
+    }
+
+    fn assemble(
+        model: T5Model,
+        optimizer: Optimizer,
+        tokenizer: TextTokenizer,
+        tokenizer_files: TokenizerFiles,
+        train: &Dataset,
+        eval_set: Option<Dataset>,
+        state: TrainerState,
+    ) -> Result<Self> {
+        let config = state.config.clone();
+        check_vocab(&model, &tokenizer)?;
+        let lengths = tessera_glue::Lengths {
+            source: config.max_source_length,
+            target: config.max_target_length,
+        };
+        let encoded = tessera_glue::encode_dataset(&tokenizer, train, lengths)?;
+        if encoded.len() < config.batch_size {
+            return Err(TrainError::setting(
+                "--batch-size",
+                format!(
+                    "{} is larger than the {} training rows",
+                    config.batch_size,
+                    encoded.len()
+                ),
+            ));
+        }
+        let mut loader = Loader::new(
+            encoded,
+            LoaderConfig {
+                batch_size: config.batch_size,
+                order: if config.shuffle {
+                    Order::Shuffled
+                } else {
+                    Order::Sequential
+                },
+                seed: config.seed,
+                padding: config.padding,
+                drop_last: true,
+            },
+        )?;
+        loader.seek(state.cursor)?;
+        let evaluator = eval_set
+            .map(|mut data| {
+                if config.eval_examples > 0 {
+                    data.examples.truncate(config.eval_examples);
+                }
+                let opts = EvalOptions {
+                    max_new_tokens: config.max_new_tokens,
+                    batch_size: config.eval_batch_size,
+                    max_source_length: config.max_source_length,
+                };
+                Evaluator::new(&tokenizer, &data, opts)
+            })
+            .transpose()?;
+        Ok(Trainer {
+            grads: model.new_gradients(),
+            config,
+            model,
+            optimizer,
+            tokenizer_files,
+            loader,
+            evaluator,
+            state,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &T5Model {
+        &self.model
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn step(&self) -> u64 {
+        self.state.step
+    }
+
+    /// One optimizer step: `grad_accum` micro-batches, clipping, update.
+    pub fn train_step(&mut self) -> Result<StepReport> {
+        let start = Instant::now();
+        let micro = (0..self.config.grad_accum)
+            .map(|_| self.loader.next_batch())
+            .collect::<tessera_glue::Result<Vec<_>>>()?;
+        let target_tokens: usize = micro.iter().map(|b| b.target_tokens()).sum();
+        let examples: usize = micro.iter().map(|b| b.batch_size()).sum();
+        self.grads.zero();
+        let mut loss_sum = 0.0f64;
+        for (index, batch) in micro.iter().enumerate() {
+            let opts = TrainOptions {
+                dropout: self
+                    .config
+                    .dropout
+                    .unwrap_or(self.model.config().dropout_rate as f32),
+                seed: dropout_seed(self.config.seed, self.state.step, index as u64),
+                recompute_blocks: false,
+                loss_divisor: Some(target_tokens as f32),
+            };
+            let loss = self
+                .model
+                .forward_backward(&model_batch(batch), &mut self.grads, &opts)?;
+            loss_sum += loss.sum;
+        }
+        let loss = (loss_sum / target_tokens.max(1) as f64) as f32;
+        let grad_norm = clip_grad_norm(&mut self.grads, self.config.max_grad_norm);
+        let step = self.state.step + 1;
+        if !(loss.is_finite() && grad_norm.is_finite()) {
+            return Err(TrainError::Diverged {
+                step,
+                loss,
+                grad_norm,
+            });
+        }
+        let lr = self.config.schedule().lr(self.config.lr, self.state.step);
+        self.optimizer
+            .step(self.model.params_mut(), &self.grads, lr);
+        self.state.step = step;
+        self.state.cursor = self.loader.cursor();
+        self.state.examples_seen += examples as u64;
+        let seconds = start.elapsed().as_secs_f64();
+        Ok(StepReport {
+            step,
+            loss,
+            lr,
+            grad_norm,
+            examples,
+            target_tokens,
+            examples_per_s: examples as f64 / seconds,
+            seconds,
+        })
+    }
+
+    /// Evaluates by greedy generation on the validation set, if there is one.
+    pub fn evaluate(&self) -> Result<Option<EvalReport>> {
+        self.evaluator
+            .as_ref()
+            .map(|e| e.run(&self.model))
+            .transpose()
+    }
+
+    /// Saves a checkpoint of the current step under `OUTPUT/checkpoints`.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        checkpoint::save(
+            &self.config.output.join("checkpoints"),
+            &self.model,
+            &self.tokenizer_files,
+            &self.optimizer,
+            &self.state,
+            self.config.keep,
+        )
+    }
+
+    /// Trains until `config.steps`, evaluating and checkpointing on the
+    /// configured cadence, logging every step to `metrics.jsonl`. When `stop`
+    /// becomes true (Ctrl-C) a checkpoint is saved and the run returns
+    /// [`Outcome::Interrupted`].
+    pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        mut on_event: impl FnMut(Event<'_>),
+    ) -> Result<Outcome> {
+        let mut metrics = MetricsLog::open(&self.config.output.join(METRICS_FILE))?;
+        while self.state.step < self.config.steps {
+            let report = self.train_step()?;
+            metrics.write(&report)?;
+            on_event(Event::Step(&report));
+            let step = report.step;
+            let last = step == self.config.steps;
+            if last || due(step, self.config.eval_every) {
+                if let Some(report) = self.evaluate()? {
+                    metrics.write(&EvalLine {
+                        step,
+                        eval: &report,
+                    })?;
+                    on_event(Event::Eval {
+                        step,
+                        report: &report,
+                    });
+                }
+            }
+            if last || due(step, self.config.checkpoint_every) {
+                let dir = self.save_checkpoint()?;
+                on_event(Event::Checkpoint(&dir));
+                if last {
+                    return Ok(Outcome::Finished(dir));
+                }
+            }
+            if stop.load(Ordering::SeqCst) {
+                let dir = self.save_checkpoint()?;
+                on_event(Event::Checkpoint(&dir));
+                return Ok(Outcome::Interrupted(dir));
+            }
+        }
+        // Resumed at (or past) the last step: the newest checkpoint is the result.
+        self.save_checkpoint().map(Outcome::Finished)
+    }
+}
+
+/// An evaluation line of `metrics.jsonl`.
+#[derive(serde::Serialize)]
+struct EvalLine<'a> {
+    step: u64,
+    eval: &'a EvalReport,
+}
+
+fn due(step: u64, every: u64) -> bool {
+    every > 0 && step % every == 0
+}
+
+/// The dropout seed of micro-batch `micro` of step `step`: a SplitMix64
+/// finaliser of the three, so neighbouring steps get unrelated masks.
+fn dropout_seed(seed: u64, step: u64, micro: u64) -> u64 {
+    let mut z =
+        seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ micro.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn check_vocab(model: &T5Model, tokenizer: &TextTokenizer) -> Result<()> {
+    let (tok, vocab) = (tokenizer.vocab_size(), model.config().vocab_size);
+    if tok > vocab {
+        return Err(TrainError::setting(
+            "--tokenizer",
+            format!("the tokenizer has {tok} tokens but the model's vocabulary only {vocab}"),
+        ));
+    }
+    Ok(())
+}

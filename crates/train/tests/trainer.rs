@@ -1,0 +1,161 @@
+//! The training loop end to end on a tiny model: exact resume, gradient
+//! accumulation, checkpoints and metrics.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use tessera_glue::{Dataset, ReadOptions, Source, Split, Task, TextTokenizer};
+use tessera_t5::{T5Config, T5Model};
+use tessera_train::checkpoint::{self, TokenizerFiles};
+use tessera_train::config::RunConfig;
+use tessera_train::trainer::{Outcome, Trainer};
+
+fn tokenizer_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/data/tokenizer/tokenizer.json")
+}
+
+fn micro_config() -> T5Config {
+    let mut c = T5Config::preset(tessera_t5::TINY_PRESET).unwrap();
+    c.d_model = 16;
+    c.d_kv = 4;
+    c.d_ff = 24;
+    c.num_heads = 2;
+    c.num_layers = 1;
+    c.num_decoder_layers = Some(1);
+    c
+}
+
+fn rows(count: usize) -> Dataset {
+    let mut data = Source::parse("nli-synthetic")
+        .load(Task::mnli(), Split::Train, ReadOptions::default())
+        .unwrap();
+    data.examples.truncate(count);
+    data
+}
+
+fn run_config(output: &Path, layer: &str) -> RunConfig {
+    let base = format!(
+        "steps = 6\nbatch_size = 4\ngrad_accum = 2\nlr = 3e-3\nwarmup_steps = 2\ndropout = 0.1\n\
+         checkpoint_every = 3\neval_every = 0\nkeep = 5\noutput = {:?}\n",
+        output.display().to_string()
+    );
+    RunConfig::resolve(&[base.parse().unwrap(), layer.parse().unwrap()]).unwrap()
+}
+
+fn trainer(config: RunConfig, train: &Dataset) -> Trainer {
+    let path = tokenizer_path();
+    let tokenizer = TextTokenizer::from_file(&path).unwrap();
+    let files = TokenizerFiles::of(&tokenizer, Some(&path)).unwrap();
+    let model = T5Model::init(micro_config(), config.seed);
+    Trainer::new(config, model, tokenizer, files, train, None).unwrap()
+}
+
+fn finish(t: &mut Trainer, stop_after: Option<u64>) -> Outcome {
+    let stop = AtomicBool::new(false);
+    t.run(&stop, |event| {
+        if let tessera_train::trainer::Event::Step(r) = event {
+            if Some(r.step) == stop_after {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    })
+    .unwrap()
+}
+
+#[test]
+fn an_interrupted_and_resumed_run_ends_with_the_same_bits() {
+    let train = rows(40);
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    let mut a = trainer(run_config(&straight, ""), &train);
+    let Outcome::Finished(end_a) = finish(&mut a, None) else {
+        panic!("the straight run finishes")
+    };
+    // Interrupted after step 4 (between checkpoints), resumed from step-4.
+    let broken = dir.path().join("broken");
+    let mut b = trainer(run_config(&broken, ""), &train);
+    let Outcome::Interrupted(saved) = finish(&mut b, Some(4)) else {
+        panic!("the run stops when asked")
+    };
+    assert_eq!(saved, checkpoint::step_dir(&broken.join("checkpoints"), 4));
+    drop(b);
+    let config = checkpoint::read_state(&saved).unwrap().config;
+    let mut resumed = Trainer::resume(&saved, config, &train, None).unwrap();
+    assert_eq!(resumed.step(), 4);
+    let Outcome::Finished(end_b) = finish(&mut resumed, None) else {
+        panic!("the resumed run finishes")
+    };
+    let (wa, wb) = (
+        T5Model::load(&end_a).unwrap(),
+        T5Model::load(&end_b).unwrap(),
+    );
+    assert_eq!(wa.params().flat(), wb.params().flat());
+    assert_eq!(
+        std::fs::read(end_a.join(checkpoint::OPTIMIZER_FILE)).unwrap(),
+        std::fs::read(end_b.join(checkpoint::OPTIMIZER_FILE)).unwrap()
+    );
+    // Checkpoints at 3, 4 (the interruption) and 6; metrics for every step taken.
+    assert_eq!(
+        checkpoint::list(&broken.join("checkpoints")).unwrap(),
+        [3, 4, 6]
+    );
+    let lines = std::fs::read_to_string(broken.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn accumulation_divides_by_the_global_batch_tokens() {
+    let train = rows(16);
+    let dir = tempfile::tempdir().unwrap();
+    let layer = "steps = 2\nshuffle = false\ndropout = 0.0\ncheckpoint_every = 0\n";
+    let whole = run_config(
+        &dir.path().join("a"),
+        &format!("{layer}batch_size = 8\ngrad_accum = 1\n"),
+    );
+    let split = run_config(
+        &dir.path().join("b"),
+        &format!("{layer}batch_size = 2\ngrad_accum = 4\n"),
+    );
+    let (mut a, mut b) = (trainer(whole, &train), trainer(split, &train));
+    for _ in 0..2 {
+        let (ra, rb) = (a.train_step().unwrap(), b.train_step().unwrap());
+        assert_eq!(
+            (ra.examples, ra.target_tokens),
+            (rb.examples, rb.target_tokens)
+        );
+        assert!(
+            (ra.loss - rb.loss).abs() < 1e-5,
+            "{} vs {}",
+            ra.loss,
+            rb.loss
+        );
+        assert!((ra.grad_norm - rb.grad_norm).abs() < 1e-4 * ra.grad_norm);
+    }
+    let (pa, pb) = (a.model().params().flat(), b.model().params().flat());
+    let worst = pa
+        .iter()
+        .zip(pb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "weights differ by {worst}");
+}
+
+#[test]
+fn checkpoints_beyond_keep_are_deleted() {
+    let train = rows(40);
+    let dir = tempfile::tempdir().unwrap();
+    let config = run_config(dir.path(), "keep = 1\ncheckpoint_every = 1\nsteps = 3\n");
+    let mut t = trainer(config, &train);
+    finish(&mut t, None);
+    let root = dir.path().join("checkpoints");
+    assert_eq!(checkpoint::list(&root).unwrap(), [3]);
+    let leftovers: Vec<_> = std::fs::read_dir(&root).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no temporary folders are left behind");
+}

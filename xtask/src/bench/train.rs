@@ -1,0 +1,113 @@
+//! `cargo xtask bench train`: the speed of whole AdamW fine-tuning steps.
+//!
+//! The same work as `fixtures/bench_train.py` (its PyTorch twin): a preset
+//! initialised from a seed (or a model folder), rows of an MNLI file in
+//! file order `batch-size` at a time, each batch padded to its longest row,
+//! mean token cross-entropy, clipping at 1.0, AdamW (lr 5e-6, ε 1e-6,
+//! weight decay 0.01 except layer norms), dropout 0; 2 warm-up steps, then
+//! `--steps` timed steps.
+
+use crate::output;
+use anyhow::Result;
+use clap::Args as ClapArgs;
+use serde::Serialize;
+use std::path::PathBuf;
+use tessera_train::config::RunConfig;
+
+/// Warm-up steps before timing (the first steps also fault in memory).
+const WARMUP_STEPS: u64 = 2;
+
+/// Flags of `cargo xtask bench train`.
+#[derive(ClapArgs)]
+pub struct Args {
+    /// A preset (flan-t5-small, …, tessera-tiny) initialised from --seed, or a model folder.
+    #[arg(long)]
+    model: String,
+    /// tokenizer.json (default: the model folder's, or tessera's own for tessera-tiny).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// MNLI rows: a file (TSV, JSONL, Parquet), a folder, or nli-synthetic.
+    #[arg(long)]
+    data: String,
+    /// Rows per step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Timed steps (after 2 warm-up steps).
+    #[arg(long, default_value_t = 6)]
+    steps: u64,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Seed of a preset's initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Source tokens kept per row.
+    #[arg(long, default_value_t = 512)]
+    max_source_length: usize,
+    /// Also write the result here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// What `bench train` prints and writes.
+#[derive(Serialize)]
+struct Report {
+    model: String,
+    parameters: usize,
+    batch_size: usize,
+    threads: usize,
+    steps: u64,
+    examples_per_s: f64,
+    ms_per_step: f64,
+    step_ms: Vec<f64>,
+    losses: Vec<f32>,
+}
+
+/// Runs `cargo xtask bench train`.
+pub fn run(args: Args) -> Result<()> {
+    tessera_tensor::set_num_threads(args.threads)?;
+    let mut layer = toml::Table::new();
+    layer.insert("model".into(), args.model.clone().into());
+    if let Some(t) = &args.tokenizer {
+        layer.insert("tokenizer".into(), t.display().to_string().into());
+    }
+    let settings = format!(
+        "train_file = {:?}\nsteps = {}\nbatch_size = {}\ngrad_accum = 1\nshuffle = false\n\
+         lr = 5e-6\nschedule = \"constant\"\nweight_decay = 0.01\nadam_eps = 1e-6\n\
+         max_grad_norm = 1.0\ndropout = 0.0\nseed = {}\nmax_source_length = {}\n",
+        args.data,
+        WARMUP_STEPS + args.steps,
+        args.batch_size,
+        args.seed,
+        args.max_source_length
+    );
+    let config = RunConfig::resolve(&[settings.parse()?, layer])?;
+    let (train, _) = tessera_train::data::load(&config)?;
+    let mut trainer = tessera_train::fresh_trainer(config, &train, None)?;
+    let mut step_ms = Vec::new();
+    let mut losses = Vec::new();
+    for step in 0..WARMUP_STEPS + args.steps {
+        let r = trainer.train_step()?;
+        losses.push(r.loss);
+        if step >= WARMUP_STEPS {
+            step_ms.push(r.seconds * 1e3);
+        }
+    }
+    let ms_per_step = step_ms.iter().sum::<f64>() / step_ms.len().max(1) as f64;
+    let report = Report {
+        parameters: trainer.model().config().num_parameters(),
+        model: args.model,
+        batch_size: args.batch_size,
+        threads: tessera_tensor::num_threads(),
+        steps: args.steps,
+        examples_per_s: args.batch_size as f64 / (ms_per_step / 1e3),
+        ms_per_step,
+        step_ms,
+        losses,
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(path) = &args.json {
+        output::write_json(path, &report)?;
+    }
+    Ok(())
+}
