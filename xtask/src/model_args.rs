@@ -4,7 +4,7 @@ use anyhow::Result;
 use std::path::PathBuf;
 use tessera_glue::TextTokenizer;
 use tessera_t5::T5Model;
-use tessera_train::model_source::{load_model, load_tokenizer, ModelSpec};
+use tessera_train::model_source::{load_model_and_tokenizer, ModelSpec};
 
 /// `--model`, `--tokenizer`, `--seed`, `--threads`.
 #[derive(clap::Args)]
@@ -34,12 +34,8 @@ impl ModelArgs {
                 .map_err(|e| anyhow::anyhow!("invalid setting --threads: {e}"))?;
         }
         let spec = ModelSpec::parse(&self.model)?;
-        let loaded = load_model(&spec, self.seed)?;
-        let tokenizer = load_tokenizer(
-            self.tokenizer.as_deref(),
-            loaded.folder.as_deref(),
-            loaded.model.config().vocab_size,
-        )?;
+        let (loaded, tokenizer) =
+            load_model_and_tokenizer(&spec, self.tokenizer.as_deref(), self.seed)?;
         Ok((loaded.model, tokenizer))
     }
 }

@@ -2,6 +2,9 @@
 //! random model with the built-in tokenizer: outputs, files, and errors as one
 //! line with exit code 1.
 
+// Test helpers outside #[test] functions unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 use tessera_t5::{T5Config, T5Model};

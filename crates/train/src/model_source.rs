@@ -143,6 +143,24 @@ pub fn load_model(spec: &ModelSpec, seed: u64) -> Result<LoadedModel> {
     })
 }
 
+/// Loads the model `spec` names and its tokenizer ([`load_model`], then
+/// [`load_tokenizer`] with `tokenizer` as the `--tokenizer` flag). For a
+/// preset the tokenizer is resolved first, so a mismatch is reported before
+/// the weights are initialised.
+pub fn load_model_and_tokenizer(
+    spec: &ModelSpec,
+    tokenizer: Option<&Path>,
+    seed: u64,
+) -> Result<(LoadedModel, TextTokenizer)> {
+    if let ModelSpec::Preset(name) = spec {
+        load_tokenizer(tokenizer, None, preset_config(name)?.vocab_size)?;
+    }
+    let loaded = load_model(spec, seed)?;
+    let vocab_size = loaded.model.config().vocab_size;
+    let tokenizer = load_tokenizer(tokenizer, loaded.folder.as_deref(), vocab_size)?;
+    Ok((loaded, tokenizer))
+}
+
 /// The shapes of preset `name` (one of [`PRESETS`]).
 fn preset_config(name: &str) -> Result<T5Config> {
     Ok(T5Config::preset(name).map_err(tessera_t5::CheckpointError::from)?)
@@ -273,6 +291,13 @@ mod tests {
         let loaded = load_model(&ModelSpec::Folder(dir.path().into()), 0).unwrap();
         assert_eq!(loaded.folder.as_deref(), Some(dir.path()));
         assert_eq!(loaded.model.params().flat(), model.params().flat());
+    }
+
+    #[test]
+    fn a_preset_without_a_matching_tokenizer_is_refused() {
+        let spec = ModelSpec::parse("flan-t5-small").unwrap();
+        let err = load_model_and_tokenizer(&spec, None, 0).unwrap_err();
+        assert!(err.to_string().contains("32128-token vocabulary"), "{err}");
     }
 
     #[test]

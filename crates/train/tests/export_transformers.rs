@@ -4,6 +4,9 @@
 //! `AutoModelForSeq2SeqLM`/`AutoTokenizer`, tokenize as tessera does, give
 //! tessera's logits and generate tessera's tokens (`fixtures/check_export.py`).
 
+// Test helpers outside #[test] functions unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::Command;
 use tessera_t5::{Batch, T5Config, T5Model};
