@@ -7,11 +7,15 @@
 //! dQ_i += dS · K_j      dK_j += dSᵀ · Q_i     dBias[h, i, j] += dS
 //! ```
 //!
+//! With dropout (mask `M`, scale `s`), `dV` takes `P ∘ M·s`, `dP` becomes
+//! `dP ∘ M·s`, and `D = rowsum(dO ∘ O)` still equals `rowsum(P ∘ dP)`.
+//!
 //! No `L_q × L_k` buffer: two transposed tiles and two score tiles per thread.
 
 use super::forward::{score_tile, transpose_tile, Scratch, BLOCK_K};
 use super::tile::{exp_shifted, matmul, Dims, Isa, Strided};
 use super::{Attention, AttentionGradsMut};
+use crate::ops::dropout::KeyedMask;
 use rayon::prelude::*;
 
 /// Query rows per step of the backward's inner loop.
@@ -116,6 +120,7 @@ fn pair(
         // a row's probability is all on one key, O = V_j and dS is exactly 0.
         *x = g.iter().zip(o).fold(0.0, |s, (a, b)| a.mul_add(*b, s));
     }
+    let drop = a.dropout_mask();
     dq.fill(0.0);
     dk.fill(0.0);
     dv.fill(0.0);
@@ -160,7 +165,22 @@ fn pair(
                     k: nk,
                 },
             );
-            matmul(isa, m_k, transposed(&sc.s), (dout_i, d), (dv_j, d), true);
+            let p_dropped = match drop {
+                None => &sc.s,
+                Some(_) => {
+                    sc.ds.copy_from_slice(&sc.s);
+                    drop_tile(a, drop, (bh, i0, rows), (j0, nk), &mut sc.ds);
+                    &sc.ds
+                }
+            };
+            matmul(
+                isa,
+                m_k,
+                transposed(p_dropped),
+                (dout_i, d),
+                (dv_j, d),
+                true,
+            );
             let dp_dims = Dims {
                 m: rows,
                 n: nk,
@@ -179,6 +199,7 @@ fn pair(
                 (&mut sc.ds, BLOCK_K),
                 false,
             );
+            drop_tile(a, drop, (bh, i0, rows), (j0, nk), &mut sc.ds);
             for r in 0..rows {
                 let at = r * BLOCK_K;
                 let (p, ds) = (&sc.s[at..at + nk], &mut sc.ds[at..at + nk]);
@@ -201,6 +222,27 @@ fn pair(
             matmul(isa, m_q, ds, (k_tile, d), (&mut dq[span], d), true);
             let q_i = a.q_rows(bh, i0..i0 + rows);
             matmul(isa, m_k, transposed(&sc.ds), (q_i, d), (dk_j, d), true);
+        }
+    }
+}
+
+/// Applies the dropout mask (if any) to a `rows × nk` tile of row stride `BLOCK_K`.
+fn drop_tile(
+    a: &Attention<'_>,
+    drop: Option<KeyedMask>,
+    (bh, i0, rows): (usize, usize, usize),
+    (j0, nk): (usize, usize),
+    tile: &mut [f32],
+) {
+    if drop.is_some() {
+        for r in 0..rows {
+            a.drop_probs(
+                drop,
+                bh,
+                i0 + r,
+                j0,
+                &mut tile[r * BLOCK_K..r * BLOCK_K + nk],
+            );
         }
     }
 }

@@ -101,7 +101,8 @@ pub(super) fn run(isa: Isa, a: &Attention<'_>, out: &mut [f32], lse: &mut [f32])
     });
 }
 
-/// One block of query rows against all the keys it can see.
+/// One block of query rows against all the keys it can see. Dropout
+/// applies after the running sum has taken each probability.
 fn block(isa: Isa, a: &Attention<'_>, (bh, i0, out, lse): Task<'_>, sc: &mut Scratch) {
     let d = a.shape.d_head;
     let rows = lse.len();
@@ -109,6 +110,7 @@ fn block(isa: Isa, a: &Attention<'_>, (bh, i0, out, lse): Task<'_>, sc: &mut Scr
     let mut l = [0.0f32; BLOCK_Q];
     out.fill(0.0);
     let key_end = a.key_end(i0 + rows - 1);
+    let drop = a.dropout_mask();
     for j0 in (0..key_end).step_by(BLOCK_K) {
         let nk = BLOCK_K.min(key_end - j0);
         transpose_tile(a.kv_rows(a.qkv.k, bh, j0..j0 + nk), d, &mut sc.kt);
@@ -127,6 +129,7 @@ fn block(isa: Isa, a: &Attention<'_>, (bh, i0, out, lse): Task<'_>, sc: &mut Scr
                 out[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= alpha);
             }
             m[r] = m_new;
+            a.drop_probs(drop, bh, i0 + r, j0, row);
         }
         let p = Strided {
             data: &sc.s,

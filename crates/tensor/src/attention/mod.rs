@@ -41,6 +41,7 @@ mod tile;
 mod tests;
 
 use crate::error::{shape_err, Result};
+use crate::ops::dropout::{check_probability, KeyedMask};
 use tile::Isa;
 
 /// Sizes of one attention call.
@@ -120,7 +121,26 @@ pub struct Qkv<'a> {
     pub v: &'a [f32],
 }
 
-/// Everything that defines the attention scores: sizes, inputs, bias, mask.
+/// Dropout on the attention probabilities, with the stateless keyed mask
+/// of [`crate::ops::dropout`]: element `(b, h, i, j)` of the probabilities
+/// `[batch, heads, q_len, k_len]` is kept exactly when `dropout_inplace`
+/// with the same `(p, key)` would keep it, so the fused and unfused paths
+/// drop the same probabilities.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbDropout {
+    /// Drop probability, in `[0, 1)` (0 = off).
+    pub p: f32,
+    /// Mask key (see [`crate::ops::dropout::dropout_key`]).
+    pub key: u64,
+}
+
+impl ProbDropout {
+    /// No dropout.
+    pub const OFF: ProbDropout = ProbDropout { p: 0.0, key: 0 };
+}
+
+/// Everything that defines one attention call: sizes, inputs, bias, mask
+/// and probability dropout.
 #[derive(Debug, Clone, Copy)]
 pub struct Attention<'a> {
     /// Sizes.
@@ -131,6 +151,8 @@ pub struct Attention<'a> {
     pub bias: Option<&'a [f32]>,
     /// Padding and causality.
     pub mask: KeyMask<'a>,
+    /// Dropout on the probabilities (after the softmax, before `· V`).
+    pub dropout: ProbDropout,
 }
 
 /// The gradients [`backward`] writes (dense layouts, overwritten).
@@ -151,7 +173,7 @@ pub struct AttentionGradsMut<'a> {
 /// single-row kernel: below this, a tile of queries is mostly empty.
 const ROW_KERNEL_MAX_Q: usize = 8;
 
-/// `out = softmax(Q·Kᵀ + bias + mask) · V` (`[batch, heads, q_len, d_head]`)
+/// `out = dropout(softmax(Q·Kᵀ + bias + mask)) · V` (`[batch, heads, q_len, d_head]`)
 /// and each row's log-sum-exp of the masked scores (`[batch, heads, q_len]`,
 /// `-inf` for a row with no visible key), which [`backward`] needs.
 pub fn forward(a: &Attention<'_>, out: &mut [f32], lse: &mut [f32]) -> Result<()> {
@@ -174,11 +196,16 @@ fn forward_with(isa: Isa, a: &Attention<'_>, out: &mut [f32], lse: &mut [f32]) -
 
 /// `out = softmax(Q·Kᵀ + bias + mask) · V` for the few query rows of a
 /// generation step (typically one per (batch, head)), against a KV cache or
-/// the encoder's keys and values. Keeps no log-sum-exp.
+/// the encoder's keys and values. Keeps no log-sum-exp; dropout must be off.
 pub fn decode(a: &Attention<'_>, out: &mut [f32]) -> Result<()> {
     let op = "attention_decode";
     check_inputs(op, a)?;
     check(op, "out", out.len(), a.shape.q_len_elems())?;
+    if a.dropout.p != 0.0 {
+        return Err(crate::TensorError::Setting(
+            "attention_decode runs without dropout, but p is not 0".into(),
+        ));
+    }
     rows::run(Isa::best(), a, out, None);
     Ok(())
 }
@@ -260,7 +287,7 @@ fn check_inputs(op: &'static str, a: &Attention<'_>) -> Result<()> {
     if let Some(valid) = a.mask.valid {
         check(op, "key mask", valid.len(), s.batch * s.k_len)?;
     }
-    Ok(())
+    check_probability(a.dropout.p)
 }
 
 impl<'a> Attention<'a> {
@@ -301,6 +328,19 @@ impl<'a> Attention<'a> {
         if self.mask.causal && i + 1 < j1 {
             row[(i + 1).saturating_sub(j0)..].fill(f32::NEG_INFINITY);
         }
+    }
+
+    /// Applies the dropout mask to the probabilities of query `i` of
+    /// (batch, head) `bh` against keys `j0..j0 + row.len()`.
+    fn drop_probs(&self, mask: Option<KeyedMask>, bh: usize, i: usize, j0: usize, row: &mut [f32]) {
+        if let Some(m) = mask {
+            m.apply(row, (bh * self.shape.q_len + i) * self.shape.k_len + j0);
+        }
+    }
+
+    /// The dropout mask, `None` when dropout is off.
+    fn dropout_mask(&self) -> Option<KeyedMask> {
+        KeyedMask::new(self.dropout.p, self.dropout.key)
     }
 
     /// Keys query `i` can see at all, as an end bound (causality only).

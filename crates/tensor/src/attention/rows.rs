@@ -70,6 +70,7 @@ fn pair(
             f32::NEG_INFINITY
         } else {
             let sum = exp_shifted(isa, s, m);
+            a.drop_probs(a.dropout_mask(), bh, i, 0, s);
             weighted_rows(isa, s, (a.kv_rows(a.qkv.v, bh, 0..n), d), o);
             let inv = 1.0 / sum;
             o.iter_mut().for_each(|x| *x *= inv);

@@ -15,6 +15,7 @@ struct Case {
     bias: Option<Vec<f32>>,
     valid: Option<Vec<u8>>,
     causal: bool,
+    dropout: ProbDropout,
     dout: Vec<f32>,
 }
 
@@ -52,6 +53,7 @@ impl Case {
             bias: with_bias.then(|| fill(s.bias_len(), 2.0)),
             valid,
             causal,
+            dropout: ProbDropout::OFF,
             dout: fill(s.q_len_elems(), 1.0),
         }
     }
@@ -69,6 +71,7 @@ impl Case {
                 valid: self.valid.as_deref(),
                 causal: self.causal,
             },
+            dropout: self.dropout,
         }
     }
 }
@@ -123,6 +126,9 @@ fn reference(c: &Case) -> [Vec<f64>; 6] {
     let (mut dk, mut dv) = (vec![0.0; s.kv_len_elems()], vec![0.0; s.kv_len_elems()]);
     let mut dbias = vec![0.0; s.bias_len()];
     let f = |x: f32| f64::from(x);
+    // The dropout mask times its scale, from the unfused dropout op.
+    let mut kept = vec![1.0f32; s.probs_len()];
+    crate::ops::dropout::dropout_inplace(&mut kept, c.dropout.p, c.dropout.key).expect("p");
     for bh in 0..s.count() {
         let (b, h) = (bh / s.heads, bh % s.heads);
         let q = |i: usize, p: usize| f(c.q[(bh * lq + i) * d + p]);
@@ -161,16 +167,17 @@ fn reference(c: &Case) -> [Vec<f64>; 6] {
             let total: f64 = e.iter().sum();
             lse[bh * lq + i] = max + total.ln();
             let p: Vec<f64> = e.iter().map(|x| x / total).collect();
+            let m = |j: usize| f(kept[(bh * lq + i) * lk + j]);
             let dp: Vec<f64> = (0..lk)
-                .map(|j| (0..d).map(|x| go(i, x) * v(j, x)).sum())
+                .map(|j| (0..d).map(|x| go(i, x) * v(j, x)).sum::<f64>() * m(j))
                 .collect();
             let dot: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
             for j in 0..lk {
                 let ds = p[j] * (dp[j] - dot);
                 dbias[(h * lq + i) * lk + j] += ds;
                 for x in 0..d {
-                    out[(bh * lq + i) * d + x] += p[j] * v(j, x);
-                    dv[(bh * lk + j) * d + x] += p[j] * go(i, x);
+                    out[(bh * lq + i) * d + x] += p[j] * m(j) * v(j, x);
+                    dv[(bh * lk + j) * d + x] += p[j] * m(j) * go(i, x);
                     dq[(bh * lq + i) * d + x] += ds * k(j, x);
                     dk[(bh * lk + j) * d + x] += ds * q(i, x);
                 }
@@ -290,7 +297,8 @@ fn decode_agrees_with_forward_on_a_kv_cache() {
 #[test]
 fn one_and_two_threads_agree_bit_for_bit() {
     let shape = AttentionShape::dense(2, 3, 100, 90, 64);
-    let c = Case::new(shape, (Some(vec![90, 37]), true, true), 5);
+    let mut c = Case::new(shape, (Some(vec![90, 37]), true, true), 5);
+    c.dropout = ProbDropout { p: 0.1, key: 9 };
     crate::set_num_threads(1).expect("threads");
     let one = run_fused(Isa::best(), &c);
     crate::set_num_threads(2).expect("threads");
@@ -311,6 +319,10 @@ fn wrong_buffer_sizes_are_errors() {
     let mut bad = c.attention();
     bad.mask.valid = Some(&[1, 1]);
     assert!(decode(&bad, &mut vec![0.0; 30]).is_err());
+    let mut dropped = c.attention();
+    dropped.dropout.p = 1.0;
+    let e = forward(&dropped, &mut vec![0.0; 30], &mut lse).expect_err("p = 1");
+    assert!(e.to_string().contains("not in [0, 1)"), "{e}");
 }
 
 /// The PyTorch references of `fixtures/data/ops` (float64 results), within their 1e-5.
@@ -349,6 +361,7 @@ fn fused_matches_attention_fixtures() {
             bias: Some(t("bias")),
             valid: Some(valid),
             causal: meta["causal"].as_bool().expect("bool"),
+            dropout: ProbDropout::OFF,
             dout: t("grad_out"),
         };
         for isa in Isa::available() {
