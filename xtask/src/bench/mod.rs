@@ -1,6 +1,7 @@
 //! `cargo xtask bench …`: measurements, printed as a table and optionally
 //! written as JSON.
 
+mod attention;
 mod matmul;
 
 use anyhow::Result;
@@ -12,12 +13,15 @@ use std::time::{Duration, Instant};
 pub enum BenchCommand {
     /// The f32/f16/bf16 matmul on the T5 shape suite, with baselines.
     Matmul(matmul::Args),
+    /// Fused T5 attention against the unfused path, forward and backward.
+    Attention(attention::Args),
 }
 
 /// Runs one bench subcommand.
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Matmul(args) => matmul::run(args),
+        BenchCommand::Attention(args) => attention::run(args),
     }
 }
 
