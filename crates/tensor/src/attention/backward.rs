@@ -12,14 +12,18 @@
 //!
 //! No `L_q × L_k` buffer: two transposed tiles and two score tiles per thread.
 
-use super::forward::{score_tile, transpose_tile, Scratch, BLOCK_K};
-use super::tile::{exp_shifted, matmul, Dims, Isa, Strided};
+use super::forward::{product_nt, score_tile, transpose, Scratch, BLOCK_K};
+use super::tile::{dot_in_order, dots, exp_shifted, matmul, Dims, Isa, Strided};
 use super::{Attention, AttentionGradsMut};
 use crate::ops::dropout::KeyedMask;
 use rayon::prelude::*;
 
 /// Query rows per step of the backward's inner loop.
-const BLOCK_Q: usize = 64;
+const BLOCK_Q: usize = 48;
+
+/// Query rows below which the `Q·Kᵀ` and `dO·Vᵀ` tiles are dot products
+/// against the stored rows: transposing K and V would cost more.
+const TRANSPOSE_MIN_Q: usize = 16;
 
 /// The gradients of one (batch, head): dQ, dK, dV.
 type PairGrads<'g> = (&'g mut [f32], &'g mut [f32], &'g mut [f32]);
@@ -111,14 +115,19 @@ fn pair(
     (sc, dd): (&mut Scratch, &mut Vec<f32>),
 ) {
     let (d, lq, lk) = (a.shape.d_head, a.shape.q_len, a.shape.k_len);
+    let transposed_kv = lq >= TRANSPOSE_MIN_Q;
     for ((x, o), g) in dd
         .iter_mut()
         .zip(sv.out.chunks_exact(d))
         .zip(sv.dout.chunks_exact(d))
     {
-        // Fused multiply-adds in order, as the tile product computes dP: when
-        // a row's probability is all on one key, O = V_j and dS is exactly 0.
-        *x = g.iter().zip(o).fold(0.0, |s, (a, b)| a.mul_add(*b, s));
+        // D rounds exactly as dP does (same primitive, same order): when a
+        // row's probability is all on one key, O = V_j and dS is exactly 0.
+        if transposed_kv {
+            *x = dot_in_order(isa, g, o);
+        } else {
+            dots(isa, g, (o, d), std::slice::from_mut(x));
+        }
     }
     let drop = a.dropout_mask();
     dq.fill(0.0);
@@ -126,9 +135,17 @@ fn pair(
     dv.fill(0.0);
     for j0 in (0..lk).step_by(BLOCK_K) {
         let nk = BLOCK_K.min(lk - j0);
+        if !a.any_key_valid(bh, j0..j0 + nk) {
+            continue;
+        }
         let k_tile = a.kv_rows(a.qkv.k, bh, j0..j0 + nk);
-        transpose_tile(k_tile, d, &mut sc.kt);
-        transpose_tile(a.kv_rows(a.qkv.v, bh, j0..j0 + nk), d, &mut sc.vt);
+        let v_tile = a.kv_rows(a.qkv.v, bh, j0..j0 + nk);
+        if transposed_kv {
+            transpose(k_tile, d, (&mut sc.kt, BLOCK_K));
+            transpose(v_tile, d, (&mut sc.vt, BLOCK_K));
+        }
+        let kt = transposed_kv.then_some((&sc.kt[..], BLOCK_K));
+        let vt = transposed_kv.then_some((&sc.vt[..], BLOCK_K));
         let (dk_j, dv_j) = (
             &mut dk[j0 * d..(j0 + nk) * d],
             &mut dv[j0 * d..(j0 + nk) * d],
@@ -141,7 +158,7 @@ fn pair(
         };
         for i0 in (first..lq).step_by(BLOCK_Q) {
             let rows = BLOCK_Q.min(lq - i0);
-            score_tile(isa, a, (bh, i0, rows), (j0, nk), &sc.kt, &mut sc.s);
+            score_tile(isa, a, (bh, i0, rows), (j0, nk), kt, &mut sc.s);
             for r in 0..rows {
                 let p = &mut sc.s[r * BLOCK_K..r * BLOCK_K + nk];
                 match sv.lse[i0 + r] {
@@ -181,24 +198,7 @@ fn pair(
                 (dv_j, d),
                 true,
             );
-            let dp_dims = Dims {
-                m: rows,
-                n: nk,
-                k: d,
-            };
-            let dout_rows = Strided {
-                data: dout_i,
-                rs: d,
-                cs: 1,
-            };
-            matmul(
-                isa,
-                dp_dims,
-                dout_rows,
-                (&sc.vt, BLOCK_K),
-                (&mut sc.ds, BLOCK_K),
-                false,
-            );
+            product_nt(isa, d, (dout_i, v_tile), vt, &mut sc.ds);
             drop_tile(a, drop, (bh, i0, rows), (j0, nk), &mut sc.ds);
             for r in 0..rows {
                 let at = r * BLOCK_K;

@@ -309,21 +309,30 @@ impl<'a> Attention<'a> {
         let s = &self.shape;
         let (b, h) = (bh / s.heads, bh % s.heads);
         let j1 = j0 + row.len();
-        if let Some(bias) = self.bias {
+        let bias = self.bias.map(|bs| {
             let at = (h * s.q_len + i) * s.k_len;
-            for (x, y) in row.iter_mut().zip(&bias[at + j0..at + j1]) {
-                *x += y;
-            }
-        }
-        if let Some(valid) = self.mask.valid {
-            for (x, &v) in row
-                .iter_mut()
-                .zip(&valid[b * s.k_len + j0..b * s.k_len + j1])
-            {
-                if v == 0 {
-                    *x = f32::NEG_INFINITY;
+            &bs[at + j0..at + j1]
+        });
+        let valid = self
+            .mask
+            .valid
+            .map(|v| &v[b * s.k_len + j0..b * s.k_len + j1]);
+        // One pass per case, each a loop the compiler vectorises.
+        match (bias, valid) {
+            (Some(bias), Some(valid)) => {
+                for ((x, y), &v) in row.iter_mut().zip(bias).zip(valid) {
+                    *x = if v == 0 { f32::NEG_INFINITY } else { *x + y };
                 }
             }
+            (Some(bias), None) => row.iter_mut().zip(bias).for_each(|(x, y)| *x += y),
+            (None, Some(valid)) => {
+                for (x, &v) in row.iter_mut().zip(valid) {
+                    if v == 0 {
+                        *x = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            (None, None) => {}
         }
         if self.mask.causal && i + 1 < j1 {
             row[(i + 1).saturating_sub(j0)..].fill(f32::NEG_INFINITY);
@@ -341,6 +350,15 @@ impl<'a> Attention<'a> {
     /// The dropout mask, `None` when dropout is off.
     fn dropout_mask(&self) -> Option<KeyedMask> {
         KeyedMask::new(self.dropout.p, self.dropout.key)
+    }
+
+    /// Whether any of keys `keys` of (batch, head) `bh` is a real token
+    /// (a tile of padding contributes nothing and is skipped).
+    fn any_key_valid(&self, bh: usize, keys: std::ops::Range<usize>) -> bool {
+        let at = bh / self.shape.heads * self.shape.k_len;
+        self.mask
+            .valid
+            .is_none_or(|v| v[at + keys.start..at + keys.end].iter().any(|&x| x != 0))
     }
 
     /// Keys query `i` can see at all, as an end bound (causality only).

@@ -381,6 +381,24 @@ fn exp_avx2(x: __m256) -> __m256 {
     _mm256_andnot_ps(underflow, _mm256_mul_ps(y, _mm256_castsi256_ps(pow2)))
 }
 
+/// `a · b` as one chain of fused multiply-adds in order of the index: the
+/// rounding of each element of a [`matmul`] product.
+pub(crate) fn dot_in_order(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    match isa {
+        Isa::Portable => a.iter().zip(b).fold(0.0, |s, (x, y)| x.mul_add(*y, s)),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2 and FMA.
+        Isa::Avx2 => unsafe { dot_in_order_fma(a, b) },
+    }
+}
+
+/// With FMA enabled, `mul_add` is one instruction instead of a libm call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_in_order_fma(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0.0, |s, (x, y)| x.mul_add(*y, s))
+}
+
 /// `out[j] = q · K_j` for the `out.len()` key rows of `keys` (rows `ldk`
 /// apart, each `q.len()` long): the scores of one query row.
 pub(crate) fn dots(isa: Isa, q: &[f32], (keys, ldk): (&[f32], usize), out: &mut [f32]) {
