@@ -7,9 +7,10 @@
 //! decoder, future keys. [`attention_forward`] and [`attention_backward`]
 //! are the one place the core is computed: they run the fused kernels of
 //! `tessera_tensor::attention` (online softmax, FlashAttention-2 backward,
-//! the same keyed dropout mask) from [`FUSED_MIN_KEYS`] keys on, and the
-//! unfused matmul + softmax + matmul path ([`unfused_forward`],
-//! [`unfused_backward`]) below, kept as the reference and the baseline.
+//! the same keyed dropout mask as `dropout_inplace`). The unfused
+//! matmul + softmax + matmul path ([`unfused_forward`], [`unfused_backward`])
+//! stays as the reference the parity tests check too and as the benchmark
+//! baseline.
 //!
 //! Layout: Q, K, V and the context are `[batch, heads, len, d_kv]`; the
 //! probabilities `[batch, heads, q_len, k_len]`; the bias `[heads, q_len, k_len]`.
@@ -101,39 +102,29 @@ pub fn position_bias_backward(dtable: &mut [f32], dbias: &[f32], buckets: &[usiz
 
 pub use tessera_tensor::attention::{Attention, AttentionShape, KeyMask, ProbDropout, Qkv};
 
-/// Key positions from which [`attention_forward`] runs the fused kernels of
-/// `tessera_tensor::attention` rather than the unfused
-/// matmul + softmax + matmul path (measured: `cargo xtask bench attention`).
-pub const FUSED_MIN_KEYS: usize = 0;
-
-/// What the forward keeps for the backward.
+/// What the forward keeps for the backward: the output
+/// `[batch, heads, q_len, d_head]` and each row's log-sum-exp
+/// `[batch, heads, q_len]`, `O(L·d)` rather than the `O(L²)` probabilities.
 #[derive(Debug, Clone)]
-pub enum AttentionCache {
-    /// Unfused: softmax probabilities before dropout, `[batch, heads, q_len, k_len]`.
-    Probs(Vec<f32>),
-    /// Fused: the output `[batch, heads, q_len, d_head]` and each row's
-    /// log-sum-exp `[batch, heads, q_len]`: `O(L·d)`, not `O(L²)`.
-    Fused {
-        /// The attention output.
-        out: Vec<f32>,
-        /// Log-sum-exp of each row's masked scores.
-        lse: Vec<f32>,
-    },
+pub struct AttentionCache {
+    /// The attention output.
+    pub out: Vec<f32>,
+    /// Log-sum-exp of each row's masked scores.
+    pub lse: Vec<f32>,
 }
 
-/// `ctx = dropout(softmax(Q·Kᵀ + bias + mask)) · V`. Writes the context
-/// (`[batch, heads, q_len, d_head]`) and returns what the backward needs.
-/// Runs the fused kernel from [`FUSED_MIN_KEYS`] keys on, else the unfused path.
+/// `ctx = dropout(softmax(Q·Kᵀ + bias + mask)) · V` with the fused kernel.
+/// Writes the context (`[batch, heads, q_len, d_head]`) and returns what the
+/// backward needs. (`cargo xtask bench attention` measured the fused path
+/// faster than the unfused one at every suite shape, short ones included,
+/// so there is no switch by size.)
 pub fn attention_forward(a: &Attention<'_>, ctx: &mut [f32]) -> Result<AttentionCache> {
-    if a.shape.k_len >= FUSED_MIN_KEYS {
-        let mut lse = vec![0.0; a.shape.count() * a.shape.q_len];
-        fused::forward(a, ctx, &mut lse)?;
-        return Ok(AttentionCache::Fused {
-            out: ctx.to_vec(),
-            lse,
-        });
-    }
-    unfused_forward(a, ctx).map(AttentionCache::Probs)
+    let mut lse = vec![0.0; a.shape.count() * a.shape.q_len];
+    fused::forward(a, ctx, &mut lse)?;
+    Ok(AttentionCache {
+        out: ctx.to_vec(),
+        lse,
+    })
 }
 
 /// The unfused forward: dense scores, a softmax in place, two batched
@@ -250,25 +241,20 @@ pub fn attention_backward(
     dctx: &[f32],
     dbias: Option<&mut [f32]>,
 ) -> Result<AttentionGrads> {
-    match cache {
-        AttentionCache::Probs(probs) => unfused_backward(a, probs, dctx, dbias),
-        AttentionCache::Fused { out, lse } => {
-            let s = &a.shape;
-            let mut g = AttentionGrads {
-                dq: vec![0.0; s.q_len_elems()],
-                dk: vec![0.0; s.kv_len_elems()],
-                dv: vec![0.0; s.kv_len_elems()],
-            };
-            let sinks = fused::AttentionGradsMut {
-                dq: &mut g.dq,
-                dk: &mut g.dk,
-                dv: &mut g.dv,
-                dbias,
-            };
-            fused::backward(a, (out, lse), dctx, sinks)?;
-            Ok(g)
-        }
-    }
+    let s = &a.shape;
+    let mut g = AttentionGrads {
+        dq: vec![0.0; s.q_len_elems()],
+        dk: vec![0.0; s.kv_len_elems()],
+        dv: vec![0.0; s.kv_len_elems()],
+    };
+    let sinks = fused::AttentionGradsMut {
+        dq: &mut g.dq,
+        dk: &mut g.dk,
+        dv: &mut g.dv,
+        dbias,
+    };
+    fused::backward(a, (&cache.out, &cache.lse), dctx, sinks)?;
+    Ok(g)
 }
 
 /// The unfused backward from the probabilities of [`unfused_forward`].

@@ -318,10 +318,10 @@ fn wrong_buffer_sizes_are_errors() {
     );
     let mut bad = c.attention();
     bad.mask.valid = Some(&[1, 1]);
-    assert!(decode(&bad, &mut vec![0.0; 30]).is_err());
+    assert!(decode(&bad, &mut [0.0; 30]).is_err());
     let mut dropped = c.attention();
     dropped.dropout.p = 1.0;
-    let e = forward(&dropped, &mut vec![0.0; 30], &mut lse).expect_err("p = 1");
+    let e = forward(&dropped, &mut [0.0; 30], &mut lse).expect_err("p = 1");
     assert!(e.to_string().contains("not in [0, 1)"), "{e}");
 }
 

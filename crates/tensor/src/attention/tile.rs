@@ -446,7 +446,7 @@ unsafe fn dots_avx2(q: &[f32], keys: *const f32, ldk: usize, out: &mut [f32]) {
                 *a = _mm256_fmadd_ps(x, unsafe { _mm256_loadu_ps(row.add(c)) }, *a);
             }
         }
-        if d % 8 != 0 {
+        if !d.is_multiple_of(8) {
             let c = d - d % 8;
             // SAFETY: only the d % 8 live lanes past column c are read.
             let x = unsafe { _mm256_maskload_ps(q.as_ptr().add(c), rem) };
