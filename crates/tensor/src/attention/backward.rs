@@ -13,7 +13,7 @@
 //! No `L_q × L_k` buffer: two transposed tiles and two score tiles per thread.
 
 use super::forward::{product_nt, score_tile, transpose, Scratch, BLOCK_K};
-use super::tile::{dot_in_order, dots, exp_shifted, matmul, Dims, Isa, Strided};
+use super::tile::{dot_in_order, dots, exp_shifted, matmul, vectorised, Dims, Isa, Strided};
 use super::{Attention, AttentionGradsMut};
 use crate::ops::dropout::KeyedMask;
 use rayon::prelude::*;
@@ -200,20 +200,23 @@ fn pair(
             );
             product_nt(isa, d, (dout_i, v_tile), vt, &mut sc.ds);
             drop_tile(a, drop, (bh, i0, rows), (j0, nk), &mut sc.ds);
-            for r in 0..rows {
-                let at = r * BLOCK_K;
-                let (p, ds) = (&sc.s[at..at + nk], &mut sc.ds[at..at + nk]);
-                let di = dd[i0 + r];
-                for (g, &p) in ds.iter_mut().zip(p) {
-                    *g = p * (*g - di);
-                }
-                if let Some(db) = dbias.as_deref_mut() {
-                    let row = (i0 + r) * lk + j0;
-                    for (x, y) in db[row..row + nk].iter_mut().zip(ds.iter()) {
-                        *x += y;
+            // dS = P ∘ (dP - D), and its sum into dBias.
+            vectorised(isa, || {
+                for r in 0..rows {
+                    let at = r * BLOCK_K;
+                    let (p, ds) = (&sc.s[at..at + nk], &mut sc.ds[at..at + nk]);
+                    let di = dd[i0 + r];
+                    for (g, &p) in ds.iter_mut().zip(p) {
+                        *g = p * (*g - di);
+                    }
+                    if let Some(db) = dbias.as_deref_mut() {
+                        let row = (i0 + r) * lk + j0;
+                        for (x, y) in db[row..row + nk].iter_mut().zip(ds.iter()) {
+                            *x += y;
+                        }
                     }
                 }
-            }
+            });
             let ds = Strided {
                 data: &sc.ds,
                 rs: BLOCK_K,

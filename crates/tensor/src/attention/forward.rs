@@ -2,7 +2,7 @@
 //! keeping each row's running maximum `m` and running sum `l` of
 //! `exp(s - m)`; rescale the output accumulator whenever `m` grows.
 
-use super::tile::{dots, exp_shifted, matmul, row_max, Dims, Isa, Strided};
+use super::tile::{dots, exp_shifted, matmul, row_max, vectorised, Dims, Isa, Strided};
 use super::Attention;
 use rayon::prelude::*;
 
@@ -95,9 +95,11 @@ pub(super) fn score_tile(
     let q = a.q_rows(bh, i0..i0 + rows);
     let k = a.kv_rows(a.qkv.k, bh, j0..j0 + nk);
     product_nt(isa, a.shape.d_head, (q, k), kt, s);
-    for r in 0..rows {
-        a.bias_and_mask(bh, i0 + r, j0, &mut s[r * BLOCK_K..r * BLOCK_K + nk]);
-    }
+    vectorised(isa, || {
+        for r in 0..rows {
+            a.bias_and_mask(bh, i0 + r, j0, &mut s[r * BLOCK_K..r * BLOCK_K + nk]);
+        }
+    });
 }
 
 /// Runs every (batch, head, query block) task.

@@ -305,6 +305,7 @@ impl<'a> Attention<'a> {
 
     /// Adds the bias and masks the scores of query `i` of (batch, head)
     /// `bh` against keys `j0..j0 + row.len()`: a hidden key's score is `-inf`.
+    #[inline(always)]
     fn bias_and_mask(&self, bh: usize, i: usize, j0: usize, row: &mut [f32]) {
         let s = &self.shape;
         let (b, h) = (bh / s.heads, bh % s.heads);
