@@ -2,4 +2,5 @@
 //! measured against. `cargo xtask bench …` and the criterion benches in
 //! `benches/` both use this crate, so they time exactly the same cases.
 
+pub mod attention;
 pub mod matmul;

@@ -5,12 +5,17 @@
 //! initialisation), adds a per-head relative-position bias that one block of
 //! the stack owns and every layer reuses, masks padded keys and, in the
 //! decoder, future keys. [`attention_forward`] and [`attention_backward`]
-//! are the one place the core is computed, so a fused kernel can replace
-//! them without touching the layers.
+//! are the one place the core is computed: they run the fused kernels of
+//! `tessera_tensor::attention` (online softmax, FlashAttention-2 backward,
+//! the same keyed dropout mask as `dropout_inplace`). The unfused
+//! matmul + softmax + matmul path ([`unfused_forward`], [`unfused_backward`])
+//! stays as the reference the parity tests check too and as the benchmark
+//! baseline.
 //!
 //! Layout: Q, K, V and the context are `[batch, heads, len, d_kv]`; the
 //! probabilities `[batch, heads, q_len, k_len]`; the bias `[heads, q_len, k_len]`.
 
+use tessera_tensor::attention as fused;
 use tessera_tensor::ops::{dropout::dropout_inplace, softmax};
 use tessera_tensor::{gemm_batched, BatchMut, BatchRef, Op, Result};
 
@@ -95,75 +100,49 @@ pub fn position_bias_backward(dtable: &mut [f32], dbias: &[f32], buckets: &[usiz
     }
 }
 
-/// Sizes of one attention call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttentionShape {
-    /// Sequences.
-    pub batch: usize,
-    /// Heads.
-    pub heads: usize,
-    /// Query positions.
-    pub q_len: usize,
-    /// Key positions attended to.
-    pub k_len: usize,
-    /// Width of one head.
-    pub d_head: usize,
-    /// Elements between consecutive (batch, head) K/V matrices: `k_len * d_head`
-    /// for dense K/V, more for a KV cache with room to grow.
-    pub kv_stride: usize,
-}
+pub use tessera_tensor::attention::{Attention, AttentionShape, KeyMask, ProbDropout, Qkv};
 
-impl AttentionShape {
-    /// Dense K/V of `k_len` positions.
-    pub fn dense(batch: usize, heads: usize, q_len: usize, k_len: usize, d_head: usize) -> Self {
-        AttentionShape {
-            batch,
-            heads,
-            q_len,
-            k_len,
-            d_head,
-            kv_stride: k_len * d_head,
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.batch * self.heads
-    }
-
-    /// Elements of the probabilities `[batch, heads, q_len, k_len]`.
-    pub fn probs_len(&self) -> usize {
-        self.count() * self.q_len * self.k_len
-    }
-
-    /// Elements of Q or the context `[batch, heads, q_len, d_head]`.
-    pub fn q_len_elems(&self) -> usize {
-        self.count() * self.q_len * self.d_head
-    }
-}
-
-/// Which keys each query may see.
-#[derive(Debug, Clone, Copy)]
-pub struct KeyMask<'a> {
-    /// Per `[batch, k_len]`: 1 for a real token, 0 for padding (`None`: all real).
-    pub valid: Option<&'a [u8]>,
-    /// Mask keys after the query (decoder self-attention).
-    pub causal: bool,
-}
-
-/// Attention-probability dropout: probability and key (0 probability = off).
-#[derive(Debug, Clone, Copy)]
-pub struct ProbDropout {
-    /// Drop probability.
-    pub p: f32,
-    /// Mask key (see `tessera_tensor::ops::dropout`).
-    pub key: u64,
-}
-
-/// What the forward keeps for the backward.
+/// What the forward keeps for the backward: the output
+/// `[batch, heads, q_len, d_head]` and each row's log-sum-exp
+/// `[batch, heads, q_len]`, `O(L·d)` rather than the `O(L²)` probabilities.
 #[derive(Debug, Clone)]
 pub struct AttentionCache {
-    /// Softmax probabilities before dropout, `[batch, heads, q_len, k_len]`.
-    pub probs: Vec<f32>,
+    /// The attention output.
+    pub out: Vec<f32>,
+    /// Log-sum-exp of each row's masked scores.
+    pub lse: Vec<f32>,
+}
+
+/// `ctx = dropout(softmax(Q·Kᵀ + bias + mask)) · V` with the fused kernel.
+/// Writes the context (`[batch, heads, q_len, d_head]`) and returns what the
+/// backward needs. (`cargo xtask bench attention` measured the fused path
+/// faster than the unfused one at every suite shape, short ones included,
+/// so there is no switch by size.)
+pub fn attention_forward(a: &Attention<'_>, ctx: &mut [f32]) -> Result<AttentionCache> {
+    let mut lse = vec![0.0; a.shape.count() * a.shape.q_len];
+    fused::forward(a, ctx, &mut lse)?;
+    Ok(AttentionCache {
+        out: ctx.to_vec(),
+        lse,
+    })
+}
+
+/// The unfused forward: dense scores, a softmax in place, two batched
+/// products. Returns the probabilities (before dropout).
+pub fn unfused_forward(a: &Attention<'_>, ctx: &mut [f32]) -> Result<Vec<f32>> {
+    let (shape, Qkv { q, k, v }, dropout) = (&a.shape, a.qkv, a.dropout);
+    let mut probs = vec![0.0; shape.probs_len()];
+    qk_scores(shape, q, k, &mut probs)?;
+    add_bias_and_mask(shape, &mut probs, a.bias, a.mask);
+    softmax::softmax_forward_inplace(&mut probs, shape.k_len)?;
+    if dropout.p > 0.0 {
+        let mut dropped = probs.clone();
+        dropout_inplace(&mut dropped, dropout.p, dropout.key)?;
+        probs_times_v(shape, &dropped, v, ctx)?;
+    } else {
+        probs_times_v(shape, &probs, v, ctx)?;
+    }
+    Ok(probs)
 }
 
 fn qk_scores(shape: &AttentionShape, q: &[f32], k: &[f32], scores: &mut [f32]) -> Result<()> {
@@ -216,41 +195,6 @@ fn add_bias_and_mask(
     }
 }
 
-/// Queries, keys and values of one attention call, in the head layout.
-#[derive(Debug, Clone, Copy)]
-pub struct Qkv<'a> {
-    /// `[batch, heads, q_len, d_head]`.
-    pub q: &'a [f32],
-    /// `[batch, heads, k_len, d_head]`, matrices `kv_stride` apart.
-    pub k: &'a [f32],
-    /// Same layout as `k`.
-    pub v: &'a [f32],
-}
-
-/// `ctx = dropout(softmax(Q·Kᵀ + bias + mask)) · V`. Writes the context
-/// (`[batch, heads, q_len, d_head]`) and returns the probabilities for the backward.
-pub fn attention_forward(
-    shape: &AttentionShape,
-    Qkv { q, k, v }: Qkv<'_>,
-    bias: Option<&[f32]>,
-    mask: KeyMask<'_>,
-    dropout: ProbDropout,
-    ctx: &mut [f32],
-) -> Result<AttentionCache> {
-    let mut probs = vec![0.0; shape.probs_len()];
-    qk_scores(shape, q, k, &mut probs)?;
-    add_bias_and_mask(shape, &mut probs, bias, mask);
-    softmax::softmax_forward_inplace(&mut probs, shape.k_len)?;
-    if dropout.p > 0.0 {
-        let mut dropped = probs.clone();
-        dropout_inplace(&mut dropped, dropout.p, dropout.key)?;
-        probs_times_v(shape, &dropped, v, ctx)?;
-    } else {
-        probs_times_v(shape, &probs, v, ctx)?;
-    }
-    Ok(AttentionCache { probs })
-}
-
 fn probs_times_v(shape: &AttentionShape, probs: &[f32], v: &[f32], ctx: &mut [f32]) -> Result<()> {
     let s = shape;
     gemm_batched(
@@ -292,24 +236,45 @@ pub struct AttentionGrads {
 /// Backward of [`attention_forward`] for dense K/V; adds the bias gradient
 /// (summed over the batch) into `dbias` when given.
 pub fn attention_backward(
-    shape: &AttentionShape,
-    Qkv { q, k, v }: Qkv<'_>,
+    a: &Attention<'_>,
     cache: &AttentionCache,
-    dropout: ProbDropout,
     dctx: &[f32],
     dbias: Option<&mut [f32]>,
 ) -> Result<AttentionGrads> {
-    let s = shape;
+    let s = &a.shape;
+    let mut g = AttentionGrads {
+        dq: vec![0.0; s.q_len_elems()],
+        dk: vec![0.0; s.kv_len_elems()],
+        dv: vec![0.0; s.kv_len_elems()],
+    };
+    let sinks = fused::AttentionGradsMut {
+        dq: &mut g.dq,
+        dk: &mut g.dk,
+        dv: &mut g.dv,
+        dbias,
+    };
+    fused::backward(a, (&cache.out, &cache.lse), dctx, sinks)?;
+    Ok(g)
+}
+
+/// The unfused backward from the probabilities of [`unfused_forward`].
+pub fn unfused_backward(
+    a: &Attention<'_>,
+    probs: &[f32],
+    dctx: &[f32],
+    dbias: Option<&mut [f32]>,
+) -> Result<AttentionGrads> {
+    let (s, Qkv { q, k, v }, dropout) = (&a.shape, a.qkv, a.dropout);
     let (n, plane) = (s.count(), s.q_len * s.k_len);
     let (probs_shape, q_shape, kv_shape) =
         ((s.q_len, s.k_len), (s.q_len, s.d_head), (s.k_len, s.d_head));
-    let mut dropped = cache.probs.clone();
+    let mut dropped = probs.to_vec();
     dropout_inplace(&mut dropped, dropout.p, dropout.key)?;
     // dV = Pᵀ · dctx; dP = dctx · Vᵀ, then back through dropout and softmax.
     let dv = batched_product(n, (&dropped, probs_shape), Op::T, (dctx, q_shape), Op::N)?;
     let mut dscores = batched_product(n, (dctx, q_shape), Op::N, (v, kv_shape), Op::T)?;
     dropout_inplace(&mut dscores, dropout.p, dropout.key)?;
-    softmax::softmax_backward_inplace(&mut dscores, &cache.probs, s.k_len)?;
+    softmax::softmax_backward_inplace(&mut dscores, probs, s.k_len)?;
     if let Some(dbias) = dbias {
         for (bh, g) in dscores.chunks(plane).enumerate() {
             let h = bh % s.heads;

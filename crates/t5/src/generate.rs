@@ -9,8 +9,7 @@
 //! `generate`: `[decoder_start_token_id, t1, t2, …]`, padded after `</s>`.
 
 use crate::attention::{
-    attention_forward, bucket_table, position_bias_forward, AttentionShape, KeyMask, ProbDropout,
-    Qkv,
+    bucket_table, position_bias_forward, Attention, AttentionShape, KeyMask, ProbDropout, Qkv,
 };
 use crate::layers::{linear, norm_forward, sublayer_forward, DropoutPlan, Site, StackContext};
 use crate::model::{Batch, ModelError, T5Model};
@@ -18,8 +17,6 @@ use crate::params::{AttentionIds, SublayerIds, SublayerKind};
 use crate::stack::Keep;
 use tessera_tensor::ops::{embedding, residual};
 use tessera_tensor::Result;
-
-const NO_DROPOUT: ProbDropout = ProbDropout { p: 0.0, key: 0 };
 
 /// Keys and values one decoder layer attends to while generating.
 struct LayerKv {
@@ -267,7 +264,8 @@ impl T5Model {
         self.attend_and_add(&shape, qkv, None, mask, a, x)
     }
 
-    /// `x += attention(q, k, v) · W_oᵀ` for one query position per row.
+    /// `x += attention(q, k, v) · W_oᵀ` for one query position per row,
+    /// with the fused single-row decode kernel.
     fn attend_and_add(
         &self,
         shape: &AttentionShape,
@@ -278,7 +276,14 @@ impl T5Model {
         x: &mut [f32],
     ) -> Result<()> {
         let mut ctx = vec![0.0; shape.q_len_elems()];
-        attention_forward(shape, qkv, bias, mask, NO_DROPOUT, &mut ctx)?;
+        let core = Attention {
+            shape: *shape,
+            qkv,
+            bias,
+            mask,
+            dropout: ProbDropout::OFF,
+        };
+        tessera_tensor::attention::decode(&core, &mut ctx)?;
         let y = linear(
             &ctx,
             self.params().get(a.o),

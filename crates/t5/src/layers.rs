@@ -7,7 +7,9 @@
 //! feed-forward block. Linear weights are Hugging Face's `[out, in]`, so a
 //! forward is `Y = X·Wᵀ`, and its backward `dX = dY·W`, `dW += dYᵀ·X`.
 
-use crate::attention::{self, AttentionCache, AttentionShape, KeyMask, ProbDropout, Qkv};
+use crate::attention::{
+    self, Attention, AttentionCache, AttentionShape, KeyMask, ProbDropout, Qkv,
+};
 use crate::config::{FeedForward, T5Config};
 use crate::params::{AttentionIds, FeedForwardIds, ParamStore, SublayerIds, SublayerKind};
 use tessera_tensor::ops::activation::Activation;
@@ -323,15 +325,17 @@ fn attention_sublayer_forward(
     };
     let mut ctx_h = vec![0.0; shape.q_len_elems()];
     let core = attention::attention_forward(
-        &shape,
-        Qkv {
-            q: &q,
-            k: &k,
-            v: &v,
+        &Attention {
+            shape,
+            qkv: Qkv {
+                q: &q,
+                k: &k,
+                v: &v,
+            },
+            bias: keys.bias,
+            mask: keys.mask,
+            dropout: drop,
         },
-        keys.bias,
-        keys.mask,
-        drop,
         &mut ctx_h,
     )?;
     let ctx = attention::merge_heads(&ctx_h, b, cx.len, h, dk);
@@ -379,12 +383,18 @@ fn attention_sublayer_backward(
     };
     let dctx_h = attention::split_heads(&dctx, b, cx.len, h, dk);
     let dbias = (!cross).then_some(&mut *sinks.dbias);
-    let qkv = Qkv {
-        q: &cache.q,
-        k: &cache.k,
-        v: &cache.v,
+    let core = Attention {
+        shape,
+        qkv: Qkv {
+            q: &cache.q,
+            k: &cache.k,
+            v: &cache.v,
+        },
+        bias: keys.bias,
+        mask: keys.mask,
+        dropout: drop,
     };
-    let g = attention::attention_backward(&shape, qkv, &cache.core, drop, &dctx_h, dbias)?;
+    let g = attention::attention_backward(&core, &cache.core, &dctx_h, dbias)?;
     let dq = attention::merge_heads(&g.dq, b, cx.len, h, dk);
     let dkey = attention::merge_heads(&g.dk, b, keys.len, h, dk);
     let dval = attention::merge_heads(&g.dv, b, keys.len, h, dk);

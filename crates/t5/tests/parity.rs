@@ -214,10 +214,11 @@ fn greedy_generation_matches_transformers() {
 #[test]
 fn attention_core_matches_reference() {
     use tessera_t5::attention::{
-        attention_backward, attention_forward, AttentionShape, KeyMask, ProbDropout, Qkv,
+        attention_backward, attention_forward, unfused_backward, unfused_forward, Attention,
+        AttentionShape, KeyMask, ProbDropout, Qkv,
     };
     let fx = load("ops").expect("ops fixture");
-    let off = ProbDropout { p: 0.0, key: 0 };
+    let off = ProbDropout::OFF;
     let cases: Vec<String> = fx
         .meta_at("/cases/attention")
         .expect("attention cases")
@@ -266,18 +267,32 @@ fn attention_core_matches_reference() {
             valid: Some(&valid),
             causal,
         };
-        let mut out = vec![0.0; shape.q_len_elems()];
-        let cache =
-            attention_forward(&shape, qkv, Some(&bias), mask, off, &mut out).expect("forward");
+        let a = Attention {
+            shape,
+            qkv,
+            bias: Some(&bias),
+            mask,
+            dropout: off,
+        };
         let tol = |k: &str| fx.number(&format!("/tolerances/{k}")).expect("tolerance");
         let close = |what: &str, got: &[f32], key: &str| {
             check_close(&format!("attention.{case}.{what}"), got, &t(what), tol(key))
                 .unwrap_or_else(|e| panic!("{e}"));
         };
+        // The path the model takes, then the unfused reference path.
+        let mut out = vec![0.0; shape.q_len_elems()];
+        let cache = attention_forward(&a, &mut out).expect("forward");
         close("out", &out, "forward");
         let mut dbias = vec![0.0; bias.len()];
-        let g = attention_backward(&shape, qkv, &cache, off, &t("grad_out"), Some(&mut dbias))
-            .expect("backward");
+        let g = attention_backward(&a, &cache, &t("grad_out"), Some(&mut dbias)).expect("backward");
+        close("grad_q", &g.dq, "backward");
+        close("grad_k", &g.dk, "backward");
+        close("grad_v", &g.dv, "backward");
+        close("grad_bias", &dbias, "backward");
+        let probs = unfused_forward(&a, &mut out).expect("unfused forward");
+        close("out", &out, "forward");
+        let mut dbias = vec![0.0; bias.len()];
+        let g = unfused_backward(&a, &probs, &t("grad_out"), Some(&mut dbias)).expect("backward");
         close("grad_q", &g.dq, "backward");
         close("grad_k", &g.dk, "backward");
         close("grad_v", &g.dv, "backward");

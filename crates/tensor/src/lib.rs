@@ -8,6 +8,7 @@
 //! `unsafe` code lives only in the kernels, behind the safe functions of
 //! this crate, each block justified by a `SAFETY:` comment.
 
+pub mod attention;
 mod convert;
 mod dtype;
 mod error;

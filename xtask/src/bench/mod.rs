@@ -1,6 +1,7 @@
 //! `cargo xtask bench …`: measurements, printed as a table and optionally
 //! written as JSON.
 
+mod attention;
 mod matmul;
 mod train;
 
@@ -15,6 +16,8 @@ pub enum BenchCommand {
     Matmul(matmul::Args),
     /// Whole AdamW fine-tuning steps of a T5 on MNLI rows (PyTorch twin: fixtures/bench_train.py).
     Train(train::Args),
+    /// Fused T5 attention against the unfused path, forward and backward.
+    Attention(attention::Args),
 }
 
 /// Runs one bench subcommand.
@@ -22,6 +25,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Matmul(args) => matmul::run(args),
         BenchCommand::Train(args) => train::run(args),
+        BenchCommand::Attention(args) => attention::run(args),
     }
 }
 

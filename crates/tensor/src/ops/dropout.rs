@@ -34,32 +34,62 @@ fn keep(key: u64, i: u64, threshold: u32) -> bool {
     ((mix(key ^ mix(i)) >> 32) as u32) >= threshold
 }
 
+/// Fails unless `p` is a usable drop probability, in `[0, 1)`.
+pub(crate) fn check_probability(p: f32) -> Result<()> {
+    if (0.0..1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(TensorError::Setting(format!(
+            "dropout probability {p} is not in [0, 1)"
+        )))
+    }
+}
+
+/// The mask of [`dropout_inplace`] for one `(p, key)`, applicable to any
+/// window of the tensor: fused kernels apply it tile by tile.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyedMask {
+    key: u64,
+    threshold: u32,
+    scale: f32,
+}
+
+impl KeyedMask {
+    /// The mask for a checked `p` (see [`check_probability`]); `None` for `p = 0`.
+    pub(crate) fn new(p: f32, key: u64) -> Option<KeyedMask> {
+        (p > 0.0).then(|| KeyedMask {
+            key,
+            threshold: (f64::from(p) * 4_294_967_296.0) as u32,
+            scale: 1.0 / (1.0 - p),
+        })
+    }
+
+    /// Multiplies `x`, elements `first..first + x.len()` of the masked
+    /// tensor, by the mask: kept ones scaled by `1 / (1 - p)`, others 0.
+    pub(crate) fn apply(&self, x: &mut [f32], first: usize) {
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = if keep(self.key, (first + i) as u64, self.threshold) {
+                *v * self.scale
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
 /// Multiplies `x` by the dropout mask for `(p, key)`: kept elements are
 /// scaled by `1 / (1 - p)`, dropped ones become 0. The same call is the
 /// forward (on activations) and the backward (on their gradients).
 /// `p = 0` leaves `x` unchanged.
 pub fn dropout_inplace(x: &mut [f32], p: f32, key: u64) -> Result<()> {
-    if !(0.0..1.0).contains(&p) {
-        return Err(TensorError::Setting(format!(
-            "dropout probability {p} is not in [0, 1)"
-        )));
-    }
-    if p == 0.0 {
+    check_probability(p)?;
+    let Some(mask) = KeyedMask::new(p, key) else {
         return Ok(());
-    }
-    let threshold = (f64::from(p) * 4_294_967_296.0) as u32;
-    let scale = 1.0 / (1.0 - p);
+    };
     crate::install(|| {
-        x.par_iter_mut()
-            .with_min_len(PARALLEL_MIN_ELEMS)
+        x.par_chunks_mut(PARALLEL_MIN_ELEMS)
             .enumerate()
-            .for_each(|(i, v)| {
-                *v = if keep(key, i as u64, threshold) {
-                    *v * scale
-                } else {
-                    0.0
-                };
-            });
+            .for_each(|(c, chunk)| mask.apply(chunk, c * PARALLEL_MIN_ELEMS));
     });
     Ok(())
 }

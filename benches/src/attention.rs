@@ -1,0 +1,213 @@
+//! The T5 attention suite: the fused kernels of `tessera_tensor::attention`
+//! against the unfused matmul + softmax + matmul path of `tessera_t5`.
+//!
+//! Shapes are Flan-T5 small/base heads (6 or 12 of width 64) over a batch
+//! of 16: encoder self-attention (position bias, padded keys) forward and
+//! forward + backward at 64 to 512 positions, and decoder cross-attention
+//! (no bias, padded encoder keys) with 1 query row (generation) or 5 (a
+//! classification target) over 64 to 512 encoder positions.
+
+use tessera_t5::attention::{unfused_backward, unfused_forward};
+use tessera_tensor::attention::{
+    backward, decode, forward, Attention, AttentionGradsMut, AttentionShape, KeyMask, ProbDropout,
+    Qkv,
+};
+use tessera_tensor::Result;
+
+/// What one timed call does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// The forward only.
+    Forward,
+    /// The forward, then the backward with every gradient.
+    ForwardBackward,
+}
+
+impl Pass {
+    /// Short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pass::Forward => "fwd",
+            Pass::ForwardBackward => "fwd+bwd",
+        }
+    }
+}
+
+/// One case of the suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    /// `"encoder"` (self-attention with bias) or `"cross"` (decoder onto encoder).
+    pub kind: &'static str,
+    /// Heads.
+    pub heads: usize,
+    /// Query rows.
+    pub q_len: usize,
+    /// Keys.
+    pub k_len: usize,
+    /// What is timed.
+    pub pass: Pass,
+}
+
+/// Sequences per batch in every case.
+pub const BATCH: usize = 16;
+/// Head width of Flan-T5.
+pub const D_HEAD: usize = 64;
+
+/// The whole suite, in report order.
+pub fn suite() -> Vec<Spec> {
+    let mut all = Vec::new();
+    for heads in [6, 12] {
+        for len in [64, 128, 268, 512] {
+            for pass in [Pass::Forward, Pass::ForwardBackward] {
+                all.push(Spec {
+                    kind: "encoder",
+                    heads,
+                    q_len: len,
+                    k_len: len,
+                    pass,
+                });
+            }
+        }
+        for (q_len, pass) in [
+            (1, Pass::Forward),
+            (5, Pass::Forward),
+            (5, Pass::ForwardBackward),
+        ] {
+            for k_len in [64, 268, 512] {
+                all.push(Spec {
+                    kind: "cross",
+                    heads,
+                    q_len,
+                    k_len,
+                    pass,
+                });
+            }
+        }
+    }
+    all
+}
+
+/// Inputs and output buffers of one case.
+pub struct Case {
+    /// The case.
+    pub spec: Spec,
+    inputs: Inputs,
+    out: Outputs,
+}
+
+/// What every implementation reads.
+struct Inputs {
+    shape: AttentionShape,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    valid: Vec<u8>,
+    dout: Vec<f32>,
+}
+
+/// Where the fused kernels write.
+struct Outputs {
+    out: Vec<f32>,
+    lse: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    dbias: Vec<f32>,
+}
+
+/// Deterministic values in [-scale, scale).
+fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+impl Inputs {
+    fn attention(&self) -> Attention<'_> {
+        Attention {
+            shape: self.shape,
+            qkv: Qkv {
+                q: &self.q,
+                k: &self.k,
+                v: &self.v,
+            },
+            bias: self.bias.as_deref(),
+            mask: KeyMask {
+                valid: Some(&self.valid),
+                causal: false,
+            },
+            dropout: ProbDropout::OFF,
+        }
+    }
+}
+
+impl Case {
+    /// Random inputs; sequence `b` has `k_len - b·k_len/64` real keys (the
+    /// padding of a batch padded to its longest row).
+    pub fn new(spec: Spec) -> Case {
+        let shape = AttentionShape::dense(BATCH, spec.heads, spec.q_len, spec.k_len, D_HEAD);
+        let valid = (0..BATCH)
+            .flat_map(|b| {
+                let n = spec.k_len - b * spec.k_len / 64;
+                (0..spec.k_len).map(move |j| u8::from(j < n))
+            })
+            .collect();
+        let kv = shape.kv_len_elems();
+        let inputs = Inputs {
+            shape,
+            q: values(shape.q_len_elems(), 1, 0.5),
+            k: values(kv, 2, 0.5),
+            v: values(kv, 3, 1.0),
+            bias: (spec.kind == "encoder").then(|| values(shape.bias_len(), 4, 2.0)),
+            valid,
+            dout: values(shape.q_len_elems(), 5, 1.0),
+        };
+        let out = Outputs {
+            out: vec![0.0; shape.q_len_elems()],
+            lse: vec![0.0; shape.count() * spec.q_len],
+            dq: vec![0.0; shape.q_len_elems()],
+            dk: vec![0.0; kv],
+            dv: vec![0.0; kv],
+            dbias: vec![0.0; shape.bias_len()],
+        };
+        Case { spec, inputs, out }
+    }
+
+    /// One call of the fused kernels (the decode kernel for one query row).
+    pub fn run_fused(&mut self) -> Result<()> {
+        let (a, o) = (self.inputs.attention(), &mut self.out);
+        if self.spec.q_len == 1 && self.spec.pass == Pass::Forward {
+            return decode(&a, &mut o.out);
+        }
+        forward(&a, &mut o.out, &mut o.lse)?;
+        if self.spec.pass == Pass::ForwardBackward {
+            let grads = AttentionGradsMut {
+                dq: &mut o.dq,
+                dk: &mut o.dk,
+                dv: &mut o.dv,
+                dbias: a.bias.is_some().then_some(&mut o.dbias[..]),
+            };
+            backward(&a, (&o.out, &o.lse), &self.inputs.dout, grads)?;
+        }
+        Ok(())
+    }
+
+    /// One call of the unfused path (dense probabilities, batched matmuls),
+    /// as the model ran it before the fused kernels.
+    pub fn run_unfused(&mut self) -> Result<()> {
+        let (a, o) = (self.inputs.attention(), &mut self.out);
+        let probs = unfused_forward(&a, &mut o.out)?;
+        if self.spec.pass == Pass::ForwardBackward {
+            let dbias = a.bias.is_some().then_some(&mut o.dbias[..]);
+            std::hint::black_box(unfused_backward(&a, &probs, &self.inputs.dout, dbias)?);
+        }
+        Ok(())
+    }
+}

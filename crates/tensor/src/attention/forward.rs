@@ -1,0 +1,199 @@
+//! The tiled forward: for a block of query rows, walk the keys in tiles,
+//! keeping each row's running maximum `m` and running sum `l` of
+//! `exp(s - m)`; rescale the output accumulator whenever `m` grows.
+
+use super::tile::{dots, exp_shifted, matmul, row_max, vectorised, Dims, Isa, Strided};
+use super::Attention;
+use rayon::prelude::*;
+
+/// Query rows per forward task (a multiple of the 6-row register tile).
+pub(super) const BLOCK_Q: usize = 48;
+/// Keys per tile, forward and backward (a multiple of 6 rows and of 16 columns).
+pub(super) const BLOCK_K: usize = 48;
+
+/// One forward task: (batch, head) `bh`, query rows from `i0`, their output
+/// rows and log-sum-exps.
+type Task<'o> = (usize, usize, &'o mut [f32], &'o mut [f32]);
+
+/// Per-thread scratch: transposed key and value tiles, two tiles of scores.
+pub(super) struct Scratch {
+    /// `d_head × BLOCK_K`: a key (or value) tile transposed.
+    pub kt: Vec<f32>,
+    /// A second transposed tile (the backward's values).
+    pub vt: Vec<f32>,
+    /// `rows × BLOCK_K` scores / probabilities.
+    pub s: Vec<f32>,
+    /// `rows × BLOCK_K` (the backward's dP and dS).
+    pub ds: Vec<f32>,
+}
+
+impl Scratch {
+    pub(super) fn new(d: usize, rows: usize) -> Scratch {
+        Scratch {
+            kt: vec![0.0; d * BLOCK_K],
+            vt: vec![0.0; d * BLOCK_K],
+            s: vec![0.0; rows * BLOCK_K],
+            ds: vec![0.0; rows * BLOCK_K],
+        }
+    }
+}
+
+/// Writes the row-major `n × d` matrix `src` transposed into `dst`
+/// (`d × n`, row stride `ld`).
+pub(super) fn transpose(src: &[f32], d: usize, (dst, ld): (&mut [f32], usize)) {
+    for (j, row) in src.chunks_exact(d).enumerate() {
+        for (p, &x) in row.iter().enumerate() {
+            dst[p * ld + j] = x;
+        }
+    }
+}
+
+/// `out = lhs · rhsᵀ` (`rows × nk`, row stride `BLOCK_K`) for row-major
+/// `lhs` (`rows × d`) and `rhs` (`nk × d`): a tile product against `rhs_t`
+/// (`rhs` transposed, with its row stride) when given, else dot products
+/// straight from `rhs` (cheaper than transposing for a few rows).
+pub(super) fn product_nt(
+    isa: Isa,
+    d: usize,
+    (lhs, rhs): (&[f32], &[f32]),
+    rhs_t: Option<(&[f32], usize)>,
+    out: &mut [f32],
+) {
+    let (rows, nk) = (lhs.len() / d, rhs.len() / d);
+    match rhs_t {
+        Some(bt) => {
+            let a = Strided {
+                data: lhs,
+                rs: d,
+                cs: 1,
+            };
+            let dims = Dims {
+                m: rows,
+                n: nk,
+                k: d,
+            };
+            matmul(isa, dims, a, bt, (out, BLOCK_K), false);
+        }
+        None => {
+            for (r, x) in lhs.chunks_exact(d).enumerate() {
+                dots(isa, x, (rhs, d), &mut out[r * BLOCK_K..r * BLOCK_K + nk]);
+            }
+        }
+    }
+}
+
+/// Scores `S = Q_rows · K_tileᵀ + bias + mask` into `s` (row stride
+/// `BLOCK_K`); `kt` is the key tile transposed, if at hand.
+pub(super) fn score_tile(
+    isa: Isa,
+    a: &Attention<'_>,
+    (bh, i0, rows): (usize, usize, usize),
+    (j0, nk): (usize, usize),
+    kt: Option<(&[f32], usize)>,
+    s: &mut [f32],
+) {
+    let q = a.q_rows(bh, i0..i0 + rows);
+    let k = a.kv_rows(a.qkv.k, bh, j0..j0 + nk);
+    product_nt(isa, a.shape.d_head, (q, k), kt, s);
+    vectorised(isa, || {
+        for r in 0..rows {
+            a.bias_and_mask(bh, i0 + r, j0, &mut s[r * BLOCK_K..r * BLOCK_K + nk]);
+        }
+    });
+}
+
+/// Runs every (batch, head, query block) task.
+pub(super) fn run(isa: Isa, a: &Attention<'_>, out: &mut [f32], lse: &mut [f32]) {
+    let s = &a.shape;
+    let (lq, d) = (s.q_len, s.d_head);
+    let mut tasks: Vec<Task<'_>> = Vec::new();
+    if lq > 0 && d > 0 {
+        for (bh, (o, l)) in out.chunks_mut(lq * d).zip(lse.chunks_mut(lq)).enumerate() {
+            for (blk, (ob, lb)) in o
+                .chunks_mut(BLOCK_Q * d)
+                .zip(l.chunks_mut(BLOCK_Q))
+                .enumerate()
+            {
+                tasks.push((bh, blk * BLOCK_Q, ob, lb));
+            }
+        }
+    } else {
+        lse.fill(f32::NEG_INFINITY);
+    }
+    // Every query block of a (batch, head) reads all of Kᵀ: transpose once.
+    let lk = s.k_len;
+    let mut kt = vec![0.0f32; s.count() * d * lk];
+    crate::install(|| {
+        if lk > 0 && d > 0 {
+            kt.par_chunks_mut(d * lk)
+                .enumerate()
+                .for_each(|(bh, t)| transpose(a.kv_rows(a.qkv.k, bh, 0..lk), d, (t, lk)));
+        }
+        tasks.into_par_iter().for_each_init(
+            || Scratch::new(d, BLOCK_Q),
+            |scratch, task| {
+                let kt_bh = &kt[task.0 * d * lk..(task.0 + 1) * d * lk];
+                block(isa, a, task, kt_bh, scratch)
+            },
+        );
+    });
+}
+
+/// One block of query rows against all the keys it can see. Dropout
+/// applies after the running sum has taken each probability.
+fn block(isa: Isa, a: &Attention<'_>, (bh, i0, out, lse): Task<'_>, kt: &[f32], sc: &mut Scratch) {
+    let d = a.shape.d_head;
+    let rows = lse.len();
+    let mut m = [f32::NEG_INFINITY; BLOCK_Q];
+    let mut l = [0.0f32; BLOCK_Q];
+    out.fill(0.0);
+    let key_end = a.key_end(i0 + rows - 1);
+    let drop = a.dropout_mask();
+    for j0 in (0..key_end).step_by(BLOCK_K) {
+        let nk = BLOCK_K.min(key_end - j0);
+        if !a.any_key_valid(bh, j0..j0 + nk) {
+            continue;
+        }
+        let kt_tile = (&kt[j0..], a.shape.k_len);
+        score_tile(isa, a, (bh, i0, rows), (j0, nk), Some(kt_tile), &mut sc.s);
+        for r in 0..rows {
+            let row = &mut sc.s[r * BLOCK_K..r * BLOCK_K + nk];
+            let m_new = m[r].max(row_max(isa, row));
+            if m_new == f32::NEG_INFINITY {
+                // Nothing visible yet: no probability mass, output stays 0.
+                row.fill(0.0);
+                continue;
+            }
+            let alpha = (m[r] - m_new).exp();
+            l[r] = l[r] * alpha + exp_shifted(isa, row, m_new);
+            if alpha != 1.0 {
+                out[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= alpha);
+            }
+            m[r] = m_new;
+            a.drop_probs(drop, bh, i0 + r, j0, row);
+        }
+        let p = Strided {
+            data: &sc.s,
+            rs: BLOCK_K,
+            cs: 1,
+        };
+        let v = a.kv_rows(a.qkv.v, bh, j0..j0 + nk);
+        let dims = Dims {
+            m: rows,
+            n: d,
+            k: nk,
+        };
+        matmul(isa, dims, p, (v, d), (out, d), true);
+    }
+    for r in 0..rows {
+        let o = &mut out[r * d..(r + 1) * d];
+        if l[r] == 0.0 {
+            o.fill(0.0);
+            lse[r] = f32::NEG_INFINITY;
+        } else {
+            let inv = 1.0 / l[r];
+            o.iter_mut().for_each(|x| *x *= inv);
+            lse[r] = m[r] + l[r].ln();
+        }
+    }
+}

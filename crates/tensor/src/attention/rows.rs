@@ -1,0 +1,83 @@
+//! The single-row kernel, for generation and for calls with a handful of
+//! query rows (the decoder of a classification task): each query row's
+//! scores against all its keys are one vector (`O(L_k)` scratch), so the
+//! softmax is exact in one pass, the scores are dot products straight from
+//! the stored keys (no transposed tile) and the output is a weighted sum of
+//! value rows. Tasks are (batch, head) pairs, grouped so that each task has
+//! enough work to be worth a rayon split.
+
+use super::tile::{dots, exp_shifted, row_max, weighted_rows, Isa};
+use super::Attention;
+use rayon::prelude::*;
+
+/// Multiply-adds below which (batch, head) pairs share a task.
+const MIN_TASK_FLOPS: usize = 1 << 15;
+
+/// Runs every query row; writes the log-sum-exps when `lse` is given.
+pub(super) fn run(isa: Isa, a: &Attention<'_>, out: &mut [f32], lse: Option<&mut [f32]>) {
+    let s = &a.shape;
+    let (lq, d) = (s.q_len, s.d_head);
+    if lq == 0 || d == 0 {
+        if let Some(l) = lse {
+            l.fill(f32::NEG_INFINITY);
+        }
+        return;
+    }
+    let per_pair = (2 * lq * s.k_len * d).max(1);
+    let min_len = MIN_TASK_FLOPS.div_ceil(per_pair);
+    let mut none = Vec::new();
+    let lse_chunks: Vec<Option<&mut [f32]>> = match lse {
+        Some(l) => l.chunks_mut(lq).map(Some).collect(),
+        None => {
+            none.resize_with(s.count(), || None);
+            none
+        }
+    };
+    crate::install(|| {
+        out.par_chunks_mut(lq * d)
+            .zip(lse_chunks)
+            .enumerate()
+            .with_min_len(min_len)
+            .for_each_init(
+                || vec![0.0f32; s.k_len],
+                |scores, (bh, (o, l))| pair(isa, a, bh, (o, l), scores),
+            );
+    });
+}
+
+/// All query rows of (batch, head) `bh`.
+fn pair(
+    isa: Isa,
+    a: &Attention<'_>,
+    bh: usize,
+    (out, mut lse): (&mut [f32], Option<&mut [f32]>),
+    scores: &mut [f32],
+) {
+    let d = a.shape.d_head;
+    for (i, o) in out.chunks_exact_mut(d).enumerate() {
+        let n = a.key_end(i);
+        let s = &mut scores[..n];
+        dots(
+            isa,
+            a.q_rows(bh, i..i + 1),
+            (a.kv_rows(a.qkv.k, bh, 0..n), d),
+            s,
+        );
+        a.bias_and_mask(bh, i, 0, s);
+        let m = row_max(isa, s);
+        let row_lse = if m == f32::NEG_INFINITY {
+            o.fill(0.0);
+            f32::NEG_INFINITY
+        } else {
+            let sum = exp_shifted(isa, s, m);
+            a.drop_probs(a.dropout_mask(), bh, i, 0, s);
+            weighted_rows(isa, s, (a.kv_rows(a.qkv.v, bh, 0..n), d), o);
+            let inv = 1.0 / sum;
+            o.iter_mut().for_each(|x| *x *= inv);
+            m + sum.ln()
+        };
+        if let Some(l) = lse.as_deref_mut() {
+            l[i] = row_lse;
+        }
+    }
+}
