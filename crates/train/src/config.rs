@@ -280,7 +280,7 @@ impl RunConfig {
                 format!("must be in [0, 1), got {p}"),
             ));
         }
-        if !(self.max_grad_norm >= 0.0) {
+        if self.max_grad_norm.is_nan() || self.max_grad_norm < 0.0 {
             return Err(TrainError::setting(
                 "--max-grad-norm",
                 "must be 0 (off) or positive",

@@ -362,7 +362,7 @@ struct EvalLine<'a> {
 }
 
 fn due(step: u64, every: u64) -> bool {
-    every > 0 && step % every == 0
+    every > 0 && step.is_multiple_of(every)
 }
 
 /// The dropout seed of micro-batch `micro` of step `step`: a SplitMix64

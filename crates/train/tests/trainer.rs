@@ -1,6 +1,8 @@
 //! The training loop end to end on a tiny model: exact resume, gradient
 //! accumulation, checkpoints and metrics.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions unwrap too
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use tessera_glue::{Dataset, ReadOptions, Source, Split, Task, TextTokenizer};
