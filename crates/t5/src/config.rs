@@ -312,6 +312,10 @@ impl T5Config {
             num_decoder_layers: Some(3),
             num_heads: 4,
             dropout_rate: 0.0,
+            // Tied, as in T5 v1.0: the head reuses the (scaled) embedding, so a
+            // model trained from scratch starts with unit-scale logits
+            // (loss ≈ ln V) instead of Flan's untied std-1 head (loss ≈ 30).
+            tie_word_embeddings: true,
             ..flan
         }
     }

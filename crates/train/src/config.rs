@@ -141,7 +141,7 @@ impl RunConfig {
             task: "mnli".into(),
             train_file: tessera_glue::synthetic::NAME.into(),
             eval_file: None,
-            steps: 600,
+            steps: 800,
             batch_size: 32,
             grad_accum: 1,
             lr: 1e-3,
