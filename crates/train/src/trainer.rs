@@ -326,10 +326,7 @@ impl Trainer {
             let last = step == self.config.steps;
             if last || due(step, self.config.eval_every) {
                 if let Some(report) = self.evaluate()? {
-                    metrics.write(&EvalLine {
-                        step,
-                        eval: &report,
-                    })?;
+                    metrics.write(&EvalLine::new(step, &report))?;
                     on_event(Event::Eval {
                         step,
                         report: &report,
@@ -354,11 +351,31 @@ impl Trainer {
     }
 }
 
-/// An evaluation line of `metrics.jsonl`.
+/// An evaluation line of `metrics.jsonl`: the scores and the loss, without
+/// the per-row predictions and texts (those are in `--json` / `xtask eval`).
 #[derive(serde::Serialize)]
 struct EvalLine<'a> {
     step: u64,
-    eval: &'a EvalReport,
+    eval: EvalScores<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct EvalScores<'a> {
+    #[serde(flatten)]
+    summary: &'a tessera_glue::Summary,
+    loss: Option<f64>,
+    target_tokens: usize,
+}
+
+impl<'a> EvalLine<'a> {
+    fn new(step: u64, report: &'a EvalReport) -> Self {
+        let eval = EvalScores {
+            summary: &report.summary,
+            loss: report.loss,
+            target_tokens: report.target_tokens,
+        };
+        EvalLine { step, eval }
+    }
 }
 
 fn due(step: u64, every: u64) -> bool {

@@ -161,3 +161,35 @@ fn checkpoints_beyond_keep_are_deleted() {
     let leftovers: Vec<_> = std::fs::read_dir(&root).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "no temporary folders are left behind");
 }
+
+#[test]
+fn evaluations_are_logged_as_scores() {
+    let train = rows(16);
+    let eval = rows(6);
+    let dir = tempfile::tempdir().unwrap();
+    let config = run_config(
+        dir.path(),
+        "steps = 2\neval_every = 1\ncheckpoint_every = 0\n",
+    );
+    let path = tokenizer_path();
+    let tokenizer = TextTokenizer::from_file(&path).unwrap();
+    let files = TokenizerFiles::of(&tokenizer, Some(&path)).unwrap();
+    let model = T5Model::init(micro_config(), 0);
+    let mut t = Trainer::new(config, model, tokenizer, files, &train, Some(eval)).unwrap();
+    finish(&mut t, None);
+    let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    let evals: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("eval").is_some())
+        .collect();
+    assert_eq!(evals.len(), 2, "one evaluation per step");
+    let e = &evals[1]["eval"];
+    assert_eq!(e["examples"], 6);
+    assert!((0.0..=1.0).contains(&e["accuracy"].as_f64().unwrap()));
+    assert!(e["loss"].as_f64().unwrap() > 0.0);
+    assert!(
+        e.get("predictions").is_none(),
+        "per-row data stays out of the log"
+    );
+}
