@@ -171,14 +171,13 @@ impl RunConfig {
         }
     }
 
+    /// The seed job; what it shares with the quickstart (Adam's β and ε,
+    /// clipping, dropout 0, seed, checkpoint retention) comes from there.
     fn mnli(model: &str, weight_decay: f32) -> Self {
         RunConfig {
             recipe: "mnli".into(),
             model: model.into(),
-            tokenizer: None,
-            task: "mnli".into(),
             train_file: "glue/MNLI".into(),
-            eval_file: None,
             steps: 500,
             batch_size: 4,
             grad_accum: 32,
@@ -186,26 +185,13 @@ impl RunConfig {
             schedule: ScheduleKind::WarmupConstant,
             warmup_steps: 10,
             warmup_start_lr: 1e-7,
-            optimizer: OptimizerKind::AdamW,
             weight_decay,
-            adam_beta1: 0.9,
-            adam_beta2: 0.999,
-            adam_eps: 1e-6,
-            max_grad_norm: 1.0,
-            dropout: Some(0.0),
-            shuffle: true,
-            seed: 42,
             max_source_length: 512,
-            max_target_length: 8,
-            padding: Padding::Dynamic,
             checkpoint_every: 100,
-            keep: 2,
             eval_every: 0,
-            eval_examples: 0,
-            max_new_tokens: 5,
             eval_batch_size: 64,
-            threads: 0,
             output: PathBuf::from("runs/mnli"),
+            ..Self::quickstart()
         }
     }
 
