@@ -9,8 +9,8 @@
 //! - `trainer_state.json`: step, data cursor, seeds and the run configuration.
 //!
 //! A checkpoint is written into a hidden temporary sibling and renamed into
-//! place, so a crash never leaves a half-written `step-N`; after a save the
-//! oldest checkpoints beyond `keep` are deleted.
+//! place, so a crash never leaves a half-written
+//! `step-N`; after a save the oldest checkpoints beyond `keep` are deleted.
 
 use crate::config::RunConfig;
 pub use crate::export::{SPIECE_FILE, TOKENIZER_FILE};
@@ -80,8 +80,9 @@ pub fn step_dir(root: &Path, step: u64) -> PathBuf {
     root.join(format!("step-{step}"))
 }
 
-/// Writes the checkpoint of `state.step` under `root` atomically, then keeps
-/// only the newest `keep` checkpoints. Returns the checkpoint's folder.
+/// Writes the checkpoint of `state.step` under `root` atomically (re-saving
+/// a step, resumed from and interrupted again, replaces the old copy), then
+/// keeps only the newest `keep` checkpoints. Returns the checkpoint's folder.
 pub fn save(
     root: &Path,
     model: &T5Model,
@@ -92,17 +93,13 @@ pub fn save(
 ) -> Result<PathBuf> {
     fs::create_dir_all(root).map_err(|e| TrainError::io("cannot create", root, e))?;
     let target = step_dir(root, state.step);
-    let tmp = root.join(format!(".step-{}.tmp-{}", state.step, std::process::id()));
-    remove_dir(&tmp)?;
-    fs::create_dir(&tmp).map_err(|e| TrainError::io("cannot create", &tmp, e))?;
-    model.save(&tmp)?;
-    tokenizer.write(&tmp)?;
-    optimizer.save(&tmp.join(OPTIMIZER_FILE))?;
-    let json = serde_json::to_vec_pretty(state).expect("the trainer state serialises");
-    write_file(&tmp.join(STATE_FILE), &json)?;
-    // Re-saving a step (resumed from it, then interrupted) replaces the old copy.
-    remove_dir(&target)?;
-    fs::rename(&tmp, &target).map_err(|e| TrainError::io("cannot rename into", &target, e))?;
+    crate::folder::build(&target, |dir| {
+        model.save(dir)?;
+        tokenizer.write(dir)?;
+        optimizer.save(&dir.join(OPTIMIZER_FILE))?;
+        let json = serde_json::to_vec_pretty(state).expect("the trainer state serialises");
+        write_file(&dir.join(STATE_FILE), &json)
+    })?;
     prune(root, keep)?;
     Ok(target)
 }
@@ -155,11 +152,8 @@ fn remove_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary sibling and a rename.
-pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, bytes).map_err(|e| TrainError::io("cannot write", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| TrainError::io("cannot rename into", path, e))
+/// Writes `bytes` to `path` inside a folder being built (the folder, not
+/// the file, is what is renamed into place).
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    fs::write(path, bytes).map_err(|e| TrainError::io("cannot write", path, e))
 }

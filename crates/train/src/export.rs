@@ -23,7 +23,7 @@
 use crate::error::{Result, TrainError};
 use serde_json::{json, Value};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tessera_glue::TextTokenizer;
 use tessera_t5::{T5Model, INDEX_FILE, WEIGHTS_FILE};
 
@@ -64,13 +64,7 @@ pub fn export(checkpoint: &Path, output: &Path) -> Result<()> {
     }
     let tokenizer = TextTokenizer::from_file(&tokenizer_file)?;
     let model = T5Model::load(checkpoint)?;
-    let staging = sibling(output, "export")?;
-    let built =
-        build(&model, &tokenizer, checkpoint, &staging).and_then(|()| swap(&staging, output));
-    if built.is_err() {
-        let _ = fs::remove_dir_all(&staging);
-    }
-    built
+    crate::folder::build(output, |dir| build(&model, &tokenizer, checkpoint, dir))
 }
 
 /// Writes every export file into the fresh folder `dir`.
@@ -146,40 +140,6 @@ fn is_export_file(name: &str) -> bool {
             })
         });
     shard || EXPORT_FILES.contains(&name)
-}
-
-/// A temporary folder name beside `path`: `.{name}.{what}-{pid}`.
-fn sibling(path: &Path, what: &str) -> Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| {
-        TrainError::setting("--output", format!("{} has no folder name", path.display()))
-    })?;
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = parent.join(format!(
-        ".{}.{what}-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(|e| TrainError::io("cannot remove", &tmp, e))?;
-    }
-    Ok(tmp)
-}
-
-/// Moves the finished `staging` folder to `output`, replacing a previous export.
-fn swap(staging: &Path, output: &Path) -> Result<()> {
-    if !output.exists() {
-        return fs::rename(staging, output).map_err(|e| TrainError::io("cannot write", output, e));
-    }
-    let old = sibling(output, "old")?;
-    fs::rename(output, &old).map_err(|e| TrainError::io("cannot replace", output, e))?;
-    if let Err(e) = fs::rename(staging, output) {
-        let _ = fs::rename(&old, output);
-        return Err(TrainError::io("cannot write", output, e));
-    }
-    fs::remove_dir_all(&old).map_err(|e| TrainError::io("cannot remove", &old, e))
 }
 
 fn copy(from: &Path, to: &Path) -> Result<()> {

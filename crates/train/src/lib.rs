@@ -14,6 +14,7 @@ mod decimal;
 mod error;
 pub mod eval;
 pub mod export;
+mod folder;
 pub mod generation;
 #[cfg(feature = "hub")]
 pub mod hub;

@@ -230,6 +230,12 @@ pub fn load_tokenizer(
             own
         }
     };
+    check_fits(&tokenizer, vocab_size)?;
+    Ok(tokenizer)
+}
+
+/// Fails unless every id of `tokenizer` is inside a model vocabulary of `vocab_size`.
+pub fn check_fits(tokenizer: &TextTokenizer, vocab_size: usize) -> Result<()> {
     if tokenizer.vocab_size() > vocab_size {
         return Err(TrainError::setting(
             "--tokenizer",
@@ -239,7 +245,7 @@ pub fn load_tokenizer(
             ),
         ));
     }
-    Ok(tokenizer)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use crate::checkpoint::{self, TokenizerFiles, TrainerState};
 use crate::config::RunConfig;
 use crate::eval::{model_batch, EvalOptions, EvalReport, Evaluator};
 use crate::metrics::{MetricsLog, METRICS_FILE};
+use crate::model_source::check_fits;
 use crate::optim::{clip_grad_norm, Optimizer};
 use crate::{Result, TrainError};
 use std::path::{Path, PathBuf};
@@ -163,7 +164,7 @@ impl Trainer {
         state: TrainerState,
     ) -> Result<Self> {
         let config = state.config.clone();
-        check_vocab(&model, &tokenizer)?;
+        check_fits(&tokenizer, model.config().vocab_size)?;
         let lengths = tessera_glue::Lengths {
             source: config.max_source_length,
             target: config.max_target_length,
@@ -390,15 +391,4 @@ fn dropout_seed(seed: u64, step: u64, micro: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-fn check_vocab(model: &T5Model, tokenizer: &TextTokenizer) -> Result<()> {
-    let (tok, vocab) = (tokenizer.vocab_size(), model.config().vocab_size);
-    if tok > vocab {
-        return Err(TrainError::setting(
-            "--tokenizer",
-            format!("the tokenizer has {tok} tokens but the model's vocabulary only {vocab}"),
-        ));
-    }
-    Ok(())
 }
