@@ -13,6 +13,7 @@ mod convert;
 mod dtype;
 mod error;
 pub mod gemm;
+pub mod memory;
 pub mod ops;
 mod tensor;
 mod threads;

@@ -108,7 +108,8 @@ impl RunConfig {
     /// The built-in recipe `name`.
     ///
     /// - `quickstart`: the offline demo — the tiny preset from a seed,
-    ///   tessera's own tokenizer, `nli-synthetic`, a few minutes on 2 cores.
+    ///   tessera's own tokenizer, `nli-synthetic`, 2,000 steps (about two
+    ///   minutes on 2 cores).
     /// - `mnli`: Graphcore's Flan-T5 XXL fine-tuning config — global batch
     ///   128, 500 steps, AdamW (β 0.9/0.999, ε 1e-6), LR 5e-6 after a linear
     ///   warmup from 1e-7 over 10 steps, no weight decay, clipping at 1.0,
@@ -141,7 +142,7 @@ impl RunConfig {
             task: "mnli".into(),
             train_file: tessera_glue::synthetic::NAME.into(),
             eval_file: None,
-            steps: 800,
+            steps: 2000,
             batch_size: 32,
             grad_accum: 1,
             lr: 1e-3,
@@ -160,9 +161,9 @@ impl RunConfig {
             max_source_length: 128,
             max_target_length: 8,
             padding: Padding::Dynamic,
-            checkpoint_every: 200,
+            checkpoint_every: 500,
             keep: 2,
-            eval_every: 200,
+            eval_every: 500,
             eval_examples: 0,
             max_new_tokens: 5,
             eval_batch_size: 100,

@@ -334,4 +334,22 @@ mod tests {
         let err = load_tokenizer(Some(&missing), None, 740).unwrap_err();
         assert!(err.to_string().contains("missing.json"), "{err}");
     }
+
+    /// The built-in tokenizer keeps every word of `nli-synthetic`, and each
+    /// MNLI label word, as one piece (`fixtures/corpus.py` reserves them):
+    /// the quickstart learns fast only because values are single tokens.
+    #[test]
+    fn the_own_tokenizer_keeps_synthetic_and_label_words_whole() {
+        let tokenizer = own_tokenizer().unwrap();
+        let data = tessera_glue::synthetic::generate(500, 3);
+        let words = data
+            .iter()
+            .flat_map(|e| e.texts.iter())
+            .flat_map(|text| text.trim_end_matches('.').split(' '))
+            .chain(["entailment", "neutral", "contradiction"]);
+        for word in words {
+            let ids = tokenizer.encode(word, 512).unwrap();
+            assert_eq!(ids.len(), 2, "'{word}' is {ids:?} (pieces + </s>)");
+        }
+    }
 }

@@ -1,0 +1,65 @@
+//! How the process's C allocator treats the engine's large, short-lived
+//! buffers.
+//!
+//! A training step allocates the same activation and gradient buffers every
+//! step (hundreds of KiB to tens of MiB each) and frees them at its end.
+//! glibc's defaults give such blocks back to the kernel — blocks of 128 KiB
+//! and more are `mmap`ed and unmapped, and the heap top is trimmed past
+//! 128 KiB — so the next step pays one page fault per 4 KiB page to get the
+//! memory back, zeroed. On the quickstart that was 6.5 million faults for
+//! 150 steps and 40 % of the wall time (`/usr/bin/time -v`, see
+//! `docs/benchmarks.md`). [`retain_freed_memory`] asks glibc to keep freed
+//! memory for reuse instead.
+//!
+//! A library should not change a process-wide setting behind its user's
+//! back, so nothing here runs unless the program calls it (`cargo xtask`
+//! does, first thing).
+
+/// Largest `mmap` threshold glibc accepts on 64-bit targets (32 MiB): blocks
+/// below it come from the heap and are reused after `free`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+
+/// Free memory at the top of the heap kept before glibc trims it (1 GiB):
+/// in practice, never trim during a run.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_THRESHOLD: libc::c_int = 1 << 30;
+
+/// Makes the C allocator keep freed blocks below 32 MiB for reuse instead of
+/// returning them to the operating system, and returns whether the setting
+/// took effect (it does only with glibc; elsewhere this does nothing and
+/// returns `false`).
+///
+/// The cost is that a process's resident memory stays at its peak; the gain
+/// is that per-step buffers are reused instead of faulted in again.
+/// Call it once at start-up, before worker threads allocate.
+pub fn retain_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: `mallopt` only changes glibc's allocation parameters, takes
+        // plain integers, is safe to call at any time from any thread (it
+        // takes the arena locks itself), and returns 0 when it rejects a value.
+        let set = |param, value| unsafe { libc::mallopt(param, value) } == 1;
+        let mmap = set(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        let trim = set(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        mmap && trim
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glibc_accepts_the_settings() {
+        let took = retain_freed_memory();
+        assert_eq!(took, cfg!(all(target_os = "linux", target_env = "gnu")));
+        // Memory still allocates and frees normally afterwards.
+        let big = vec![1.0f32; 4 << 20];
+        assert_eq!(big.iter().sum::<f32>(), (4 << 20) as f32);
+    }
+}
