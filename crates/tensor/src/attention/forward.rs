@@ -120,6 +120,10 @@ pub(super) fn run(isa: Isa, a: &Attention<'_>, out: &mut [f32], lse: &mut [f32])
     } else {
         lse.fill(f32::NEG_INFINITY);
     }
+    // Head-major order: a head's bias plane (shared by the batch) is then
+    // read by consecutive tasks while it is still in cache, instead of once
+    // per sequence after every other head's plane has passed through.
+    tasks.sort_by_key(|&(bh, i0, ..)| (bh % s.heads, bh / s.heads, i0));
     // Every query block of a (batch, head) reads all of Kᵀ: transpose once.
     let lk = s.k_len;
     let mut kt = vec![0.0f32; s.count() * d * lk];

@@ -318,19 +318,18 @@ impl<'a> Attention<'a> {
             .mask
             .valid
             .map(|v| &v[b * s.k_len + j0..b * s.k_len + j1]);
-        // One pass per case, each a loop the compiler vectorises.
+        // One pass per case, each a branch-free loop the compiler vectorises
+        // (a padded key adds -inf; scores are finite, so the sum is -inf).
         match (bias, valid) {
             (Some(bias), Some(valid)) => {
                 for ((x, y), &v) in row.iter_mut().zip(bias).zip(valid) {
-                    *x = if v == 0 { f32::NEG_INFINITY } else { *x + y };
+                    *x = (*x + y) + key_mask(v);
                 }
             }
             (Some(bias), None) => row.iter_mut().zip(bias).for_each(|(x, y)| *x += y),
             (None, Some(valid)) => {
                 for (x, &v) in row.iter_mut().zip(valid) {
-                    if v == 0 {
-                        *x = f32::NEG_INFINITY;
-                    }
+                    *x += key_mask(v);
                 }
             }
             (None, None) => {}
@@ -369,5 +368,16 @@ impl<'a> Attention<'a> {
         } else {
             self.shape.k_len
         }
+    }
+}
+
+/// What a key's validity flag adds to its score: 0 for a real key, -inf
+/// for padding (a select, so the loops using it vectorise).
+#[inline(always)]
+fn key_mask(valid: u8) -> f32 {
+    if valid == 0 {
+        f32::NEG_INFINITY
+    } else {
+        0.0
     }
 }
