@@ -6,11 +6,15 @@
 //! forward + backward at 64 to 512 positions, and decoder cross-attention
 //! (no bias, padded encoder keys) with 1 query row (generation) or 5 (a
 //! classification target) over 64 to 512 encoder positions.
+//!
+//! Both paths get the same bias values: the fused kernels in the relative
+//! layout the model uses (`[heads, 2L - 1]`, one entry per offset), the
+//! unfused path expanded to the dense `[heads, L, L]` it takes.
 
 use tessera_t5::attention::{unfused_backward, unfused_forward};
 use tessera_tensor::attention::{
-    backward, decode, forward, Attention, AttentionGradsMut, AttentionShape, KeyMask, ProbDropout,
-    Qkv,
+    backward, decode, forward, Attention, AttentionGradsMut, AttentionShape, Bias, KeyMask,
+    ProbDropout, Qkv,
 };
 use tessera_tensor::Result;
 
@@ -101,7 +105,10 @@ struct Inputs {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
+    /// Relative layout, for the fused kernels.
     bias: Option<Vec<f32>>,
+    /// The same values expanded to the dense layout, for the unfused path.
+    dense_bias: Option<Vec<f32>>,
     valid: Vec<u8>,
     dout: Vec<f32>,
 }
@@ -113,7 +120,10 @@ struct Outputs {
     dq: Vec<f32>,
     dk: Vec<f32>,
     dv: Vec<f32>,
+    /// Relative layout (fused).
     dbias: Vec<f32>,
+    /// Dense layout (unfused).
+    dense_dbias: Vec<f32>,
 }
 
 /// Deterministic values in [-scale, scale).
@@ -130,7 +140,13 @@ fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 }
 
 impl Inputs {
-    fn attention(&self) -> Attention<'_> {
+    /// The call, with the bias in the relative layout or (`dense`) expanded.
+    fn attention(&self, dense: bool) -> Attention<'_> {
+        let bias = if dense {
+            self.dense_bias.as_deref().map(Bias::Dense)
+        } else {
+            self.bias.as_deref().map(Bias::Relative)
+        };
         Attention {
             shape: self.shape,
             qkv: Qkv {
@@ -138,7 +154,7 @@ impl Inputs {
                 k: &self.k,
                 v: &self.v,
             },
-            bias: self.bias.as_deref(),
+            bias,
             mask: KeyMask {
                 valid: Some(&self.valid),
                 causal: false,
@@ -160,12 +176,15 @@ impl Case {
             })
             .collect();
         let kv = shape.kv_len_elems();
+        let bias = (spec.kind == "encoder").then(|| values(shape.relative_bias_len(), 4, 2.0));
+        let dense_bias = bias.as_deref().map(|b| Bias::Relative(b).to_dense(&shape));
         let inputs = Inputs {
             shape,
             q: values(shape.q_len_elems(), 1, 0.5),
             k: values(kv, 2, 0.5),
             v: values(kv, 3, 1.0),
-            bias: (spec.kind == "encoder").then(|| values(shape.bias_len(), 4, 2.0)),
+            bias,
+            dense_bias,
             valid,
             dout: values(shape.q_len_elems(), 5, 1.0),
         };
@@ -175,14 +194,15 @@ impl Case {
             dq: vec![0.0; shape.q_len_elems()],
             dk: vec![0.0; kv],
             dv: vec![0.0; kv],
-            dbias: vec![0.0; shape.bias_len()],
+            dbias: vec![0.0; shape.relative_bias_len()],
+            dense_dbias: vec![0.0; shape.bias_len()],
         };
         Case { spec, inputs, out }
     }
 
     /// One call of the fused kernels (the decode kernel for one query row).
     pub fn run_fused(&mut self) -> Result<()> {
-        let (a, o) = (self.inputs.attention(), &mut self.out);
+        let (a, o) = (self.inputs.attention(false), &mut self.out);
         if self.spec.q_len == 1 && self.spec.pass == Pass::Forward {
             return decode(&a, &mut o.out);
         }
@@ -202,10 +222,10 @@ impl Case {
     /// One call of the unfused path (dense probabilities, batched matmuls),
     /// as the model ran it before the fused kernels.
     pub fn run_unfused(&mut self) -> Result<()> {
-        let (a, o) = (self.inputs.attention(), &mut self.out);
+        let (a, o) = (self.inputs.attention(true), &mut self.out);
         let probs = unfused_forward(&a, &mut o.out)?;
         if self.spec.pass == Pass::ForwardBackward {
-            let dbias = a.bias.is_some().then_some(&mut o.dbias[..]);
+            let dbias = a.bias.is_some().then_some(&mut o.dense_dbias[..]);
             std::hint::black_box(unfused_backward(&a, &probs, &self.inputs.dout, dbias)?);
         }
         Ok(())

@@ -53,8 +53,33 @@ pub fn relative_position_bucket(
     (bucket + large.min(buckets - 1)) as usize
 }
 
+/// The bucket of every offset `j - i` between `q_len` queries (at absolute
+/// positions `q_offset..q_offset + q_len`) and `k_len` keys, in the order
+/// of [`BiasLayout::Relative`]: `q_len + k_len - 1` entries, the offset
+/// `-(q_len - 1)` first. Gathered by [`position_bias_forward`], this is the
+/// bias the model's fused attention reads.
+pub fn offset_buckets(
+    q_len: usize,
+    k_len: usize,
+    q_offset: usize,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> Vec<usize> {
+    if q_len == 0 || k_len == 0 {
+        return Vec::new();
+    }
+    (0..q_len + k_len - 1)
+        .map(|o| {
+            let relative = o as i64 - (q_len - 1) as i64 - q_offset as i64;
+            relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+        })
+        .collect()
+}
+
 /// The bucket of every (query, key) pair: `[q_len, k_len]`, queries at
-/// absolute positions `q_offset..q_offset + q_len`.
+/// absolute positions `q_offset..q_offset + q_len` (the dense layout, as
+/// Hugging Face's `compute_bias` builds it).
 pub fn bucket_table(
     q_len: usize,
     k_len: usize,
@@ -100,7 +125,9 @@ pub fn position_bias_backward(dtable: &mut [f32], dbias: &[f32], buckets: &[usiz
     }
 }
 
-pub use tessera_tensor::attention::{Attention, AttentionShape, KeyMask, ProbDropout, Qkv};
+pub use tessera_tensor::attention::{
+    Attention, AttentionShape, Bias, BiasLayout, KeyMask, ProbDropout, Qkv,
+};
 
 /// What the forward keeps for the backward: the output
 /// `[batch, heads, q_len, d_head]` and each row's log-sum-exp
@@ -133,7 +160,8 @@ pub fn unfused_forward(a: &Attention<'_>, ctx: &mut [f32]) -> Result<Vec<f32>> {
     let (shape, Qkv { q, k, v }, dropout) = (&a.shape, a.qkv, a.dropout);
     let mut probs = vec![0.0; shape.probs_len()];
     qk_scores(shape, q, k, &mut probs)?;
-    add_bias_and_mask(shape, &mut probs, a.bias, a.mask);
+    let dense_bias = a.bias.map(|b| b.to_dense(shape));
+    add_bias_and_mask(shape, &mut probs, dense_bias.as_deref(), a.mask);
     softmax::softmax_forward_inplace(&mut probs, shape.k_len)?;
     if dropout.p > 0.0 {
         let mut dropped = probs.clone();
@@ -276,10 +304,13 @@ pub fn unfused_backward(
     dropout_inplace(&mut dscores, dropout.p, dropout.key)?;
     softmax::softmax_backward_inplace(&mut dscores, probs, s.k_len)?;
     if let Some(dbias) = dbias {
+        let layout = a.bias.map_or(BiasLayout::Dense, |b| b.layout());
         for (bh, g) in dscores.chunks(plane).enumerate() {
             let h = bh % s.heads;
-            for (a, b) in dbias[h * plane..(h + 1) * plane].iter_mut().zip(g) {
-                *a += b;
+            for (i, row) in g.chunks(s.k_len).enumerate() {
+                for (j, x) in row.iter().enumerate() {
+                    dbias[layout.index(s, h, i, j)] += x;
+                }
             }
         }
     }

@@ -9,7 +9,7 @@
 //! `generate`: `[decoder_start_token_id, t1, t2, …]`, padded after `</s>`.
 
 use crate::attention::{
-    bucket_table, position_bias_forward, Attention, AttentionShape, KeyMask, ProbDropout, Qkv,
+    bucket_table, position_bias_forward, Attention, AttentionShape, Bias, KeyMask, ProbDropout, Qkv,
 };
 use crate::layers::{linear, norm_forward, sublayer_forward, DropoutPlan, Site, StackContext};
 use crate::model::{Batch, ModelError, T5Model};
@@ -279,7 +279,7 @@ impl T5Model {
         let core = Attention {
             shape: *shape,
             qkv,
-            bias,
+            bias: bias.map(Bias::Dense),
             mask,
             dropout: ProbDropout::OFF,
         };

@@ -8,7 +8,7 @@
 //! forward is `Y = X·Wᵀ`, and its backward `dX = dY·W`, `dW += dYᵀ·X`.
 
 use crate::attention::{
-    self, Attention, AttentionCache, AttentionShape, KeyMask, ProbDropout, Qkv,
+    self, Attention, AttentionCache, AttentionShape, Bias, KeyMask, ProbDropout, Qkv,
 };
 use crate::config::{FeedForward, T5Config};
 use crate::params::{AttentionIds, FeedForwardIds, ParamStore, SublayerIds, SublayerKind};
@@ -129,7 +129,9 @@ pub struct StackContext<'a> {
     pub len: usize,
     /// Self-attention mask (padding in the encoder, causal in the decoder).
     pub self_mask: KeyMask<'a>,
-    /// Relative position bias `[heads, len, len]`, shared by every block.
+    /// Relative position bias `[heads, 2·len - 1]` (one entry per offset
+    /// `j - i`: [`tessera_tensor::attention::BiasLayout::Relative`]), shared
+    /// by every block.
     pub bias: &'a [f32],
     /// The encoder output (decoder only).
     pub encoder: Option<EncoderView<'a>>,
@@ -148,7 +150,7 @@ impl StackContext<'_> {
 pub struct GradSinks<'a> {
     /// Parameter gradients.
     pub grads: &'a mut ParamStore,
-    /// Gradient of the stack's position bias `[heads, len, len]`.
+    /// Gradient of the stack's position bias `[heads, 2·len - 1]`.
     pub dbias: &'a mut [f32],
     /// Gradient of the encoder output (decoder only).
     pub dencoder: Option<&'a mut [f32]>,
@@ -271,7 +273,7 @@ struct KeySide<'a> {
     source: &'a [f32],
     len: usize,
     mask: KeyMask<'a>,
-    bias: Option<&'a [f32]>,
+    bias: Option<Bias<'a>>,
 }
 
 fn key_side<'a>(cx: &StackContext<'a>, normed: &'a [f32], cross: bool) -> KeySide<'a> {
@@ -290,7 +292,7 @@ fn key_side<'a>(cx: &StackContext<'a>, normed: &'a [f32], cross: bool) -> KeySid
             source: normed,
             len: cx.len,
             mask: cx.self_mask,
-            bias: Some(cx.bias),
+            bias: Some(Bias::Relative(cx.bias)),
         },
     }
 }

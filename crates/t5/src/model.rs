@@ -1,7 +1,7 @@
 //! [`T5Model`]: the weights, the forward pass as Hugging Face's
 //! `T5ForConditionalGeneration` computes it, and its hand-written backward.
 
-use crate::attention::{bucket_table, position_bias_forward, KeyMask};
+use crate::attention::{offset_buckets, position_bias_forward, KeyMask};
 use crate::config::T5Config;
 use crate::layers::{linear, linear_backward, DropoutPlan, EncoderView, StackContext};
 use crate::params::{layout, ModelIds, ParamId, ParamStore};
@@ -145,7 +145,7 @@ pub struct T5Model {
     ids: ModelIds,
 }
 
-/// Position buckets and the gathered bias of one stack.
+/// Position buckets and the gathered bias of one stack, per offset `j - i`.
 struct PositionBias {
     buckets: Vec<usize>,
     bias: Vec<f32>,
@@ -248,10 +248,11 @@ impl T5Model {
         }
     }
 
-    /// The bucket table and bias of a stack for `len` queries and keys.
+    /// The offset buckets and relative bias of a stack for `len` queries
+    /// and keys (`[heads, 2·len - 1]`, what the fused attention reads).
     fn position_bias(&self, decoder: bool, len: usize) -> PositionBias {
         let c = &self.config;
-        let buckets = bucket_table(
+        let buckets = offset_buckets(
             len,
             len,
             0,

@@ -215,7 +215,7 @@ fn greedy_generation_matches_transformers() {
 fn attention_core_matches_reference() {
     use tessera_t5::attention::{
         attention_backward, attention_forward, unfused_backward, unfused_forward, Attention,
-        AttentionShape, KeyMask, ProbDropout, Qkv,
+        AttentionShape, Bias, KeyMask, ProbDropout, Qkv,
     };
     let fx = load("ops").expect("ops fixture");
     let off = ProbDropout::OFF;
@@ -270,7 +270,7 @@ fn attention_core_matches_reference() {
         let a = Attention {
             shape,
             qkv,
-            bias: Some(&bias),
+            bias: Some(Bias::Dense(&bias)),
             mask,
             dropout: off,
         };

@@ -142,7 +142,7 @@ proptest! {
             let mut p = Probe {
                 x: random(BATCH * LEN * d, seed ^ 1),
                 enc: random(BATCH * SRC * d, seed ^ 2),
-                bias: random(h * LEN * LEN, seed ^ 3),
+                bias: random(h * (2 * LEN - 1), seed ^ 3),
                 g: random(BATCH * LEN * d, seed ^ 4),
             };
             let m = masks();

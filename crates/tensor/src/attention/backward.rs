@@ -78,7 +78,7 @@ pub(super) fn run(
         dout: &dout[bh * q_elems..(bh + 1) * q_elems],
     };
     let rows = BLOCK_Q.min(s.q_len);
-    let plane = s.q_len * s.k_len;
+    let plane = a.bias_layout().len(s) / s.heads;
     let mut dbias_planes: Vec<Option<&mut [f32]>> = match g.dbias {
         Some(db) => db.chunks_mut(plane).map(Some).collect(),
         None => (0..groups).map(|_| None).collect(),
@@ -130,6 +130,7 @@ fn pair(
         }
     }
     let drop = a.dropout_mask();
+    let layout = a.bias_layout();
     dq.fill(0.0);
     dk.fill(0.0);
     dv.fill(0.0);
@@ -210,7 +211,7 @@ fn pair(
                         *g = p * (*g - di);
                     }
                     if let Some(db) = dbias.as_deref_mut() {
-                        let row = (i0 + r) * lk + j0;
+                        let row = layout.row_start(&a.shape, i0 + r) + j0;
                         for (x, y) in db[row..row + nk].iter_mut().zip(ds.iter()) {
                             *x += y;
                         }

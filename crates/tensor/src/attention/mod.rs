@@ -3,9 +3,12 @@
 //! probabilities.
 //!
 //! T5's attention is not the textbook one: there is no `1/sqrt(d)` scale, a
-//! per-head relative-position bias `[heads, L_q, L_k]` is shared by every
-//! sequence of the batch, padded keys are masked and the decoder's
-//! self-attention is causal. Masks are given as per-key validity and a causal
+//! per-head relative-position bias is shared by every sequence of the batch,
+//! padded keys are masked and the decoder's self-attention is causal. The
+//! bias is either dense (`[heads, L_q, L_k]`, any bias) or, since T5's
+//! depends only on the offset `j - i`, one row of `L_q + L_k - 1` offsets per
+//! head ([`Bias::Relative`]): a few KiB the kernels read from cache instead
+//! of a plane per head that streams from memory for every sequence. Masks are given as per-key validity and a causal
 //! flag ([`KeyMask`]), never as dense tensors.
 //!
 //! * [`forward`] walks the keys in tiles with an online softmax (running
@@ -99,6 +102,99 @@ impl AttentionShape {
     pub fn bias_len(&self) -> usize {
         self.heads * self.q_len * self.k_len
     }
+
+    /// Elements of a relative bias `[heads, q_len + k_len - 1]`.
+    pub fn relative_bias_len(&self) -> usize {
+        self.heads * self.offsets()
+    }
+
+    /// Distinct offsets `j - i`: `q_len + k_len - 1` (0 with no queries or keys).
+    fn offsets(&self) -> usize {
+        if self.q_len == 0 || self.k_len == 0 {
+            0
+        } else {
+            self.q_len + self.k_len - 1
+        }
+    }
+}
+
+/// An additive bias on the scores, shared by every sequence of the batch.
+#[derive(Debug, Clone, Copy)]
+pub enum Bias<'a> {
+    /// `[heads, q_len, k_len]`: any bias.
+    Dense(&'a [f32]),
+    /// `[heads, q_len + k_len - 1]`: a bias that depends only on the offset
+    /// `j - i` (T5's relative position bias), query `i` against key `j`
+    /// reading element `j - i + q_len - 1` of its head's row.
+    Relative(&'a [f32]),
+}
+
+/// How a bias (and its gradient) is laid out; see [`Bias`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BiasLayout {
+    /// `[heads, q_len, k_len]`.
+    Dense,
+    /// `[heads, q_len + k_len - 1]`.
+    Relative,
+}
+
+impl<'a> Bias<'a> {
+    /// The layout.
+    pub fn layout(&self) -> BiasLayout {
+        match self {
+            Bias::Dense(_) => BiasLayout::Dense,
+            Bias::Relative(_) => BiasLayout::Relative,
+        }
+    }
+
+    /// The stored elements.
+    pub fn values(&self) -> &'a [f32] {
+        match *self {
+            Bias::Dense(v) | Bias::Relative(v) => v,
+        }
+    }
+
+    /// The bias as a dense `[heads, q_len, k_len]` array (for reference
+    /// paths that take only dense biases). Panics if the bias does not have
+    /// its layout's length for `shape` (the kernels return an error instead).
+    pub fn to_dense(&self, shape: &AttentionShape) -> Vec<f32> {
+        let layout = self.layout();
+        let values = self.values();
+        assert_eq!(values.len(), layout.len(shape), "bias length");
+        let plane = layout.len(shape) / shape.heads.max(1);
+        let mut dense = Vec::with_capacity(shape.bias_len());
+        for h in 0..shape.heads {
+            for i in 0..shape.q_len {
+                let at = h * plane + layout.row_start(shape, i);
+                dense.extend_from_slice(&values[at..at + shape.k_len]);
+            }
+        }
+        dense
+    }
+}
+
+impl BiasLayout {
+    /// Elements of a bias of this layout for `shape`.
+    pub fn len(self, shape: &AttentionShape) -> usize {
+        match self {
+            BiasLayout::Dense => shape.bias_len(),
+            BiasLayout::Relative => shape.relative_bias_len(),
+        }
+    }
+
+    /// Where element (head `h`, query `i`, key `j`) is stored.
+    pub fn index(self, shape: &AttentionShape, h: usize, i: usize, j: usize) -> usize {
+        h * (self.len(shape) / shape.heads) + self.row_start(shape, i) + j
+    }
+
+    /// Where the element of query `i` and key 0 sits within one head's
+    /// plane (elements of keys `j` follow at `+ j` in both layouts).
+    fn row_start(self, shape: &AttentionShape, i: usize) -> usize {
+        match self {
+            BiasLayout::Dense => i * shape.k_len,
+            BiasLayout::Relative => shape.q_len - 1 - i,
+        }
+    }
 }
 
 /// Which keys each query may see.
@@ -147,8 +243,8 @@ pub struct Attention<'a> {
     pub shape: AttentionShape,
     /// Queries, keys and values.
     pub qkv: Qkv<'a>,
-    /// The additive position bias `[heads, q_len, k_len]`, if any.
-    pub bias: Option<&'a [f32]>,
+    /// The additive position bias, if any.
+    pub bias: Option<Bias<'a>>,
     /// Padding and causality.
     pub mask: KeyMask<'a>,
     /// Dropout on the probabilities (after the softmax, before `· V`).
@@ -164,8 +260,8 @@ pub struct AttentionGradsMut<'a> {
     pub dk: &'a mut [f32],
     /// `[batch, heads, k_len, d_head]`.
     pub dv: &'a mut [f32],
-    /// `[heads, q_len, k_len]`: the bias gradient summed over the batch is
-    /// added here when given.
+    /// The bias gradient summed over the batch is added here when given,
+    /// in the layout of the call's bias (dense when it has none).
     pub dbias: Option<&'a mut [f32]>,
 }
 
@@ -239,7 +335,7 @@ fn backward_with(
     check(op, "dk", grads.dk.len(), s.kv_len_elems())?;
     check(op, "dv", grads.dv.len(), s.kv_len_elems())?;
     if let Some(db) = &grads.dbias {
-        check(op, "dbias", db.len(), s.bias_len())?;
+        check(op, "dbias", db.len(), a.bias_layout().len(s))?;
     }
     backward::run(isa, a, (out, lse), dout, grads);
     Ok(())
@@ -282,7 +378,7 @@ fn check_inputs(op: &'static str, a: &Attention<'_>) -> Result<()> {
         }
     }
     if let Some(bias) = a.bias {
-        check(op, "bias", bias.len(), s.bias_len())?;
+        check(op, "bias", bias.values().len(), bias.layout().len(s))?;
     }
     if let Some(valid) = a.mask.valid {
         check(op, "key mask", valid.len(), s.batch * s.k_len)?;
@@ -291,6 +387,11 @@ fn check_inputs(op: &'static str, a: &Attention<'_>) -> Result<()> {
 }
 
 impl<'a> Attention<'a> {
+    /// The layout of the bias, and of its gradient (dense without a bias).
+    fn bias_layout(&self) -> BiasLayout {
+        self.bias.map_or(BiasLayout::Dense, |b| b.layout())
+    }
+
     /// Rows `rows` of the query matrix of (batch, head) `bh`.
     fn q_rows(&self, bh: usize, rows: std::ops::Range<usize>) -> &'a [f32] {
         let (d, base) = (self.shape.d_head, bh * self.shape.q_len * self.shape.d_head);
@@ -310,9 +411,10 @@ impl<'a> Attention<'a> {
         let s = &self.shape;
         let (b, h) = (bh / s.heads, bh % s.heads);
         let j1 = j0 + row.len();
-        let bias = self.bias.map(|bs| {
-            let at = (h * s.q_len + i) * s.k_len;
-            &bs[at + j0..at + j1]
+        let bias = self.bias.map(|bias| {
+            let layout = bias.layout();
+            let at = h * (layout.len(s) / s.heads) + layout.row_start(s, i);
+            &bias.values()[at + j0..at + j1]
         });
         let valid = self
             .mask

@@ -13,6 +13,7 @@ struct Case {
     k: Vec<f32>,
     v: Vec<f32>,
     bias: Option<Vec<f32>>,
+    layout: BiasLayout,
     valid: Option<Vec<u8>>,
     causal: bool,
     dropout: ProbDropout,
@@ -51,10 +52,29 @@ impl Case {
             k: fill(kv, 0.8),
             v: fill(kv, 1.0),
             bias: with_bias.then(|| fill(s.bias_len(), 2.0)),
+            layout: BiasLayout::Dense,
             valid,
             causal,
             dropout: ProbDropout::OFF,
             dout: fill(s.q_len_elems(), 1.0),
+        }
+    }
+
+    /// The same case with a random relative bias (`[heads, q_len + k_len - 1]`) instead.
+    fn relative(mut self, seed: u64) -> Case {
+        let mut st = seed;
+        let n = self.shape.relative_bias_len();
+        self.bias = Some((0..n).map(|_| noise(&mut st) * 2.0).collect());
+        self.layout = BiasLayout::Relative;
+        self
+    }
+
+    /// Where bias element (h, i, j) is stored.
+    fn bias_index(&self, h: usize, i: usize, j: usize) -> usize {
+        let s = &self.shape;
+        match self.layout {
+            BiasLayout::Dense => (h * s.q_len + i) * s.k_len + j,
+            BiasLayout::Relative => h * (s.q_len + s.k_len - 1) + j + s.q_len - 1 - i,
         }
     }
 
@@ -66,7 +86,10 @@ impl Case {
                 k: &self.k,
                 v: &self.v,
             },
-            bias: self.bias.as_deref(),
+            bias: self.bias.as_deref().map(|v| match self.layout {
+                BiasLayout::Dense => Bias::Dense(v),
+                BiasLayout::Relative => Bias::Relative(v),
+            }),
             mask: KeyMask {
                 valid: self.valid.as_deref(),
                 causal: self.causal,
@@ -98,7 +121,7 @@ fn run_fused(isa: Isa, c: &Case) -> Results {
         vec![f32::NAN; s.kv_len_elems()],
         vec![f32::NAN; s.kv_len_elems()],
     );
-    let mut dbias = vec![0.0; s.bias_len()];
+    let mut dbias = vec![0.0; c.layout.len(&s)];
     let grads = AttentionGradsMut {
         dq: &mut dq,
         dk: &mut dk,
@@ -124,7 +147,7 @@ fn reference(c: &Case) -> [Vec<f64>; 6] {
     let mut lse = vec![f64::NEG_INFINITY; s.count() * lq];
     let mut dq = vec![0.0; s.q_len_elems()];
     let (mut dk, mut dv) = (vec![0.0; s.kv_len_elems()], vec![0.0; s.kv_len_elems()]);
-    let mut dbias = vec![0.0; s.bias_len()];
+    let mut dbias = vec![0.0; c.layout.len(&s)];
     let f = |x: f32| f64::from(x);
     // The dropout mask times its scale, from the unfused dropout op.
     let mut kept = vec![1.0f32; s.probs_len()];
@@ -144,7 +167,7 @@ fn reference(c: &Case) -> [Vec<f64>; 6] {
                     let bias = c
                         .bias
                         .as_ref()
-                        .map_or(0.0, |bs| f(bs[(h * lq + i) * lk + j]));
+                        .map_or(0.0, |bs| f(bs[c.bias_index(h, i, j)]));
                     (0..d).map(|p| q(i, p) * k(j, p)).sum::<f64>() + bias
                 })
                 .collect();
@@ -174,7 +197,7 @@ fn reference(c: &Case) -> [Vec<f64>; 6] {
             let dot: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
             for j in 0..lk {
                 let ds = p[j] * (dp[j] - dot);
-                dbias[(h * lq + i) * lk + j] += ds;
+                dbias[c.bias_index(h, i, j)] += ds;
                 for x in 0..d {
                     out[(bh * lq + i) * d + x] += p[j] * m(j) * v(j, x);
                     dv[(bh * lk + j) * d + x] += p[j] * m(j) * go(i, x);
@@ -236,14 +259,19 @@ fn case_strategy() -> impl Strategy<Value = Case> {
             (
                 Just((batch, heads, lq, lk, d, extra)),
                 proptest::option::of(lengths),
-                any::<(bool, bool, u64)>(),
+                any::<(bool, bool, bool, u64)>(),
             )
         })
         .prop_map(
-            |((batch, heads, lq, lk, d, extra), lengths, (causal, bias, seed))| {
+            |((batch, heads, lq, lk, d, extra), lengths, (causal, bias, relative, seed))| {
                 let mut shape = AttentionShape::dense(batch, heads, lq, lk, d);
                 shape.kv_stride += extra * d;
-                Case::new(shape, (lengths, causal, bias), seed)
+                let case = Case::new(shape, (lengths, causal, bias), seed);
+                if bias && relative {
+                    case.relative(seed ^ 1)
+                } else {
+                    case
+                }
             },
         )
 }
@@ -263,6 +291,46 @@ fn t5_head_width_and_tile_edges_match_reference() {
     for (lq, lk, causal) in [(70, 70, true), (9, 131, false), (131, 1, false)] {
         let shape = AttentionShape::dense(2, 2, lq, lk, 64);
         check_against_reference(&Case::new(shape, (Some(vec![lk, lk / 2]), causal, true), 7));
+    }
+}
+
+#[test]
+fn a_relative_bias_equals_its_dense_expansion() {
+    for (lq, lk, causal) in [
+        (70, 70, true),
+        (9, 131, false),
+        (131, 60, false),
+        (1, 17, false),
+    ] {
+        let shape = AttentionShape::dense(2, 3, lq, lk, 16);
+        let rel = Case::new(shape, (Some(vec![lk, lk / 2]), causal, true), 13).relative(14);
+        let mut dense = rel.clone();
+        dense.layout = BiasLayout::Dense;
+        dense.bias = Some(rel.attention().bias.expect("a bias").to_dense(&shape));
+        // `to_dense` puts every element (h, i, j) where the dense layout expects it.
+        for (h, i, j) in
+            (0..3).flat_map(|h| (0..lq).flat_map(move |i| (0..lk).map(move |j| (h, i, j))))
+        {
+            assert_eq!(
+                dense.bias.as_ref().unwrap()[dense.bias_index(h, i, j)],
+                rel.bias.as_ref().unwrap()[rel.bias_index(h, i, j)]
+            );
+        }
+        let (r, d) = (run_fused(Isa::best(), &rel), run_fused(Isa::best(), &dense));
+        // Same scores, so the same forward and input gradients, bit for bit.
+        assert_eq!(
+            (&r.out, &r.lse, &r.dq, &r.dk, &r.dv),
+            (&d.out, &d.lse, &d.dq, &d.dk, &d.dv)
+        );
+        // The relative gradient sums the dense one along each diagonal.
+        let mut diagonals = vec![0.0f64; shape.relative_bias_len()];
+        for (h, i, j) in
+            (0..3).flat_map(|h| (0..lq).flat_map(move |i| (0..lk).map(move |j| (h, i, j))))
+        {
+            diagonals[rel.bias_index(h, i, j)] += f64::from(d.dbias[dense.bias_index(h, i, j)]);
+        }
+        assert!(rel_err(&r.dbias, &diagonals) < 1e-5, "{lq}x{lk}");
+        check_against_reference(&rel);
     }
 }
 
@@ -359,6 +427,7 @@ fn fused_matches_attention_fixtures() {
             k: t("k"),
             v: t("v"),
             bias: Some(t("bias")),
+            layout: BiasLayout::Dense,
             valid: Some(valid),
             causal: meta["causal"].as_bool().expect("bool"),
             dropout: ProbDropout::OFF,
