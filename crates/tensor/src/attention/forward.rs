@@ -151,7 +151,7 @@ fn block(isa: Isa, a: &Attention<'_>, (bh, i0, out, lse): Task<'_>, kt: &[f32], 
     let mut m = [f32::NEG_INFINITY; BLOCK_Q];
     let mut l = [0.0f32; BLOCK_Q];
     out.fill(0.0);
-    let key_end = a.key_end(i0 + rows - 1);
+    let key_end = a.key_end(i0 + rows - 1).min(a.valid_end(bh));
     let drop = a.dropout_mask();
     for j0 in (0..key_end).step_by(BLOCK_K) {
         let nk = BLOCK_K.min(key_end - j0);

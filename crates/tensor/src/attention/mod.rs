@@ -463,6 +463,19 @@ impl<'a> Attention<'a> {
             .is_none_or(|v| v[at + keys.start..at + keys.end].iter().any(|&x| x != 0))
     }
 
+    /// One past the last real key of (batch, head) `bh`'s sequence: keys
+    /// from there on are padding, and skipping them changes no result (a
+    /// masked key's probability is exactly 0).
+    fn valid_end(&self, bh: usize) -> usize {
+        let (k_len, b) = (self.shape.k_len, bh / self.shape.heads);
+        self.mask.valid.map_or(k_len, |v| {
+            let keys = &v[b * k_len..(b + 1) * k_len];
+            keys.iter()
+                .rposition(|&x| x != 0)
+                .map_or(0, |last| last + 1)
+        })
+    }
+
     /// Keys query `i` can see at all, as an end bound (causality only).
     fn key_end(&self, i: usize) -> usize {
         if self.mask.causal {

@@ -54,8 +54,9 @@ fn pair(
     scores: &mut [f32],
 ) {
     let d = a.shape.d_head;
+    let valid_end = a.valid_end(bh);
     for (i, o) in out.chunks_exact_mut(d).enumerate() {
-        let n = a.key_end(i);
+        let n = a.key_end(i).min(valid_end);
         let s = &mut scores[..n];
         dots(
             isa,
