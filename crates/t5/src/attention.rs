@@ -79,7 +79,8 @@ pub fn offset_buckets(
 
 /// The bucket of every (query, key) pair: `[q_len, k_len]`, queries at
 /// absolute positions `q_offset..q_offset + q_len` (the dense layout, as
-/// Hugging Face's `compute_bias` builds it).
+/// Hugging Face's `compute_bias` builds it): each query's row is a window of
+/// [`offset_buckets`].
 pub fn bucket_table(
     q_len: usize,
     k_len: usize,
@@ -88,19 +89,18 @@ pub fn bucket_table(
     num_buckets: usize,
     max_distance: usize,
 ) -> Vec<usize> {
-    let mut out = Vec::with_capacity(q_len * k_len);
-    for i in 0..q_len {
-        for j in 0..k_len {
-            let relative = j as i64 - (i + q_offset) as i64;
-            out.push(relative_position_bucket(
-                relative,
-                bidirectional,
-                num_buckets,
-                max_distance,
-            ));
-        }
-    }
-    out
+    let offsets = offset_buckets(
+        q_len,
+        k_len,
+        q_offset,
+        bidirectional,
+        num_buckets,
+        max_distance,
+    );
+    (0..q_len)
+        .flat_map(|i| &offsets[q_len - 1 - i..q_len - 1 - i + k_len])
+        .copied()
+        .collect()
 }
 
 /// Gathers the bias `[heads, q_len, k_len]` from the table `[num_buckets, heads]`.

@@ -412,9 +412,8 @@ impl<'a> Attention<'a> {
         let (b, h) = (bh / s.heads, bh % s.heads);
         let j1 = j0 + row.len();
         let bias = self.bias.map(|bias| {
-            let layout = bias.layout();
-            let at = h * (layout.len(s) / s.heads) + layout.row_start(s, i);
-            &bias.values()[at + j0..at + j1]
+            let at = bias.layout().index(s, h, i, j0);
+            &bias.values()[at..at + row.len()]
         });
         let valid = self
             .mask
