@@ -12,8 +12,10 @@
 //!
 //! No `L_q × L_k` buffer: two transposed tiles and two score tiles per thread.
 
-use super::forward::{product_nt, score_tile, transpose, Scratch, BLOCK_K};
-use super::tile::{dot_in_order, dots, exp_shifted, matmul, vectorised, Dims, Isa, Strided};
+use super::forward::{product_nt, score_tile, Scratch, BLOCK_K};
+use super::tile::{
+    dot_in_order, dots, exp_shifted, matmul, transpose, vectorised, Dims, Isa, Strided,
+};
 use super::{Attention, AttentionGradsMut};
 use crate::ops::dropout::KeyedMask;
 use rayon::prelude::*;
@@ -142,8 +144,8 @@ fn pair(
         let k_tile = a.kv_rows(a.qkv.k, bh, j0..j0 + nk);
         let v_tile = a.kv_rows(a.qkv.v, bh, j0..j0 + nk);
         if transposed_kv {
-            transpose(k_tile, d, (&mut sc.kt, BLOCK_K));
-            transpose(v_tile, d, (&mut sc.vt, BLOCK_K));
+            transpose(isa, k_tile, d, (&mut sc.kt[..], BLOCK_K));
+            transpose(isa, v_tile, d, (&mut sc.vt[..], BLOCK_K));
         }
         let kt = transposed_kv.then_some((&sc.kt[..], BLOCK_K));
         let vt = transposed_kv.then_some((&sc.vt[..], BLOCK_K));

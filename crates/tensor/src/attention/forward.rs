@@ -2,7 +2,7 @@
 //! keeping each row's running maximum `m` and running sum `l` of
 //! `exp(s - m)`; rescale the output accumulator whenever `m` grows.
 
-use super::tile::{dots, exp_shifted, matmul, row_max, vectorised, Dims, Isa, Strided};
+use super::tile::{dots, exp_shifted, matmul, row_max, transpose, vectorised, Dims, Isa, Strided};
 use super::Attention;
 use rayon::prelude::*;
 
@@ -34,16 +34,6 @@ impl Scratch {
             vt: vec![0.0; d * BLOCK_K],
             s: vec![0.0; rows * BLOCK_K],
             ds: vec![0.0; rows * BLOCK_K],
-        }
-    }
-}
-
-/// Writes the row-major `n × d` matrix `src` transposed into `dst`
-/// (`d × n`, row stride `ld`).
-pub(super) fn transpose(src: &[f32], d: usize, (dst, ld): (&mut [f32], usize)) {
-    for (j, row) in src.chunks_exact(d).enumerate() {
-        for (p, &x) in row.iter().enumerate() {
-            dst[p * ld + j] = x;
         }
     }
 }
@@ -124,15 +114,9 @@ pub(super) fn run(isa: Isa, a: &Attention<'_>, out: &mut [f32], lse: &mut [f32])
     // read by consecutive tasks while it is still in cache, instead of once
     // per sequence after every other head's plane has passed through.
     tasks.sort_by_key(|&(bh, i0, ..)| (bh % s.heads, bh / s.heads, i0));
-    // Every query block of a (batch, head) reads all of Kᵀ: transpose once.
     let lk = s.k_len;
-    let mut kt = vec![0.0f32; s.count() * d * lk];
     crate::install(|| {
-        if lk > 0 && d > 0 {
-            kt.par_chunks_mut(d * lk)
-                .enumerate()
-                .for_each(|(bh, t)| transpose(a.kv_rows(a.qkv.k, bh, 0..lk), d, (t, lk)));
-        }
+        let kt = transposed_keys(isa, a);
         tasks.into_par_iter().for_each_init(
             || Scratch::new(d, BLOCK_Q),
             |scratch, task| {
@@ -141,6 +125,28 @@ pub(super) fn run(isa: Isa, a: &Attention<'_>, out: &mut [f32], lse: &mut [f32])
             },
         );
     });
+}
+
+/// `Kᵀ` of every (batch, head), `[count, d_head, k_len]`: every query block
+/// of a (batch, head) reads all of it, so it is transposed once, in
+/// parallel, straight into fresh memory (no zeroing pass before it).
+fn transposed_keys(isa: Isa, a: &Attention<'_>) -> Vec<f32> {
+    let s = &a.shape;
+    let (d, lk) = (s.d_head, s.k_len);
+    let n = s.count() * d * lk;
+    let mut kt = Vec::with_capacity(n);
+    if n == 0 {
+        return kt;
+    }
+    kt.spare_capacity_mut()[..n]
+        .par_chunks_mut(d * lk)
+        .enumerate()
+        .for_each(|(bh, t)| transpose(isa, a.kv_rows(a.qkv.k, bh, 0..lk), d, (t, lk)));
+    // SAFETY: the chunks tile all `n` elements, and `transpose` writes
+    // every `(p, j)` of its chunk for `p < d`, `j < lk`: all `d·lk` of them
+    // (`kv_rows` returns exactly `lk` keys of `d` values).
+    unsafe { kt.set_len(n) };
+    kt
 }
 
 /// One block of query rows against all the keys it can see. Dropout

@@ -448,3 +448,35 @@ fn fused_matches_attention_fixtures() {
         }
     }
 }
+
+#[test]
+fn transpose_writes_exactly_the_transposed_block() {
+    use super::tile::transpose;
+    use std::mem::MaybeUninit;
+    // Sizes on and off the 8 × 8 SIMD blocks, into a wider destination
+    // whose spare columns must stay untouched.
+    for (n, d) in [(1, 1), (7, 9), (8, 8), (17, 64), (48, 64), (13, 24), (9, 3)] {
+        let src: Vec<f32> = (0..n * d).map(|x| x as f32).collect();
+        let ld = n + 3;
+        for isa in Isa::available() {
+            let mut dst = vec![-1.0f32; d * ld];
+            transpose(isa, &src, d, (&mut dst[..], ld));
+            for (p, row) in dst.chunks_exact(ld).enumerate() {
+                let want: Vec<f32> = (0..n).map(|j| src[j * d + p]).collect();
+                assert_eq!(&row[..n], &want[..], "{isa:?} n {n} d {d} row {p}");
+                assert!(row[n..].iter().all(|&x| x == -1.0), "{isa:?} wrote past n");
+            }
+            let mut fresh = vec![MaybeUninit::<f32>::uninit(); d * n];
+            transpose(isa, &src, d, (&mut fresh[..], n));
+            // SAFETY: the transpose wrote every element of the d × n block.
+            let fresh: Vec<f32> = fresh.iter().map(|x| unsafe { x.assume_init() }).collect();
+            assert_eq!(
+                fresh,
+                dst.chunks_exact(ld)
+                    .flat_map(|r| &r[..n])
+                    .copied()
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+}

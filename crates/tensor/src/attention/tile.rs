@@ -11,6 +11,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 /// Which implementation of the primitives runs.
@@ -552,6 +553,125 @@ unsafe fn weighted_rows_avx2(w: &[f32], values: *const f32, ldv: usize, out: &mu
         for (v, a) in acc.iter().enumerate().take(width.div_ceil(8)) {
             // SAFETY: columns c0 + 8v.. of out, masked to those < d.
             unsafe { _mm256_maskstore_ps(out.as_mut_ptr().add(c0 + 8 * v), masks[v], *a) };
+        }
+    }
+}
+
+/// Writes the row-major `n × d` matrix `src` (`n = src.len() / d`)
+/// transposed into `dst` (`d × n`, row stride `ld`): `dst[p·ld + j] =
+/// src[j·d + p]`. `dst` may be uninitialised memory ([`MaybeUninit`]
+/// slots); every element of the `d × n` block is written and nothing else
+/// is touched.
+///
+/// Panics if `dst` is too short for that block (an internal bug).
+pub(crate) fn transpose<T: Slot>(isa: Isa, src: &[f32], d: usize, (dst, ld): (&mut [T], usize)) {
+    if d == 0 || src.len() < d {
+        return;
+    }
+    let n = src.len() / d;
+    assert!(
+        n <= ld && (d - 1) * ld + n <= dst.len(),
+        "transpose: destination too short"
+    );
+    let (mut n8, mut d8) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        (n8, d8) = (n - n % 8, d - d % 8);
+        // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2; the
+        // kernel reads rows < n8 ≤ n and columns < d8 ≤ d of `src` and
+        // writes rows < d8 and columns < n8 of the `d × n` block of `dst`,
+        // whose bounds the assert above checked.
+        unsafe { transpose_avx2(src.as_ptr(), d, (n8, d8), dst.as_mut_ptr().cast(), ld) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
+    // The edges the 8 × 8 blocks leave: columns ≥ d8 of every row, and
+    // rows ≥ n8 of the first d8 columns.
+    for (j, row) in src.chunks_exact(d).enumerate() {
+        let from = if j < n8 { d8 } else { 0 };
+        for (p, &x) in row.iter().enumerate().skip(from) {
+            dst[p * ld + j].put(x);
+        }
+    }
+}
+
+/// Where [`transpose`] may store a float: `f32` itself, or a
+/// `MaybeUninit<f32>` of memory not yet initialised.
+///
+/// # Safety
+/// Implementors have the size and alignment of `f32`, so the SIMD path may
+/// store floats through a `*mut f32` to them.
+pub(crate) unsafe trait Slot {
+    /// Stores `x`.
+    fn put(&mut self, x: f32);
+}
+
+// SAFETY: `f32` is `f32`.
+unsafe impl Slot for f32 {
+    fn put(&mut self, x: f32) {
+        *self = x;
+    }
+}
+
+// SAFETY: `MaybeUninit<T>` has the size and alignment of `T`.
+unsafe impl Slot for MaybeUninit<f32> {
+    fn put(&mut self, x: f32) {
+        self.write(x);
+    }
+}
+
+/// The 8 × 8 blocks of [`transpose`]: rows `< n8` and columns `< d8` of
+/// `src` (row stride `d`), both multiples of 8.
+///
+/// # Safety
+/// The CPU supports AVX2; `src` holds `n8` rows of stride `d ≥ d8`; `dst`
+/// holds `d8` rows of stride `ld` with at least `n8` columns each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_avx2(
+    src: *const f32,
+    d: usize,
+    (n8, d8): (usize, usize),
+    dst: *mut f32,
+    ld: usize,
+) {
+    for j in (0..n8).step_by(8) {
+        for p in (0..d8).step_by(8) {
+            // SAFETY: rows j..j+8 < n8 and columns p..p+8 ≤ d8 of `src`.
+            let r: [__m256; 8] =
+                std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add((j + i) * d + p)) });
+            let t = [
+                _mm256_unpacklo_ps(r[0], r[1]),
+                _mm256_unpackhi_ps(r[0], r[1]),
+                _mm256_unpacklo_ps(r[2], r[3]),
+                _mm256_unpackhi_ps(r[2], r[3]),
+                _mm256_unpacklo_ps(r[4], r[5]),
+                _mm256_unpackhi_ps(r[4], r[5]),
+                _mm256_unpacklo_ps(r[6], r[7]),
+                _mm256_unpackhi_ps(r[6], r[7]),
+            ];
+            // u[c]: column c of rows 0-3 (low lane) and column c + 4 (high
+            // lane); u[4 + c]: the same for rows 4-7.
+            let u = [
+                _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+                _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+                _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+                _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+                _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+                _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+                _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+                _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+            ];
+            for c in 0..4 {
+                // SAFETY: rows p + c and p + c + 4 < d8 of `dst`, columns
+                // j..j+8 ≤ n8.
+                unsafe {
+                    let lo = _mm256_permute2f128_ps::<0x20>(u[c], u[4 + c]);
+                    let hi = _mm256_permute2f128_ps::<0x31>(u[c], u[4 + c]);
+                    _mm256_storeu_ps(dst.add((p + c) * ld + j), lo);
+                    _mm256_storeu_ps(dst.add((p + c + 4) * ld + j), hi);
+                }
+            }
         }
     }
 }
