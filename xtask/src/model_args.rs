@@ -3,10 +3,10 @@
 use anyhow::Result;
 use std::path::PathBuf;
 use tessera_glue::TextTokenizer;
-use tessera_t5::T5Model;
+use tessera_t5::{Precision, T5Model};
 use tessera_train::model_source::{load_model_and_tokenizer, ModelSpec};
 
-/// `--model`, `--tokenizer`, `--seed`, `--threads`.
+/// `--model`, `--tokenizer`, `--seed`, `--threads`, `--precision`.
 #[derive(clap::Args)]
 pub struct ModelArgs {
     /// A model folder (config.json + model.safetensors); a bare preset name
@@ -24,6 +24,10 @@ pub struct ModelArgs {
     /// Worker threads [default: TESSERA_THREADS, else the number of cores].
     #[arg(long)]
     threads: Option<usize>,
+    /// Number format of the matmuls: f32, bf16 or fp16 (16-bit working
+    /// copies of the weights, f32 accumulation; see docs/precision.md).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 impl ModelArgs {
@@ -36,6 +40,8 @@ impl ModelArgs {
         let spec = ModelSpec::parse(&self.model)?;
         let (loaded, tokenizer) =
             load_model_and_tokenizer(&spec, self.tokenizer.as_deref(), self.seed)?;
-        Ok((loaded.model, tokenizer))
+        let mut model = loaded.model;
+        model.set_precision(self.precision);
+        Ok((model, tokenizer))
     }
 }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tessera_t5::Precision;
 use tessera_train::eval::EvalReport;
 use tessera_train::trainer::{Event, Outcome, Trainer};
 use tessera_train::{checkpoint, config::RunConfig};
@@ -133,6 +134,16 @@ pub struct Args {
     /// Output folder: checkpoints/, metrics.jsonl, hf/.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Number format of the matmuls: f32, bf16 or fp16 (f32 master weights;
+    /// fp16 scales the loss). See docs/precision.md.
+    #[arg(long)]
+    precision: Option<Precision>,
+    /// fp16: the first loss scale (a power of two).
+    #[arg(long)]
+    loss_scale_init: Option<f32>,
+    /// fp16: clean steps after which the loss scale doubles.
+    #[arg(long)]
+    loss_scale_growth_interval: Option<u32>,
 }
 
 impl Args {

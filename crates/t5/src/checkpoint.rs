@@ -17,7 +17,7 @@
 use crate::config::{ConfigError, T5Config};
 use crate::model::T5Model;
 use crate::params::layout;
-use crate::safetensors::{write_f32, SafeTensors, SafetensorsError, TensorToWrite};
+use crate::safetensors::{write_as, SafeTensors, SafetensorsError, StoredDType, TensorToWrite};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -192,9 +192,26 @@ impl T5Model {
         self.save_sharded(dir, DEFAULT_MAX_SHARD_BYTES)
     }
 
+    /// Saves as a Hugging Face folder with the weights stored as `dtype`
+    /// (F32, F16 or BF16, rounded to nearest-even from the f32 weights as
+    /// they are written; no f32 copy of the file is made). An F16 save fails,
+    /// naming the weight, if a value lies beyond fp16's range.
+    pub fn save_as(&self, dir: &Path, dtype: StoredDType) -> Result<(), CheckpointError> {
+        self.save_with(dir, DEFAULT_MAX_SHARD_BYTES, dtype)
+    }
+
     /// Saves as a Hugging Face folder, splitting the weights into shards of
     /// at most `max_shard_bytes` (a tensor larger than that gets its own shard).
     pub fn save_sharded(&self, dir: &Path, max_shard_bytes: u64) -> Result<(), CheckpointError> {
+        self.save_with(dir, max_shard_bytes, StoredDType::F32)
+    }
+
+    fn save_with(
+        &self,
+        dir: &Path,
+        max_shard_bytes: u64,
+        dtype: StoredDType,
+    ) -> Result<(), CheckpointError> {
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -213,7 +230,7 @@ impl T5Model {
         }
         fs::create_dir_all(&tmp).map_err(werr(&tmp))?;
         let written = self
-            .write_folder(&tmp, max_shard_bytes)
+            .write_folder(&tmp, max_shard_bytes, dtype)
             .and_then(|files| carry_over(dir, &tmp, &files));
         if let Err(e) = written {
             let _ = fs::remove_dir_all(&tmp);
@@ -226,9 +243,10 @@ impl T5Model {
         &self,
         dir: &Path,
         max_shard_bytes: u64,
+        dtype: StoredDType,
     ) -> Result<BTreeSet<String>, CheckpointError> {
         let mut files = BTreeSet::new();
-        let shards = plan_shards(self, max_shard_bytes);
+        let shards = plan_shards(self, max_shard_bytes, dtype.size() as u64);
         let count = shards.len();
         let mut weight_map = Map::new();
         let mut total = 0u64;
@@ -243,7 +261,7 @@ impl T5Model {
                 .iter()
                 .map(|&i| {
                     let (entry, data) = all[i];
-                    total += data.len() as u64 * 4;
+                    total += (data.len() * dtype.size()) as u64;
                     weight_map.insert(entry.name.clone(), file.clone().into());
                     TensorToWrite {
                         name: &entry.name,
@@ -252,7 +270,7 @@ impl T5Model {
                     }
                 })
                 .collect();
-            write_file(&dir.join(&file), |w| write_f32(w, &tensors))?;
+            write_file(&dir.join(&file), |w| write_as(w, &tensors, dtype, &[]))?;
             files.insert(file);
         }
         if count > 1 {
@@ -305,11 +323,11 @@ fn check_finite(values: &[f32], name: &str, path: &Path) -> Result<(), Checkpoin
 }
 
 /// Groups parameter indices into shards of at most `max_bytes`, in order.
-fn plan_shards(model: &T5Model, max_bytes: u64) -> Vec<Vec<usize>> {
+fn plan_shards(model: &T5Model, max_bytes: u64, element_bytes: u64) -> Vec<Vec<usize>> {
     let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
     let mut size = 0u64;
     for (i, (entry, _)) in model.params().iter().enumerate() {
-        let bytes = entry.numel() as u64 * 4;
+        let bytes = entry.numel() as u64 * element_bytes;
         if size > 0 && size + bytes > max_bytes {
             shards.push(Vec::new());
             size = 0;

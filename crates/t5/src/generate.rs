@@ -14,6 +14,7 @@ use crate::attention::{
 use crate::layers::{linear, norm_forward, sublayer_forward, DropoutPlan, Site, StackContext};
 use crate::model::{Batch, ModelError, T5Model};
 use crate::params::{AttentionIds, SublayerIds, SublayerKind};
+use crate::precision::{Operand, OperandRef};
 use crate::stack::Keep;
 use tessera_tensor::ops::{embedding, residual};
 use tessera_tensor::Result;
@@ -62,8 +63,9 @@ impl T5Model {
             labels: vec![-100; batch],
         };
         source.validate(c)?;
-        let enc = self.encode_for_generation(&source)?;
-        let mut kv = self.cross_kv(&enc, batch, src_len, max_new_tokens)?;
+        let enc = self.encode(&source, DropoutPlan::OFF, Keep::Nothing)?;
+        let mut kv = self.cross_kv(enc.operand(), batch, src_len, max_new_tokens)?;
+        drop(enc);
         let mut rows: Vec<Vec<u32>> = vec![vec![c.decoder_start_token_id]; batch];
         let mut finished = vec![false; batch];
         for t in 0..max_new_tokens {
@@ -106,14 +108,10 @@ impl T5Model {
         Ok(rows)
     }
 
-    fn encode_for_generation(&self, source: &Batch) -> std::result::Result<Vec<f32>, ModelError> {
-        Ok(self.encode(source, DropoutPlan::OFF, Keep::Nothing)?.hidden)
-    }
-
     /// Cross-attention K/V of every decoder layer, and empty self-attention caches.
     fn cross_kv(
         &self,
-        enc: &[f32],
+        enc: OperandRef<'_>,
         batch: usize,
         src_len: usize,
         capacity: usize,
@@ -122,7 +120,7 @@ impl T5Model {
         let (h, dk, inner) = (c.num_heads, c.d_kv, c.inner_dim());
         let heads = |w| -> Result<Vec<f32>> {
             Ok(crate::attention::split_heads(
-                &linear(enc, self.params().get(w), batch * src_len, inner)?,
+                &linear(enc, self.weights().get(w), batch * src_len, inner)?,
                 batch,
                 src_len,
                 h,
@@ -165,6 +163,7 @@ impl T5Model {
         let ff_context = StackContext {
             config: c,
             params: self.params(),
+            weights: self.weights(),
             batch: step.batch,
             len: 1,
             self_mask: KeyMask {
@@ -210,11 +209,11 @@ impl T5Model {
     ) -> Result<()> {
         let c = self.config();
         let (h, dk, inner) = (c.num_heads, c.d_kv, c.inner_dim());
-        let n = norm_forward(x, self.params().get(ids.norm), c.layer_norm_epsilon as f32)?.n;
+        let n = self.normed(x, ids)?;
         // With one position per row, [batch, 1, heads·d_kv] is already [batch, heads, 1, d_kv].
-        let q = linear(&n, self.params().get(a.q), step.batch, inner)?;
+        let q = linear(n.view(), self.weights().get(a.q), step.batch, inner)?;
         for (cache, w) in [(&mut layer.self_k, a.k), (&mut layer.self_v, a.v)] {
-            let new = linear(&n, self.params().get(w), step.batch, inner)?;
+            let new = linear(n.view(), self.weights().get(w), step.batch, inner)?;
             for (bh, head) in new.chunks(dk).enumerate() {
                 let at = (bh * step.capacity + step.t) * dk;
                 cache[at..at + dk].copy_from_slice(head);
@@ -249,8 +248,8 @@ impl T5Model {
         x: &mut [f32],
     ) -> Result<()> {
         let c = self.config();
-        let n = norm_forward(x, self.params().get(ids.norm), c.layer_norm_epsilon as f32)?.n;
-        let q = linear(&n, self.params().get(a.q), step.batch, c.inner_dim())?;
+        let n = self.normed(x, ids)?;
+        let q = linear(n.view(), self.weights().get(a.q), step.batch, c.inner_dim())?;
         let shape = AttentionShape::dense(step.batch, c.num_heads, 1, step.src_len, c.d_kv);
         let mask = KeyMask {
             valid: Some(step.src_valid),
@@ -262,6 +261,13 @@ impl T5Model {
             v: &layer.cross_v,
         };
         self.attend_and_add(&shape, qkv, None, mask, a, x)
+    }
+
+    /// The sublayer's normed input as its projections' matmul operand.
+    fn normed(&self, x: &[f32], ids: &SublayerIds) -> Result<Operand> {
+        let eps = self.config().layer_norm_epsilon as f32;
+        let n = norm_forward(x, self.params().get(ids.norm), eps)?.n;
+        Ok(self.precision().keep_activation(n))
     }
 
     /// `x += attention(q, k, v) · W_oᵀ` for one query position per row,
@@ -284,9 +290,10 @@ impl T5Model {
             dropout: ProbDropout::OFF,
         };
         tessera_tensor::attention::decode(&core, &mut ctx)?;
+        let ctx = self.precision().keep_activation(ctx);
         let y = linear(
-            &ctx,
-            self.params().get(a.o),
+            ctx.view(),
+            self.weights().get(a.o),
             shape.batch,
             self.config().d_model,
         )?;

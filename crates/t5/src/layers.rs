@@ -6,60 +6,128 @@
 //! with `f` self-attention, cross-attention onto the encoder output, or the
 //! feed-forward block. Linear weights are Hugging Face's `[out, in]`, so a
 //! forward is `Y = X·Wᵀ`, and its backward `dX = dY·W`, `dW += dYᵀ·X`.
+//!
+//! Every matmul reads its operands in the pass's [`Precision`]: weights
+//! from [`Weights`], activations rounded as they are kept for the backward
+//! ([`Precision::keep_activation`]), gradients rounded as they enter
+//! ([`linear_backward`]). Outputs, norms, attention and the residual stream
+//! stay f32.
 
 use crate::attention::{
     self, Attention, AttentionCache, AttentionShape, Bias, KeyMask, ProbDropout, Qkv,
 };
 use crate::config::{FeedForward, T5Config};
-use crate::params::{AttentionIds, FeedForwardIds, ParamStore, SublayerIds, SublayerKind};
+use crate::params::{AttentionIds, FeedForwardIds, ParamId, ParamStore, SublayerIds, SublayerKind};
+use crate::precision::{matmul, Dense, Operand, OperandRef, Precision};
 use tessera_tensor::ops::activation::Activation;
 use tessera_tensor::ops::dropout::{dropout_inplace, dropout_key};
 use tessera_tensor::ops::{norm, residual};
-use tessera_tensor::{gemm, MatMut, MatRef, Op, Result};
+use tessera_tensor::{MatMut, Op, Result};
 
-/// `Y = X·Wᵀ` for `X: [rows, in]`, `W: [out, in]`.
-pub fn linear(x: &[f32], w: &[f32], rows: usize, out_dim: usize) -> Result<Vec<f32>> {
+/// The weights a pass's matmuls read: the f32 master weights themselves, or
+/// their 16-bit working copies (one [`Operand`] per parameter, in
+/// [`ParamStore`] order).
+#[derive(Debug, Clone, Copy)]
+pub struct Weights<'a> {
+    params: &'a ParamStore,
+    working: Option<&'a [Operand]>,
+}
+
+impl<'a> Weights<'a> {
+    /// The master weights, read as f32.
+    pub fn f32(params: &'a ParamStore) -> Self {
+        Weights {
+            params,
+            working: None,
+        }
+    }
+
+    /// Working copies of `params` (see [`working_copies`]).
+    pub fn working(params: &'a ParamStore, working: &'a [Operand]) -> Self {
+        Weights {
+            params,
+            working: Some(working),
+        }
+    }
+
+    /// The matmul operand of parameter `id`.
+    pub fn get(&self, id: ParamId) -> OperandRef<'a> {
+        match self.working {
+            Some(w) => w[id.index()].view(),
+            None => OperandRef::F32(self.params.get(id)),
+        }
+    }
+
+    /// The precision the operands are in.
+    pub fn precision(&self) -> Precision {
+        match self.working.and_then(|w| w.first()) {
+            Some(op) => op.view().precision(),
+            None => Precision::F32,
+        }
+    }
+}
+
+/// 16-bit working copies of every parameter of `params` (rounded to
+/// nearest-even, in parameter order); `None` for f32, which reads the
+/// master weights directly.
+pub fn working_copies(params: &ParamStore, precision: Precision) -> Option<Vec<Operand>> {
+    (precision != Precision::F32).then(|| {
+        params
+            .ids()
+            .map(|id| precision.round(params.get(id)))
+            .collect()
+    })
+}
+
+/// `Y = X·Wᵀ` for `X: [rows, in]`, `W: [out, in]`, both in one precision.
+pub fn linear(
+    x: OperandRef<'_>,
+    w: OperandRef<'_>,
+    rows: usize,
+    out_dim: usize,
+) -> Result<Vec<f32>> {
     let in_dim = w.len() / out_dim;
     let mut y = vec![0.0; rows * out_dim];
-    gemm(
+    matmul(
         1.0,
-        MatRef::dense(x, rows, in_dim)?,
-        Op::N,
-        MatRef::dense(w, out_dim, in_dim)?,
-        Op::T,
+        (dense(x, rows, in_dim), Op::N),
+        (dense(w, out_dim, in_dim), Op::T),
         0.0,
         MatMut::dense(&mut y, rows, out_dim)?,
     )?;
     Ok(y)
 }
 
+fn dense(data: OperandRef<'_>, rows: usize, cols: usize) -> Dense<'_> {
+    Dense { data, rows, cols }
+}
+
 /// Backward of [`linear`] (`rows` rows, `W: [out_dim, in]`):
-/// `dW += dYᵀ·X` and `dX = dY·W + dx_beta·dX`.
+/// `dW += dYᵀ·X` and `dX = dY·W + dx_beta·dX`, with `dY` rounded to the
+/// precision of `W` first.
 pub fn linear_backward(
     dy: &[f32],
-    x: &[f32],
-    w: &[f32],
+    x: OperandRef<'_>,
+    w: OperandRef<'_>,
     (rows, out_dim): (usize, usize),
     dw: &mut [f32],
     dx: &mut [f32],
     dx_beta: f32,
 ) -> Result<()> {
     let in_dim = w.len() / out_dim;
-    gemm(
+    let dy = w.precision().round_gradient(dy);
+    let dy = dense(dy.view(), rows, out_dim);
+    matmul(
         1.0,
-        MatRef::dense(dy, rows, out_dim)?,
-        Op::T,
-        MatRef::dense(x, rows, in_dim)?,
-        Op::N,
+        (dy, Op::T),
+        (dense(x, rows, in_dim), Op::N),
         1.0,
         MatMut::dense(dw, out_dim, in_dim)?,
     )?;
-    gemm(
+    matmul(
         1.0,
-        MatRef::dense(dy, rows, out_dim)?,
-        Op::N,
-        MatRef::dense(w, out_dim, in_dim)?,
-        Op::N,
+        (dy, Op::N),
+        (dense(w, out_dim, in_dim), Op::N),
         dx_beta,
         MatMut::dense(dx, rows, in_dim)?,
     )
@@ -108,8 +176,9 @@ const DROP_INNER: u64 = 1;
 /// The encoder output as the decoder's cross-attention sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct EncoderView<'a> {
-    /// `[batch, len, d_model]`, after the final norm (and dropout).
-    pub hidden: &'a [f32],
+    /// `[batch, len, d_model]`, after the final norm (and dropout), as
+    /// the key/value projections' matmul operand.
+    pub hidden: OperandRef<'a>,
     /// Source length.
     pub len: usize,
     /// `[batch, len]`: 1 for real tokens, 0 for padding.
@@ -121,8 +190,10 @@ pub struct EncoderView<'a> {
 pub struct StackContext<'a> {
     /// Model configuration.
     pub config: &'a T5Config,
-    /// Weights.
+    /// Master weights (norms, embeddings, bias tables).
     pub params: &'a ParamStore,
+    /// What the matmuls read (the master weights or their working copies).
+    pub weights: Weights<'a>,
     /// Sequences in the batch.
     pub batch: usize,
     /// Positions per sequence in this stack.
@@ -143,6 +214,10 @@ impl StackContext<'_> {
     fn rows(&self) -> usize {
         self.batch * self.len
     }
+
+    fn precision(&self) -> Precision {
+        self.weights.precision()
+    }
 }
 
 /// Where a backward pass adds its gradients.
@@ -156,11 +231,18 @@ pub struct GradSinks<'a> {
     pub dencoder: Option<&'a mut [f32]>,
 }
 
-/// RMS norm input, statistics and output.
+/// What an RMS norm's backward needs: its input and per-row statistics.
 #[derive(Debug, Clone)]
-pub struct NormCache {
+pub struct NormStats {
     x: Vec<f32>,
     rstd: Vec<f32>,
+}
+
+/// RMS norm statistics and output.
+#[derive(Debug, Clone)]
+pub struct NormCache {
+    /// What the backward needs.
+    pub stats: NormStats,
     /// The normalised rows.
     pub n: Vec<f32>,
 }
@@ -170,44 +252,46 @@ pub fn norm_forward(x: &[f32], weight: &[f32], eps: f32) -> Result<NormCache> {
     let mut n = vec![0.0; x.len()];
     let mut rstd = vec![0.0; x.len() / weight.len()];
     norm::rms_norm_forward(&mut n, &mut rstd, x, weight, eps)?;
-    Ok(NormCache {
+    let stats = NormStats {
         x: x.to_vec(),
         rstd,
-        n,
-    })
+    };
+    Ok(NormCache { stats, n })
 }
 
 /// Adds the norm's input gradient into `dx` and its weight gradient into `dweight`.
 pub fn norm_backward(
-    cache: &NormCache,
+    stats: &NormStats,
     weight: &[f32],
     dweight: &mut [f32],
     dn: &[f32],
     dx: &mut [f32],
 ) -> Result<()> {
     let mut dxn = vec![0.0; dn.len()];
-    norm::rms_norm_backward(&mut dxn, dweight, dn, &cache.x, weight, &cache.rstd)?;
+    norm::rms_norm_backward(&mut dxn, dweight, dn, &stats.x, weight, &stats.rstd)?;
     residual::add_inplace(dx, &dxn)
 }
 
 /// What an attention sublayer keeps for its backward.
 #[derive(Debug, Clone)]
 pub struct AttentionSublayerCache {
-    norm: NormCache,
+    norm: NormStats,
+    normed: Operand,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
     core: AttentionCache,
-    ctx: Vec<f32>,
+    ctx: Operand,
 }
 
 /// What a feed-forward sublayer keeps for its backward.
 #[derive(Debug, Clone)]
 pub struct FeedForwardCache {
-    norm: NormCache,
+    norm: NormStats,
+    normed: Operand,
     h0: Vec<f32>,
     h1: Option<Vec<f32>>,
-    g: Vec<f32>,
+    g: Operand,
 }
 
 /// What any sublayer keeps for its backward.
@@ -227,11 +311,12 @@ pub fn sublayer_forward(
     x: &mut [f32],
 ) -> Result<SublayerCache> {
     let eps = cx.config.layer_norm_epsilon as f32;
-    let norm = norm_forward(x, cx.params.get(ids.norm), eps)?;
+    let NormCache { stats, n } = norm_forward(x, cx.params.get(ids.norm), eps)?;
+    let normed = (stats, cx.precision().keep_activation(n));
     let (mut y, cache) = match ids.kind {
-        SublayerKind::SelfAttention(a) => attention_sublayer_forward(cx, site, &a, norm, false)?,
-        SublayerKind::CrossAttention(a) => attention_sublayer_forward(cx, site, &a, norm, true)?,
-        SublayerKind::FeedForward(f) => feed_forward_forward(cx, site, &f, norm)?,
+        SublayerKind::SelfAttention(a) => attention_sublayer_forward(cx, site, &a, normed, false)?,
+        SublayerKind::CrossAttention(a) => attention_sublayer_forward(cx, site, &a, normed, true)?,
+        SublayerKind::FeedForward(f) => feed_forward_forward(cx, site, &f, normed)?,
     };
     cx.dropout.apply(&mut y, site, DROP_OUTPUT)?;
     residual::add_inplace(x, &y)?;
@@ -270,13 +355,13 @@ pub fn sublayer_backward(
 
 /// Keys, values, mask and bias an attention sublayer attends with.
 struct KeySide<'a> {
-    source: &'a [f32],
+    source: OperandRef<'a>,
     len: usize,
     mask: KeyMask<'a>,
     bias: Option<Bias<'a>>,
 }
 
-fn key_side<'a>(cx: &StackContext<'a>, normed: &'a [f32], cross: bool) -> KeySide<'a> {
+fn key_side<'a>(cx: &StackContext<'a>, normed: OperandRef<'a>, cross: bool) -> KeySide<'a> {
     match (cross, cx.encoder) {
         (true, Some(e)) => KeySide {
             source: e.hidden,
@@ -301,14 +386,14 @@ fn attention_sublayer_forward(
     cx: &StackContext<'_>,
     site: Site,
     a: &AttentionIds,
-    norm: NormCache,
+    (norm, normed): (NormStats, Operand),
     cross: bool,
 ) -> Result<(Vec<f32>, SublayerCache)> {
     let c = cx.config;
     let (b, h, dk, inner) = (cx.batch, c.num_heads, c.d_kv, c.inner_dim());
-    let p = |id| cx.params.get(id);
-    let keys = key_side(cx, &norm.n, cross);
-    let heads = |x: &[f32], w, len| -> Result<Vec<f32>> {
+    let p = |id| cx.weights.get(id);
+    let keys = key_side(cx, normed.view(), cross);
+    let heads = |x: OperandRef<'_>, w, len| -> Result<Vec<f32>> {
         Ok(attention::split_heads(
             &linear(x, w, b * len, inner)?,
             b,
@@ -317,7 +402,7 @@ fn attention_sublayer_forward(
             dk,
         ))
     };
-    let q = heads(&norm.n, p(a.q), cx.len)?;
+    let q = heads(normed.view(), p(a.q), cx.len)?;
     let k = heads(keys.source, p(a.k), keys.len)?;
     let v = heads(keys.source, p(a.v), keys.len)?;
     let shape = AttentionShape::dense(b, h, cx.len, keys.len, dk);
@@ -340,10 +425,13 @@ fn attention_sublayer_forward(
         },
         &mut ctx_h,
     )?;
-    let ctx = attention::merge_heads(&ctx_h, b, cx.len, h, dk);
-    let y = linear(&ctx, p(a.o), cx.rows(), c.d_model)?;
+    let ctx = cx
+        .precision()
+        .keep_activation(attention::merge_heads(&ctx_h, b, cx.len, h, dk));
+    let y = linear(ctx.view(), p(a.o), cx.rows(), c.d_model)?;
     let cache = AttentionSublayerCache {
         norm,
+        normed,
         q,
         k,
         v,
@@ -366,12 +454,12 @@ fn attention_sublayer_backward(
 ) -> Result<Vec<f32>> {
     let c = cx.config;
     let (b, h, dk, inner, rows) = (cx.batch, c.num_heads, c.d_kv, c.inner_dim(), cx.rows());
-    let p = |id| cx.params.get(id);
-    let keys = key_side(cx, &cache.norm.n, cross);
+    let p = |id| cx.weights.get(id);
+    let keys = key_side(cx, cache.normed.view(), cross);
     let mut dctx = vec![0.0; rows * inner];
     linear_backward(
         dy,
-        &cache.ctx,
+        cache.ctx.view(),
         p(a.o),
         (rows, c.d_model),
         sinks.grads.get_mut(a.o),
@@ -403,7 +491,7 @@ fn attention_sublayer_backward(
     let mut dn = vec![0.0; rows * c.d_model];
     linear_backward(
         &dq,
-        &cache.norm.n,
+        cache.normed.view(),
         p(a.q),
         (rows, inner),
         sinks.grads.get_mut(a.q),
@@ -449,15 +537,15 @@ fn feed_forward_forward(
     cx: &StackContext<'_>,
     site: Site,
     f: &FeedForwardIds,
-    norm: NormCache,
+    (norm, normed): (NormStats, Operand),
 ) -> Result<(Vec<f32>, SublayerCache)> {
     let c = cx.config;
     let (rows, act) = (cx.rows(), activation(c.feed_forward()));
-    let h0 = linear(&norm.n, cx.params.get(f.wi), rows, c.d_ff)?;
+    let h0 = linear(normed.view(), cx.weights.get(f.wi), rows, c.d_ff)?;
     let mut g = vec![0.0; h0.len()];
     let h1 = match f.wi_gate {
         Some(w1) => {
-            let h1 = linear(&norm.n, cx.params.get(w1), rows, c.d_ff)?;
+            let h1 = linear(normed.view(), cx.weights.get(w1), rows, c.d_ff)?;
             act.gated_forward(&mut g, &h0, &h1)?;
             Some(h1)
         }
@@ -467,11 +555,16 @@ fn feed_forward_forward(
         }
     };
     cx.dropout.apply(&mut g, site, DROP_INNER)?;
-    let y = linear(&g, cx.params.get(f.wo), rows, c.d_model)?;
-    Ok((
-        y,
-        SublayerCache::FeedForward(FeedForwardCache { norm, h0, h1, g }),
-    ))
+    let g = cx.precision().keep_activation(g);
+    let y = linear(g.view(), cx.weights.get(f.wo), rows, c.d_model)?;
+    let cache = FeedForwardCache {
+        norm,
+        normed,
+        h0,
+        h1,
+        g,
+    };
+    Ok((y, SublayerCache::FeedForward(cache)))
 }
 
 fn feed_forward_backward(
@@ -484,11 +577,11 @@ fn feed_forward_backward(
 ) -> Result<Vec<f32>> {
     let c = cx.config;
     let (rows, act) = (cx.rows(), activation(c.feed_forward()));
-    let p = |id| cx.params.get(id);
-    let mut dg = vec![0.0; cache.g.len()];
+    let p = |id| cx.weights.get(id);
+    let mut dg = vec![0.0; cache.g.view().len()];
     linear_backward(
         dy,
-        &cache.g,
+        cache.g.view(),
         p(f.wo),
         (rows, c.d_model),
         sinks.grads.get_mut(f.wo),
@@ -496,7 +589,7 @@ fn feed_forward_backward(
         0.0,
     )?;
     cx.dropout.apply(&mut dg, site, DROP_INNER)?;
-    let n = &cache.norm.n;
+    let n = cache.normed.view();
     let mut dn = vec![0.0; rows * c.d_model];
     let mut dh0 = vec![0.0; dg.len()];
     if let (Some(w1), Some(h1)) = (f.wi_gate, &cache.h1) {

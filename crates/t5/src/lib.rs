@@ -18,6 +18,7 @@ mod generate;
 pub mod layers;
 mod model;
 mod params;
+pub mod precision;
 pub mod safetensors;
 mod stack;
 
@@ -28,4 +29,5 @@ pub use params::{
     AttentionIds, FeedForwardIds, ModelIds, ParamEntry, ParamId, ParamStore, StackIds, SublayerIds,
     SublayerKind,
 };
+pub use precision::Precision;
 pub use tessera_tensor::ops::crossentropy::CrossEntropy;

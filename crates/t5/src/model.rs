@@ -3,9 +3,13 @@
 
 use crate::attention::{offset_buckets, position_bias_forward, KeyMask};
 use crate::config::T5Config;
-use crate::layers::{linear, linear_backward, DropoutPlan, EncoderView, StackContext};
+use crate::layers::{
+    linear, linear_backward, working_copies, DropoutPlan, EncoderView, StackContext, Weights,
+};
 use crate::params::{layout, ModelIds, ParamId, ParamStore};
+use crate::precision::{Operand, OperandRef, Precision};
 use crate::stack::{stack_backward, stack_forward, Keep, StackCache, StackRef};
+use std::sync::OnceLock;
 use tessera_tensor::ops::crossentropy::{
     cross_entropy_backward_inplace, cross_entropy_forward, CrossEntropy, IGNORE_INDEX,
 };
@@ -123,6 +127,9 @@ pub struct TrainOptions {
     /// Divide the summed loss by this for the gradient (gradient accumulation
     /// over a global batch); `None` uses this batch's target count (Hugging Face's mean).
     pub loss_divisor: Option<f32>,
+    /// Multiply the loss by this before differentiating (fp16 loss scaling;
+    /// the caller divides the gradients by it again). 1 otherwise.
+    pub loss_scale: f32,
 }
 
 impl TrainOptions {
@@ -133,6 +140,7 @@ impl TrainOptions {
             seed: 0,
             recompute_blocks: false,
             loss_divisor: None,
+            loss_scale: 1.0,
         }
     }
 }
@@ -143,6 +151,10 @@ pub struct T5Model {
     config: T5Config,
     params: ParamStore,
     ids: ModelIds,
+    precision: Precision,
+    /// 16-bit working copies of `params` for the matmuls, built on first
+    /// use and dropped whenever `params` may change.
+    working: OnceLock<Vec<Operand>>,
 }
 
 /// Position buckets and the gathered bias of one stack, per offset `j - i`.
@@ -154,8 +166,20 @@ struct PositionBias {
 /// The decoder's input and the encoder's output, shared by forward and backward.
 pub(crate) struct Encoded {
     pub(crate) hidden: Vec<f32>,
+    /// `hidden` rounded for the cross-attention matmuls (`None` in f32).
+    rounded: Option<Operand>,
     cache: Option<StackCache>,
     bias: PositionBias,
+}
+
+impl Encoded {
+    /// The encoder output as a matmul operand.
+    pub(crate) fn operand(&self) -> OperandRef<'_> {
+        match &self.rounded {
+            Some(r) => r.view(),
+            None => OperandRef::F32(&self.hidden),
+        }
+    }
 }
 
 impl T5Model {
@@ -163,11 +187,7 @@ impl T5Model {
     /// loading into). Call [`T5Model::init`] for a trainable random model.
     pub fn zeros(config: T5Config) -> Self {
         let (params, ids) = layout(&config);
-        T5Model {
-            config,
-            params,
-            ids,
-        }
+        Self::from_parts(config, params, ids)
     }
 
     /// A randomly initialised model, as Hugging Face's `_init_weights` does
@@ -208,6 +228,8 @@ impl T5Model {
             config,
             params,
             ids,
+            precision: Precision::F32,
+            working: OnceLock::new(),
         }
     }
 
@@ -221,9 +243,37 @@ impl T5Model {
         &self.params
     }
 
-    /// The weights, mutable (for optimizers).
+    /// The weights, mutable (for optimizers). Drops the 16-bit working
+    /// copies; the next pass rounds the new weights again.
     pub fn params_mut(&mut self) -> &mut ParamStore {
+        self.working = OnceLock::new();
         &mut self.params
+    }
+
+    /// The precision the matmuls read (f32 unless set).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Runs every later pass in `precision`: the master weights stay f32,
+    /// the matmuls read 16-bit working copies of them (see
+    /// [`crate::precision`]).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        self.working = OnceLock::new();
+    }
+
+    /// What the matmuls read: the master weights in f32, else their working
+    /// copies (rounded on first use after the weights changed).
+    pub fn weights(&self) -> Weights<'_> {
+        let working = self
+            .working
+            .get_or_init(|| working_copies(&self.params, self.precision).unwrap_or_default());
+        if working.is_empty() {
+            Weights::f32(&self.params)
+        } else {
+            Weights::working(&self.params, working)
+        }
     }
 
     /// Parameter ids by role.
@@ -288,7 +338,7 @@ impl T5Model {
                     causal: true,
                 },
                 Some(EncoderView {
-                    hidden: &enc.hidden,
+                    hidden: enc.operand(),
                     len: batch.src_len,
                     valid: &batch.attention_mask,
                 }),
@@ -297,6 +347,7 @@ impl T5Model {
         StackContext {
             config: &self.config,
             params: &self.params,
+            weights: self.weights(),
             batch: batch.batch_size,
             len,
             self_mask,
@@ -321,8 +372,11 @@ impl T5Model {
             &bias.buckets,
             keep,
         )?;
+        let rounded = (self.precision != Precision::F32)
+            .then(|| self.precision.keep_activation(hidden.clone()));
         Ok(Encoded {
             hidden,
+            rounded,
             cache,
             bias,
         })
@@ -351,17 +405,19 @@ impl T5Model {
         self.ids.lm_head.unwrap_or(self.ids.shared)
     }
 
-    /// `logits = (scale · hidden) · Wᵀ`; returns the scaled input too.
+    /// `logits = (scale · hidden) · Wᵀ`; returns the scaled input too, as
+    /// the matmul read it.
     pub(crate) fn head_forward(
         &self,
         hidden: &[f32],
         rows: usize,
-    ) -> tessera_tensor::Result<(Vec<f32>, Vec<f32>)> {
+    ) -> tessera_tensor::Result<(Vec<f32>, Operand)> {
         let mut scaled = hidden.to_vec();
         scale_inplace(&mut scaled, self.head_scale());
+        let scaled = self.precision.keep_activation(scaled);
         let logits = linear(
-            &scaled,
-            self.params.get(self.head_weight()),
+            scaled.view(),
+            self.weights().get(self.head_weight()),
             rows,
             self.config.vocab_size,
         )?;
@@ -426,19 +482,24 @@ impl T5Model {
         )?;
         let rows = batch.batch_size * batch.tgt_len;
         let (mut logits, scaled) = self.head_forward(&dec_out, rows)?;
+        let dec_out_len = dec_out.len();
         drop(dec_out);
         let vocab = self.config.vocab_size;
         let mut lse = vec![0.0; rows];
         let loss = cross_entropy_forward(&mut lse, &logits, &batch.labels, vocab)?;
         let divisor = opts.loss_divisor.unwrap_or(loss.count as f32);
-        let scale = if divisor > 0.0 { 1.0 / divisor } else { 0.0 };
+        let scale = if divisor > 0.0 {
+            opts.loss_scale / divisor
+        } else {
+            0.0
+        };
         cross_entropy_backward_inplace(&mut logits, &lse, &batch.labels, vocab, scale)?;
         let head = self.head_weight();
-        let mut ddec = vec![0.0; scaled.len()];
+        let mut ddec = vec![0.0; dec_out_len];
         linear_backward(
             &logits,
-            &scaled,
-            self.params.get(head),
+            scaled.view(),
+            self.weights().get(head),
             (rows, vocab),
             grads.get_mut(head),
             &mut ddec,

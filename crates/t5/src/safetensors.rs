@@ -422,6 +422,26 @@ pub fn write_f32_with_metadata(
     tensors: &[TensorToWrite<'_>],
     metadata: &[(&str, &str)],
 ) -> std::io::Result<()> {
+    write_as(out, tensors, StoredDType::F32, metadata)
+}
+
+/// Writes the f32 `tensors` stored as `dtype` (F32, F16 or BF16; 16-bit
+/// values rounded to nearest-even), with `metadata` as [`write_f32_with_metadata`].
+///
+/// Fails, naming the tensor, if a finite value overflows the dtype's range
+/// (fp16 ends at 65,504), and for `I64`.
+pub fn write_as(
+    out: &mut impl Write,
+    tensors: &[TensorToWrite<'_>],
+    dtype: StoredDType,
+    metadata: &[(&str, &str)],
+) -> std::io::Result<()> {
+    if dtype == StoredDType::I64 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "tensors are written as F32, F16 or BF16, not I64",
+        ));
+    }
     let mut header = Map::new();
     let mut meta = Map::new();
     meta.insert("format".into(), "pt".into());
@@ -431,10 +451,10 @@ pub fn write_f32_with_metadata(
     header.insert("__metadata__".into(), Value::Object(meta));
     let mut offset = 0usize;
     for t in tensors {
-        let end = offset + t.data.len() * 4;
+        let end = offset + t.data.len() * dtype.size();
         header.insert(
             t.name.to_string(),
-            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}),
+            serde_json::json!({"dtype": dtype.name(), "shape": t.shape, "data_offsets": [offset, end]}),
         );
         offset = end;
     }
@@ -448,13 +468,41 @@ pub fn write_f32_with_metadata(
     for t in tensors {
         for chunk in t.data.chunks(1 << 14) {
             buf.clear();
-            buf.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+            let fits = match dtype {
+                StoredDType::F16 => encode(chunk, &mut buf, |v, b| {
+                    let h = half::f16::from_f32(v);
+                    b.extend(h.to_le_bytes());
+                    h.to_f32()
+                }),
+                StoredDType::BF16 => encode(chunk, &mut buf, |v, b| {
+                    let h = half::bf16::from_f32(v);
+                    b.extend(h.to_le_bytes());
+                    h.to_f32()
+                }),
+                _ => encode(chunk, &mut buf, |v, b| {
+                    b.extend(v.to_le_bytes());
+                    v
+                }),
+            };
+            if !fits {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} has values beyond the range of {}", t.name, dtype.name()),
+                ));
+            }
             out.write_all(&buf)?;
         }
     }
     Ok(())
 }
 
+/// Appends each value of `chunk` as `put` stores it (returning the stored
+/// value widened back); false if a finite value became infinite.
+fn encode(chunk: &[f32], buf: &mut Vec<u8>, put: impl Fn(f32, &mut Vec<u8>) -> f32) -> bool {
+    chunk
+        .iter()
+        .all(|&v| put(v, buf).is_finite() || !v.is_finite())
+}
 #[cfg(test)]
 mod tests {
     use super::*;

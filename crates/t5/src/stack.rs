@@ -138,7 +138,7 @@ pub fn stack_backward(
     let mut dx = vec![0.0; dout.len()];
     let final_w = cx.params.get(stack.ids.final_norm);
     norm_backward(
-        &cache.final_norm,
+        &cache.final_norm.stats,
         final_w,
         grads.get_mut(stack.ids.final_norm),
         &dout,

@@ -277,3 +277,45 @@ proptest! {
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 }
+
+#[test]
+fn saving_in_sixteen_bits_rounds_once_and_refuses_fp16_overflow() {
+    use tessera_t5::safetensors::StoredDType;
+    let model = T5Model::load(&fixture_dir("t5-gated-untied")).expect("fixture");
+    let root = scratch("save16");
+    let f32_size = {
+        model.save(&root.join("f32")).expect("save");
+        fs::metadata(root.join("f32/model.safetensors"))
+            .expect("file")
+            .len()
+    };
+    type Round = fn(f32) -> f32;
+    let bf16: Round = |v| half::bf16::from_f32(v).to_f32();
+    let f16: Round = |v| half::f16::from_f32(v).to_f32();
+    for (dtype, round) in [(StoredDType::BF16, bf16), (StoredDType::F16, f16)] {
+        let dir = root.join(dtype.name());
+        model.save_as(&dir, dtype).expect("16-bit save");
+        let file = SafeTensors::open(&dir.join("model.safetensors")).expect("readable");
+        let first = model.params().entries()[0].name.clone();
+        assert_eq!(file.info(&first).expect("tensor").dtype, dtype);
+        let size = fs::metadata(dir.join("model.safetensors"))
+            .expect("file")
+            .len();
+        // Half the data; the JSON header (a few KB here) stays the same.
+        assert!(size * 10 < f32_size * 6, "{size} bytes vs f32's {f32_size}");
+        let back = T5Model::load(&dir).expect("loads");
+        let want: Vec<f32> = model.params().flat().iter().map(|&v| round(v)).collect();
+        assert_eq!(back.params().flat(), &want[..], "{dtype:?}");
+    }
+    let mut big = model.clone();
+    let id = big.params().ids().nth(3).expect("a fourth tensor");
+    big.params_mut().get_mut(id)[0] = 1e6;
+    let dir = root.join("overflow");
+    let err = big
+        .save_as(&dir, StoredDType::F16)
+        .expect_err("1e6 does not fit fp16")
+        .to_string();
+    let name = &big.params().entry(id).name;
+    assert!(err.contains(name.as_str()) && err.contains("F16"), "{err}");
+    assert!(!dir.exists(), "a failed save leaves nothing behind");
+}

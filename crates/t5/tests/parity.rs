@@ -2,11 +2,13 @@
 //! fixtures (`fixtures/data`): position buckets and bias exactly; encoder
 //! output, decoder output, logits and loss within relative error 1e-4 and
 //! every parameter gradient within 1e-3, with the fixtures' norm
-//! `max|a−b| / max|b|` per tensor; greedy tokens identical.
+//! `max|a−b| / max|b|` per tensor; greedy tokens identical. The bf16 and
+//! fp16 passes against PyTorch's CPU autocast within the `mixed-precision`
+//! fixture's per-quantity tolerances.
 
 use tessera_fixtures::{check_close, load, Fixture};
 use tessera_t5::attention::{bucket_table, position_bias_forward, relative_position_bucket};
-use tessera_t5::{Batch, T5Model, TrainOptions};
+use tessera_t5::{Batch, Precision, T5Model, TrainOptions};
 
 const MODELS: [&str; 3] = ["t5-gated-untied", "t5-relu-tied", "t5-gated-untied-hf-init"];
 
@@ -175,6 +177,65 @@ fn gradients_match_transformers_and_recomputation_is_exact() {
             grads.flat(),
             again.flat(),
             "{name}: recomputation changes gradients"
+        );
+    }
+}
+
+/// bf16 and fp16 against `torch.autocast` on the CPU. Autocast rounds at
+/// other points than tessera (its matmul outputs and attention products are
+/// 16-bit, tessera's f32), so each quantity is held to the fixture's
+/// `tolerance`: twice autocast's own deviation from f32, at least 1e-3.
+#[test]
+fn sixteen_bit_passes_match_autocast() {
+    let mp = load("mixed-precision").expect("fixture group");
+    let name = "t5-gated-untied-hf-init";
+    let (mut model, fx) = model(name);
+    let batch = batch(&fx);
+    for (tag, precision) in [("f16", Precision::Fp16), ("bf16", Precision::Bf16)] {
+        model.set_precision(precision);
+        let case = format!("{name}.{tag}");
+        let tol = |what: &str| {
+            mp.number(&format!("/cases/{case}/tolerance/{what}"))
+                .expect("tolerance in meta.json")
+        };
+        let want = |what: &str| mp.f32s(&format!("{case}.{what}")).expect("reference");
+        let close = |what: &str, got: &[f32], want: &[f32], tol: f64| {
+            let c = check_close(&format!("{case}/{what}"), got, want, tol)
+                .unwrap_or_else(|e| panic!("{e}"));
+            c.rel_error
+        };
+        let out = model.forward(&batch).expect("forward");
+        for (what, got) in [
+            ("encoder_output", &out.encoder_output),
+            ("logits", &out.logits),
+        ] {
+            let err = close(what, got, &want(what), tol(what));
+            eprintln!(
+                "{case} {what}: rel err {err:.2e} (tolerance {:.2e})",
+                tol(what)
+            );
+        }
+        close("loss", &[out.loss.mean()], &want("loss"), tol("loss"));
+        let mut opts = TrainOptions::from_config(model.config());
+        opts.dropout = 0.0;
+        let mut grads = model.new_gradients();
+        model
+            .forward_backward(&batch, &mut grads, &opts)
+            .expect("backward");
+        let worst = grads
+            .iter()
+            .map(|(e, g)| {
+                close(
+                    &e.name,
+                    g,
+                    &want(&format!("grad.{}", e.name)),
+                    tol("grads_max"),
+                )
+            })
+            .fold(0.0, f64::max);
+        eprintln!(
+            "{case}: worst gradient rel err {worst:.2e} (tolerance {:.2e})",
+            tol("grads_max")
         );
     }
 }

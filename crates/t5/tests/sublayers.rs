@@ -14,6 +14,7 @@ use tessera_t5::attention::KeyMask;
 use tessera_t5::layers::{
     sublayer_backward, sublayer_forward, DropoutPlan, EncoderView, GradSinks, Site, StackContext,
 };
+use tessera_t5::precision::OperandRef;
 use tessera_t5::{SublayerIds, SublayerKind, T5Config, T5Model};
 
 fn config(seed: u64) -> T5Config {
@@ -89,6 +90,7 @@ fn context<'a>(
     StackContext {
         config: model.config(),
         params: model.params(),
+        weights: model.weights(),
         batch: BATCH,
         len: LEN,
         self_mask: KeyMask {
@@ -97,7 +99,7 @@ fn context<'a>(
         },
         bias: &p.bias,
         encoder: Some(EncoderView {
-            hidden: &p.enc,
+            hidden: OperandRef::F32(&p.enc),
             len: SRC,
             valid: &m.source,
         }),

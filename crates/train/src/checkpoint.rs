@@ -14,7 +14,7 @@
 
 use crate::config::RunConfig;
 pub use crate::export::{SPIECE_FILE, TOKENIZER_FILE};
-use crate::optim::Optimizer;
+use crate::optim::{LossScaler, Optimizer};
 use crate::{Result, TrainError};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -38,6 +38,9 @@ pub struct TrainerState {
     pub examples_seen: u64,
     /// The configuration the run was started (or last resumed) with.
     pub config: RunConfig,
+    /// The fp16 loss scaler (absent in other precisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<LossScaler>,
 }
 
 /// The tokenizer files a checkpoint carries.

@@ -7,12 +7,13 @@
 //! over the file, the file over the recipe, and an unknown key in any layer
 //! is an error naming it.
 
-use crate::optim::{OptimizerConfig, OptimizerKind};
+use crate::optim::{loss_scale, LossScaler, OptimizerConfig, OptimizerKind};
 use crate::schedule::Schedule;
 use crate::{Result, TrainError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tessera_glue::Padding;
+use tessera_t5::Precision;
 
 /// The learning-rate schedule families a run can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +100,27 @@ pub struct RunConfig {
     pub threads: usize,
     /// Folder of checkpoints, metrics and the export.
     pub output: PathBuf,
+    /// Number format of the matmuls: `f32`, `bf16` or `fp16` (master
+    /// weights, optimizer state and gradients stay f32; fp16 adds dynamic
+    /// loss scaling). See `tessera_t5::precision`.
+    #[serde(default)]
+    pub precision: Precision,
+    /// fp16: the loss scale of the first step (a power of two;
+    /// `torch.amp.GradScaler`'s `init_scale`).
+    #[serde(default = "default_loss_scale_init")]
+    pub loss_scale_init: f32,
+    /// fp16: clean steps after which the loss scale doubles
+    /// (`GradScaler`'s `growth_interval`).
+    #[serde(default = "default_loss_scale_growth_interval")]
+    pub loss_scale_growth_interval: u32,
+}
+
+fn default_loss_scale_init() -> f32 {
+    loss_scale::INITIAL_SCALE
+}
+
+fn default_loss_scale_growth_interval() -> u32 {
+    loss_scale::GROWTH_INTERVAL
 }
 
 /// Names of the built-in recipes.
@@ -169,6 +191,9 @@ impl RunConfig {
             eval_batch_size: 100,
             threads: 0,
             output: PathBuf::from("runs/quickstart"),
+            precision: Precision::F32,
+            loss_scale_init: loss_scale::INITIAL_SCALE,
+            loss_scale_growth_interval: loss_scale::GROWTH_INTERVAL,
         }
     }
 
@@ -273,8 +298,29 @@ impl RunConfig {
                 "must be 0 (off) or positive",
             ));
         }
+        let init = self.loss_scale_init;
+        if !(init.is_finite() && init > 0.0 && init.log2().fract() == 0.0) {
+            return Err(TrainError::setting(
+                "--loss-scale-init",
+                format!("must be a positive power of two (so unscaling is exact), got {init}"),
+            ));
+        }
+        if self.loss_scale_growth_interval == 0 {
+            return Err(TrainError::setting(
+                "--loss-scale-growth-interval",
+                "must be at least 1",
+            ));
+        }
         self.schedule().validate()?;
         Ok(())
+    }
+
+    /// A fresh fp16 loss scaler for this run, or `None` when the precision
+    /// needs no loss scaling.
+    pub fn loss_scaler(&self) -> Option<LossScaler> {
+        self.precision
+            .needs_loss_scaling()
+            .then(|| LossScaler::new(self.loss_scale_init, self.loss_scale_growth_interval))
     }
 
     /// The optimizer settings of this run.

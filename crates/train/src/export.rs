@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use std::fs;
 use std::path::Path;
 use tessera_glue::TextTokenizer;
+use tessera_t5::safetensors::StoredDType;
 use tessera_t5::{T5Model, INDEX_FILE, WEIGHTS_FILE};
 
 /// The tokenizer file a checkpoint must hold.
@@ -48,6 +49,13 @@ const EXPORT_FILES: [&str; 8] = [
 
 /// Writes the Hugging Face export of `checkpoint` to `output` (see the module docs).
 pub fn export(checkpoint: &Path, output: &Path) -> Result<()> {
+    export_as(checkpoint, output, StoredDType::F32)
+}
+
+/// [`export`] with the weights stored as `dtype` (F32, F16 or BF16): half
+/// the file size in 16 bits, which `transformers` loads as it loads the
+/// Hub's bf16/fp16 checkpoints.
+pub fn export_as(checkpoint: &Path, output: &Path, dtype: StoredDType) -> Result<()> {
     if !checkpoint.is_dir() {
         return Err(TrainError::setting(
             "--checkpoint",
@@ -64,12 +72,14 @@ pub fn export(checkpoint: &Path, output: &Path) -> Result<()> {
     }
     let tokenizer = TextTokenizer::from_file(&tokenizer_file)?;
     let model = T5Model::load(checkpoint)?;
-    crate::folder::build(output, |dir| build(&model, &tokenizer, checkpoint, dir))
+    crate::folder::build(output, |dir| {
+        model.save_as(dir, dtype)?;
+        build(&tokenizer, checkpoint, dir)
+    })
 }
 
-/// Writes every export file into the fresh folder `dir`.
-fn build(model: &T5Model, tokenizer: &TextTokenizer, checkpoint: &Path, dir: &Path) -> Result<()> {
-    model.save(dir)?;
+/// Writes the export's other files into the fresh folder `dir`.
+fn build(tokenizer: &TextTokenizer, checkpoint: &Path, dir: &Path) -> Result<()> {
     copy(&checkpoint.join(TOKENIZER_FILE), &dir.join(TOKENIZER_FILE))?;
     let spiece = checkpoint.join(SPIECE_FILE);
     if spiece.is_file() {

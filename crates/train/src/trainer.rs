@@ -45,6 +45,16 @@ pub struct StepReport {
     pub examples_per_s: f64,
     /// Wall time of this step in seconds.
     pub seconds: f64,
+    /// The fp16 loss scale this step ran with (fp16 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f32>,
+    /// Whether the step was skipped because a gradient overflowed (the
+    /// weights did not change; `step` is retried with the next batch).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+    /// Steps skipped so far (fp16 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<u64>,
 }
 
 /// What [`Trainer::run`] reports as it goes.
@@ -101,6 +111,7 @@ impl Trainer {
             cursor: Default::default(),
             examples_seen: 0,
             config: config.clone(),
+            loss_scaler: None,
         };
         Self::assemble(
             model,
@@ -155,15 +166,21 @@ impl Trainer {
     }
 
     fn assemble(
-        model: T5Model,
+        mut model: T5Model,
         optimizer: Optimizer,
         tokenizer: TextTokenizer,
         tokenizer_files: TokenizerFiles,
         train: &Dataset,
         eval_set: Option<Dataset>,
-        state: TrainerState,
+        mut state: TrainerState,
     ) -> Result<Self> {
         let config = state.config.clone();
+        model.set_precision(config.precision);
+        // A resumed fp16 run goes on with its saved scale; any other
+        // precision has no scaler.
+        state.loss_scaler = config
+            .loss_scaler()
+            .map(|fresh| state.loss_scaler.unwrap_or(fresh));
         check_fits(&tokenizer, model.config().vocab_size)?;
         let lengths = tessera_glue::Lengths {
             source: config.max_source_length,
@@ -236,6 +253,9 @@ impl Trainer {
     }
 
     /// One optimizer step: `grad_accum` micro-batches, clipping, update.
+    /// In fp16 the loss is scaled, the gradients unscaled before clipping,
+    /// and a step whose gradients overflowed is skipped (reported with
+    /// `skipped`; the step count does not advance).
     pub fn train_step(&mut self) -> Result<StepReport> {
         let start = Instant::now();
         let micro = (0..self.config.grad_accum)
@@ -254,6 +274,7 @@ impl Trainer {
                 seed: dropout_seed(self.config.seed, self.state.step, index as u64),
                 recompute_blocks: false,
                 loss_divisor: Some(target_tokens as f32),
+                loss_scale: self.state.loss_scaler.map_or(1.0, |s| s.scale),
             };
             let loss = self
                 .model
@@ -261,8 +282,38 @@ impl Trainer {
             loss_sum += loss.sum;
         }
         let loss = (loss_sum / target_tokens.max(1) as f64) as f32;
-        let grad_norm = clip_grad_norm(&mut self.grads, self.config.max_grad_norm);
         let step = self.state.step + 1;
+        let scale = self.state.loss_scaler.map(|s| s.scale);
+        if let Some(scaler) = &mut self.state.loss_scaler {
+            let finite = scaler.unscale(&mut self.grads);
+            scaler.update(finite);
+            if !finite {
+                if scaler.exhausted() {
+                    return Err(TrainError::Diverged {
+                        step,
+                        loss,
+                        grad_norm: f32::INFINITY,
+                    });
+                }
+                self.state.cursor = self.loader.cursor();
+                self.state.examples_seen += examples as u64;
+                let seconds = start.elapsed().as_secs_f64();
+                return Ok(StepReport {
+                    step,
+                    loss,
+                    lr: 0.0,
+                    grad_norm: f32::INFINITY,
+                    examples,
+                    target_tokens,
+                    examples_per_s: examples as f64 / seconds,
+                    seconds,
+                    loss_scale: scale,
+                    skipped: true,
+                    skipped_steps: Some(scaler.skipped),
+                });
+            }
+        }
+        let grad_norm = clip_grad_norm(&mut self.grads, self.config.max_grad_norm);
         if !(loss.is_finite() && grad_norm.is_finite()) {
             return Err(TrainError::Diverged {
                 step,
@@ -286,6 +337,9 @@ impl Trainer {
             target_tokens,
             examples_per_s: examples as f64 / seconds,
             seconds,
+            loss_scale: scale,
+            skipped: false,
+            skipped_steps: self.state.loss_scaler.map(|s| s.skipped),
         })
     }
 
@@ -323,22 +377,24 @@ impl Trainer {
             let report = self.train_step()?;
             metrics.write(&report)?;
             on_event(Event::Step(&report));
-            let step = report.step;
-            let last = step == self.config.steps;
-            if last || due(step, self.config.eval_every) {
-                if let Some(report) = self.evaluate()? {
-                    metrics.write(&EvalLine::new(step, &report))?;
-                    on_event(Event::Eval {
-                        step,
-                        report: &report,
-                    });
+            if !report.skipped {
+                let step = report.step;
+                let last = step == self.config.steps;
+                if last || due(step, self.config.eval_every) {
+                    if let Some(report) = self.evaluate()? {
+                        metrics.write(&EvalLine::new(step, &report))?;
+                        on_event(Event::Eval {
+                            step,
+                            report: &report,
+                        });
+                    }
                 }
-            }
-            if last || due(step, self.config.checkpoint_every) {
-                let dir = self.save_checkpoint()?;
-                on_event(Event::Checkpoint(&dir));
-                if last {
-                    return Ok(Outcome::Finished(dir));
+                if last || due(step, self.config.checkpoint_every) {
+                    let dir = self.save_checkpoint()?;
+                    on_event(Event::Checkpoint(&dir));
+                    if last {
+                        return Ok(Outcome::Finished(dir));
+                    }
                 }
             }
             if stop.load(Ordering::SeqCst) {

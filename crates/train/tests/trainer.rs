@@ -193,3 +193,76 @@ fn evaluations_are_logged_as_scores() {
         "per-row data stays out of the log"
     );
 }
+
+/// The losses of the first `steps` updates of a run with `layer` laid over
+/// the test config (no dropout, so precision is the only difference).
+fn losses(dir: &Path, name: &str, layer: &str, steps: u64) -> Vec<f32> {
+    let config = run_config(&dir.join(name), &format!("dropout = 0.0\n{layer}"));
+    let mut t = trainer(config, &rows(40));
+    let mut out = Vec::new();
+    while t.step() < steps {
+        let r = t.train_step().unwrap();
+        assert!(!r.skipped, "{name}: step {} overflowed", r.step);
+        out.push(r.loss);
+    }
+    out
+}
+
+#[test]
+fn bf16_and_fp16_training_track_f32() {
+    const STEPS: u64 = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let mean = |l: &[f32]| l.iter().sum::<f32>() / l.len() as f32;
+    let base = format!("steps = {STEPS}\nlr = 1e-2\n");
+    let reference = losses(dir.path(), "f32", &base, STEPS);
+    let tail = |l: &[f32]| mean(&l[l.len() - 5..]);
+    assert!(
+        tail(&reference) < 0.8 * reference[0],
+        "the run learns: {reference:?}"
+    );
+    for precision in ["bf16", "fp16"] {
+        let layer = format!("{base}precision = {precision:?}");
+        let got = losses(dir.path(), precision, &layer, STEPS);
+        let first = (got[0] - reference[0]).abs() / reference[0];
+        let last = (tail(&got) - tail(&reference)).abs() / tail(&reference);
+        eprintln!("{precision}: first loss off by {first:.2e}, last five by {last:.2e}");
+        assert_ne!(got, reference, "{precision} rounds the matmul operands");
+        assert!(first < 0.01, "{precision}: {got:?} vs {reference:?}");
+        assert!(last < 0.02, "{precision}: {got:?} vs {reference:?}");
+    }
+}
+
+#[test]
+fn fp16_overflow_skips_the_step_and_backs_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = 2f32.powi(30);
+    let layer = format!("precision = \"fp16\"\nloss_scale_init = {init:?}\ndropout = 0.0");
+    let mut t = trainer(run_config(dir.path(), &layer), &rows(40));
+    let mut skipped = 0;
+    while t.step() < 3 {
+        let before = t.model().params().flat().to_vec();
+        let r = t.train_step().unwrap();
+        assert_eq!(r.loss_scale, Some(init / 2f32.powi(skipped)));
+        if r.skipped {
+            skipped += 1;
+            assert_eq!(
+                t.model().params().flat(),
+                &before[..],
+                "a skipped step changes nothing"
+            );
+            assert_eq!(r.skipped_steps, Some(skipped as u64));
+        } else {
+            assert!(r.loss.is_finite() && r.grad_norm.is_finite());
+        }
+        assert!(skipped < 40, "the scale backs off until the gradients fit");
+    }
+    assert!(skipped > 0, "2^30 overflows fp16 gradients");
+    assert!(t.model().params().flat().iter().all(|v| v.is_finite()));
+    // The scaler is saved with the trainer state, so a resumed run goes on with it.
+    let saved = t.save_checkpoint().unwrap();
+    let scaler = checkpoint::read_state(&saved).unwrap().loss_scaler.unwrap();
+    assert_eq!(
+        (scaler.skipped, scaler.scale),
+        (skipped as u64, init / 2f32.powi(skipped))
+    );
+}

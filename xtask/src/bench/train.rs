@@ -12,6 +12,7 @@ use anyhow::Result;
 use clap::Args as ClapArgs;
 use serde::Serialize;
 use std::path::PathBuf;
+use tessera_t5::Precision;
 use tessera_train::config::RunConfig;
 
 /// Warm-up steps before timing (the first steps also fault in memory).
@@ -44,6 +45,9 @@ pub struct Args {
     /// Source tokens kept per row.
     #[arg(long, default_value_t = 512)]
     max_source_length: usize,
+    /// Number format of the matmuls: f32, bf16 or fp16.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Also write the result here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -53,6 +57,7 @@ pub struct Args {
 #[derive(Serialize)]
 struct Report {
     model: String,
+    precision: Precision,
     parameters: usize,
     batch_size: usize,
     threads: usize,
@@ -68,6 +73,7 @@ pub fn run(args: Args) -> Result<()> {
     tessera_tensor::set_num_threads(args.threads)?;
     let mut layer = toml::Table::new();
     layer.insert("model".into(), args.model.clone().into());
+    layer.insert("precision".into(), args.precision.name().into());
     if let Some(t) = &args.tokenizer {
         layer.insert("tokenizer".into(), t.display().to_string().into());
     }
@@ -97,6 +103,7 @@ pub fn run(args: Args) -> Result<()> {
     let report = Report {
         parameters: trainer.model().config().num_parameters(),
         model: args.model,
+        precision: args.precision,
         batch_size: args.batch_size,
         threads: tessera_tensor::num_threads(),
         steps: args.steps,

@@ -27,6 +27,7 @@
 mod adafactor;
 mod adamw;
 mod clip;
+pub mod loss_scale;
 mod pieces;
 mod state_file;
 mod sums;
@@ -36,6 +37,7 @@ use std::path::Path;
 use tessera_t5::{ParamEntry, ParamStore};
 
 pub use clip::clip_grad_norm;
+pub use loss_scale::LossScaler;
 
 /// Which update rule an [`Optimizer`] applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -1,0 +1,386 @@
+//! Mixed precision: the number format the model's matrix multiplies read.
+//!
+//! In [`Precision::Bf16`] and [`Precision::Fp16`] every matmul of the model
+//! — the attention and feed-forward projections, the LM head, and both
+//! products of each of their backwards — reads 16-bit operands, as under
+//! PyTorch's autocast:
+//! - weights from a 16-bit working copy of the f32 master weights
+//!   ([`T5Model::working_weights`](crate::T5Model)), rebuilt whenever the
+//!   master weights change;
+//! - activations and incoming gradients rounded to nearest-even as they
+//!   enter the product (the saved activations are kept in 16 bits too).
+//!
+//! Everything else stays f32, and each choice follows a documented
+//! stabilisation:
+//! - products accumulate in f32 and come out in f32 (the gemm widens 16-bit
+//!   operands while packing); autocast rounds its outputs to 16 bits, so
+//!   this is the more accurate of the two;
+//! - RMS norm statistics in f32 (transformers' `T5LayerNorm` computes the
+//!   variance in f32 under any dtype);
+//! - attention scores, softmax and the probability-weighted sum in f32 (the
+//!   fused attention kernels compute in f32 whatever the storage dtype);
+//! - the residual stream, the loss and all gradients of the master weights
+//!   in f32, so nothing accumulates in 16 bits;
+//! - fp16 rounding saturates at ±65,504 instead of overflowing to infinity
+//!   when [`Precision::clamps`] says so, the counterpart of transformers'
+//!   `clamp_value = finfo(float16).max - 1000` clamping of T5 hidden states.
+//!   Gradients are never clamped: an overflow there must reach the loss
+//!   scaler, which skips the step.
+//!
+//! bf16 has f32's exponent range and needs no loss scaling; fp16 has 5
+//! exponent bits, so small gradients underflow unless the loss is scaled
+//! (see `tessera_train`'s loss scaler).
+
+use std::fmt;
+use std::str::FromStr;
+use tessera_tensor::{bf16, f16, gemm, DType, Element, MatMut, MatRef, Op, Result, TensorError};
+
+/// The number format of the model's matmul operands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// bfloat16 operands (8 exponent bits, 8 significant bits), f32 accumulation.
+    Bf16,
+    /// IEEE half operands (5 exponent bits, 11 significant bits), f32 accumulation.
+    Fp16,
+}
+
+/// The finite fp16 range, less the 1,000 transformers leaves as headroom.
+const FP16_CLAMP: f32 = 65_504.0 - 1_000.0;
+
+impl Precision {
+    /// Every precision, in the order the command line lists them.
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Fp16];
+
+    /// The name used on the command line and in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        }
+    }
+
+    /// Whether a forward activation is clamped into the finite range before
+    /// it is rounded (fp16 only; bf16 and f32 share f32's range).
+    pub fn clamps(self) -> bool {
+        self == Precision::Fp16
+    }
+
+    /// Whether training in this precision needs the loss scaled.
+    pub fn needs_loss_scaling(self) -> bool {
+        self == Precision::Fp16
+    }
+
+    /// `x` as a matmul operand: copied as is in f32, rounded to nearest-even
+    /// in 16 bits (overflow becomes ±inf).
+    pub fn round(self, x: &[f32]) -> Operand {
+        match self {
+            Precision::F32 => Operand::F32(x.to_vec()),
+            Precision::Bf16 => Operand::Bf16(narrow(x)),
+            Precision::Fp16 => Operand::F16(narrow(x)),
+        }
+    }
+
+    /// A forward activation kept as a matmul operand: moved as is in f32;
+    /// in 16 bits rounded, after clamping into ±(65,504 − 1,000) when
+    /// [`Precision::clamps`].
+    pub fn keep_activation(self, mut x: Vec<f32>) -> Operand {
+        match self {
+            Precision::F32 => Operand::F32(x),
+            Precision::Bf16 => self.round(&x),
+            Precision::Fp16 => {
+                x.iter_mut()
+                    .for_each(|v| *v = v.clamp(-FP16_CLAMP, FP16_CLAMP));
+                self.round(&x)
+            }
+        }
+    }
+
+    /// A gradient entering a matmul: borrowed in f32, rounded (never
+    /// clamped: an overflow must reach the loss scaler) in 16 bits.
+    pub fn round_gradient(self, x: &[f32]) -> Rounded<'_> {
+        match self {
+            Precision::F32 => Rounded::Borrowed(x),
+            _ => Rounded::Owned(self.round(x)),
+        }
+    }
+}
+
+/// A matmul operand that is either the caller's f32 slice or a rounded copy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rounded<'a> {
+    /// The f32 values as given.
+    Borrowed(&'a [f32]),
+    /// A 16-bit copy.
+    Owned(Operand),
+}
+
+impl Rounded<'_> {
+    /// A borrowed view.
+    pub fn view(&self) -> OperandRef<'_> {
+        match self {
+            Rounded::Borrowed(x) => OperandRef::F32(x),
+            Rounded::Owned(o) => o.view(),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    /// `f32`, `bf16` or `fp16` (`f16` is accepted for the last).
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "fp16" | "f16" => Ok(Precision::Fp16),
+            other => Err(format!("precision {other:?} is not one of f32, bf16, fp16")),
+        }
+    }
+}
+
+fn narrow<E: Element>(x: &[f32]) -> Vec<E> {
+    let mut out = vec![E::default(); x.len()];
+    E::slice_from_f32(x, &mut out);
+    out
+}
+
+/// A matmul operand held in its precision's format.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operand {
+    /// f32 values.
+    F32(Vec<f32>),
+    /// bfloat16 values.
+    Bf16(Vec<bf16>),
+    /// IEEE half values.
+    F16(Vec<f16>),
+}
+
+impl Operand {
+    /// A borrowed view.
+    pub fn view(&self) -> OperandRef<'_> {
+        match self {
+            Operand::F32(v) => OperandRef::F32(v),
+            Operand::Bf16(v) => OperandRef::Bf16(v),
+            Operand::F16(v) => OperandRef::F16(v),
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.view().len() * self.view().dtype().size()
+    }
+}
+
+/// A borrowed matmul operand.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OperandRef<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// bfloat16 values.
+    Bf16(&'a [bf16]),
+    /// IEEE half values.
+    F16(&'a [f16]),
+}
+
+impl OperandRef<'_> {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            OperandRef::F32(v) => v.len(),
+            OperandRef::Bf16(v) => v.len(),
+            OperandRef::F16(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The storage dtype.
+    pub fn dtype(&self) -> DType {
+        match self {
+            OperandRef::F32(_) => DType::F32,
+            OperandRef::Bf16(_) => DType::BF16,
+            OperandRef::F16(_) => DType::F16,
+        }
+    }
+
+    /// The precision whose operands look like this one.
+    pub fn precision(&self) -> Precision {
+        match self {
+            OperandRef::F32(_) => Precision::F32,
+            OperandRef::Bf16(_) => Precision::Bf16,
+            OperandRef::F16(_) => Precision::Fp16,
+        }
+    }
+}
+
+/// A dense row-major operand with its shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Dense<'a> {
+    /// The values.
+    pub data: OperandRef<'a>,
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+}
+
+/// `C = alpha·op(A)·op(B) + beta·C` for two operands of the same precision.
+///
+/// Fails (naming both dtypes) if the operands' precisions differ: every
+/// matmul of a pass reads one format, so a mix means a caller forgot to
+/// round one side.
+pub fn matmul(
+    alpha: f32,
+    (a, opa): (Dense<'_>, Op),
+    (b, opb): (Dense<'_>, Op),
+    beta: f32,
+    c: MatMut<'_>,
+) -> Result<()> {
+    match (a.data, b.data) {
+        (OperandRef::F32(x), OperandRef::F32(y)) => typed(alpha, (x, a, opa), (y, b, opb), beta, c),
+        (OperandRef::Bf16(x), OperandRef::Bf16(y)) => {
+            typed(alpha, (x, a, opa), (y, b, opb), beta, c)
+        }
+        (OperandRef::F16(x), OperandRef::F16(y)) => typed(alpha, (x, a, opa), (y, b, opb), beta, c),
+        (x, y) => Err(TensorError::DType {
+            op: "mixed-precision matmul",
+            expected: x.dtype(),
+            found: y.dtype(),
+        }),
+    }
+}
+
+/// The gemm call of [`matmul`] for one element type.
+fn typed<E: Element>(
+    alpha: f32,
+    (x, a, opa): (&[E], Dense<'_>, Op),
+    (y, b, opb): (&[E], Dense<'_>, Op),
+    beta: f32,
+    c: MatMut<'_>,
+) -> Result<()> {
+    gemm(
+        alpha,
+        MatRef::dense(x, a.rows, a.cols)?,
+        opa,
+        MatRef::dense(y, b.rows, b.cols)?,
+        opb,
+        beta,
+        c,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_bad_names_are_errors() {
+        for p in Precision::ALL {
+            assert_eq!(p.name().parse::<Precision>(), Ok(p));
+        }
+        assert_eq!("f16".parse::<Precision>(), Ok(Precision::Fp16));
+        let err = "half".parse::<Precision>().unwrap_err();
+        assert!(err.contains("\"half\"") && err.contains("bf16"), "{err}");
+    }
+
+    #[test]
+    fn rounding_is_nearest_even_and_fp16_activations_saturate() {
+        let x = [1.0 + 1.0 / 512.0, 70_000.0, -70_000.0, 1e-9];
+        let Operand::Bf16(b) = Precision::Bf16.round(&x) else {
+            panic!("bf16 rounds to bf16")
+        };
+        // 1 + 2^-9 is halfway between bf16 neighbours 1 and 1 + 2^-7: ties to even (1).
+        assert_eq!(b[0].to_f32(), 1.0);
+        assert_eq!(b[1].to_f32(), 70_144.0);
+        let Operand::F16(h) = Precision::Fp16.round(&x) else {
+            panic!("fp16 rounds to f16")
+        };
+        assert!(h[1].to_f32().is_infinite() && h[3].to_f32() == 0.0);
+        let Operand::F16(h) = Precision::Fp16.keep_activation(x.to_vec()) else {
+            panic!("fp16 rounds to f16")
+        };
+        assert_eq!((h[1].to_f32(), h[2].to_f32()), (64_512.0, -64_512.0));
+    }
+
+    #[test]
+    fn a_mixed_pair_is_an_error_naming_both_dtypes() {
+        let (a, b) = (
+            Precision::F32.round(&[1.0; 4]),
+            Precision::Bf16.round(&[1.0; 4]),
+        );
+        let dense = |data| Dense {
+            data,
+            rows: 2,
+            cols: 2,
+        };
+        let mut c = [0.0; 4];
+        let err = matmul(
+            1.0,
+            (dense(a.view()), Op::N),
+            (dense(b.view()), Op::N),
+            0.0,
+            MatMut::dense(&mut c, 2, 2).expect("2 × 2"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("f32") && err.contains("bf16"), "{err}");
+    }
+
+    #[test]
+    fn sixteen_bit_products_equal_f32_products_of_the_rounded_values() {
+        let a: Vec<f32> = (0..12).map(|i| 0.1 * i as f32 - 0.37).collect();
+        let b: Vec<f32> = (0..12).map(|i| 0.7 - 0.13 * i as f32).collect();
+        for p in [Precision::Bf16, Precision::Fp16] {
+            let (ra, rb) = (p.round(&a), p.round(&b));
+            let widen = |o: &Operand| -> Vec<f32> {
+                match o {
+                    Operand::Bf16(v) => v.iter().map(|x| x.to_f32()).collect(),
+                    Operand::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+                    Operand::F32(v) => v.clone(),
+                }
+            };
+            let (wa, wb) = (widen(&ra), widen(&rb));
+            let run = |x: OperandRef<'_>, y: OperandRef<'_>| {
+                let mut c = vec![0.0; 9];
+                let a = Dense {
+                    data: x,
+                    rows: 3,
+                    cols: 4,
+                };
+                let b = Dense {
+                    data: y,
+                    rows: 3,
+                    cols: 4,
+                };
+                matmul(
+                    1.0,
+                    (a, Op::N),
+                    (b, Op::T),
+                    0.0,
+                    MatMut::dense(&mut c, 3, 3).expect("3 × 3"),
+                )
+                .expect("same precision");
+                c
+            };
+            assert_eq!(
+                run(ra.view(), rb.view()),
+                run(OperandRef::F32(&wa), OperandRef::F32(&wb)),
+                "{p}"
+            );
+        }
+    }
+}
