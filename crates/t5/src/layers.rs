@@ -8,10 +8,10 @@
 //! forward is `Y = X·Wᵀ`, and its backward `dX = dY·W`, `dW += dYᵀ·X`.
 //!
 //! Every matmul reads its operands in the pass's [`Precision`]: weights
-//! from [`Weights`], activations rounded as they are kept for the backward
-//! ([`Precision::keep_activation`]), gradients rounded as they enter
-//! ([`linear_backward`]). Outputs, norms, attention and the residual stream
-//! stay f32.
+//! through [`Weights`] and gradients ([`linear_backward`]) rounded as the
+//! gemm packs them, activations rounded as they are kept for the backward
+//! ([`Precision::keep_activation`]). Outputs, norms, attention and the
+//! residual stream stay f32.
 
 use crate::attention::{
     self, Attention, AttentionCache, AttentionShape, Bias, KeyMask, ProbDropout, Qkv,
@@ -24,59 +24,30 @@ use tessera_tensor::ops::dropout::{dropout_inplace, dropout_key};
 use tessera_tensor::ops::{norm, residual};
 use tessera_tensor::{MatMut, Op, Result};
 
-/// The weights a pass's matmuls read: the f32 master weights themselves, or
-/// their 16-bit working copies (one [`Operand`] per parameter, in
-/// [`ParamStore`] order).
+/// The weights a pass's matmuls read: the f32 master weights, read in the
+/// pass's precision (rounded by the gemm as it packs them, so no 16-bit
+/// copy of the model is kept).
 #[derive(Debug, Clone, Copy)]
 pub struct Weights<'a> {
     params: &'a ParamStore,
-    working: Option<&'a [Operand]>,
+    precision: Precision,
 }
 
 impl<'a> Weights<'a> {
-    /// The master weights, read as f32.
-    pub fn f32(params: &'a ParamStore) -> Self {
-        Weights {
-            params,
-            working: None,
-        }
-    }
-
-    /// Working copies of `params` (see [`working_copies`]).
-    pub fn working(params: &'a ParamStore, working: &'a [Operand]) -> Self {
-        Weights {
-            params,
-            working: Some(working),
-        }
+    /// The master weights `params` read in `precision`.
+    pub fn new(params: &'a ParamStore, precision: Precision) -> Self {
+        Weights { params, precision }
     }
 
     /// The matmul operand of parameter `id`.
     pub fn get(&self, id: ParamId) -> OperandRef<'a> {
-        match self.working {
-            Some(w) => w[id.index()].view(),
-            None => OperandRef::F32(self.params.get(id)),
-        }
+        self.precision.read(self.params.get(id))
     }
 
-    /// The precision the operands are in.
+    /// The precision the operands are read in.
     pub fn precision(&self) -> Precision {
-        match self.working.and_then(|w| w.first()) {
-            Some(op) => op.view().precision(),
-            None => Precision::F32,
-        }
+        self.precision
     }
-}
-
-/// 16-bit working copies of every parameter of `params` (rounded to
-/// nearest-even, in parameter order); `None` for f32, which reads the
-/// master weights directly.
-pub fn working_copies(params: &ParamStore, precision: Precision) -> Option<Vec<Operand>> {
-    (precision != Precision::F32).then(|| {
-        params
-            .ids()
-            .map(|id| precision.round(params.get(id)))
-            .collect()
-    })
 }
 
 /// `Y = X·Wᵀ` for `X: [rows, in]`, `W: [out, in]`, both in one precision.
@@ -103,8 +74,8 @@ fn dense(data: OperandRef<'_>, rows: usize, cols: usize) -> Dense<'_> {
 }
 
 /// Backward of [`linear`] (`rows` rows, `W: [out_dim, in]`):
-/// `dW += dYᵀ·X` and `dX = dY·W + dx_beta·dX`, with `dY` rounded to the
-/// precision of `W` first.
+/// `dW += dYᵀ·X` and `dX = dY·W + dx_beta·dX`, with `dY` read in the
+/// precision of `W`.
 pub fn linear_backward(
     dy: &[f32],
     x: OperandRef<'_>,
@@ -115,8 +86,7 @@ pub fn linear_backward(
     dx_beta: f32,
 ) -> Result<()> {
     let in_dim = w.len() / out_dim;
-    let dy = w.precision().round_gradient(dy);
-    let dy = dense(dy.view(), rows, out_dim);
+    let dy = dense(w.precision().read(dy), rows, out_dim);
     matmul(
         1.0,
         (dy, Op::T),
@@ -277,10 +247,12 @@ pub fn norm_backward(
 pub struct AttentionSublayerCache {
     norm: NormStats,
     normed: Operand,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    core: AttentionCache,
+    q: Operand,
+    k: Operand,
+    v: Operand,
+    /// Each attention row's log-sum-exp. The attention output the backward
+    /// also needs is `ctx` split into heads again, so it is not kept twice.
+    lse: Vec<f32>,
     ctx: Operand,
 }
 
@@ -289,8 +261,8 @@ pub struct AttentionSublayerCache {
 pub struct FeedForwardCache {
     norm: NormStats,
     normed: Operand,
-    h0: Vec<f32>,
-    h1: Option<Vec<f32>>,
+    h0: Operand,
+    h1: Option<Operand>,
     g: Operand,
 }
 
@@ -393,14 +365,13 @@ fn attention_sublayer_forward(
     let (b, h, dk, inner) = (cx.batch, c.num_heads, c.d_kv, c.inner_dim());
     let p = |id| cx.weights.get(id);
     let keys = key_side(cx, normed.view(), cross);
-    let heads = |x: OperandRef<'_>, w, len| -> Result<Vec<f32>> {
-        Ok(attention::split_heads(
-            &linear(x, w, b * len, inner)?,
-            b,
-            len,
-            h,
-            dk,
-        ))
+    // Q, K and V are kept in the pass's precision (as autocast's 16-bit
+    // projections leave them) and widened for the f32 attention kernels.
+    let heads = |x: OperandRef<'_>, w, len| -> Result<Operand> {
+        let y = linear(x, w, b * len, inner)?;
+        Ok(cx
+            .precision()
+            .keep_activation(attention::split_heads(&y, b, len, h, dk)))
     };
     let q = heads(normed.view(), p(a.q), cx.len)?;
     let k = heads(keys.source, p(a.k), keys.len)?;
@@ -411,13 +382,14 @@ fn attention_sublayer_forward(
         key: cx.dropout.key(site, DROP_INNER),
     };
     let mut ctx_h = vec![0.0; shape.q_len_elems()];
-    let core = attention::attention_forward(
+    let (qf, kf, vf) = (q.widened(), k.widened(), v.widened());
+    let AttentionCache { lse, .. } = attention::attention_forward(
         &Attention {
             shape,
             qkv: Qkv {
-                q: &q,
-                k: &k,
-                v: &v,
+                q: &qf,
+                k: &kf,
+                v: &vf,
             },
             bias: keys.bias,
             mask: keys.mask,
@@ -435,7 +407,7 @@ fn attention_sublayer_forward(
         q,
         k,
         v,
-        core,
+        lse,
         ctx,
     };
     Ok((y, SublayerCache::Attention(cache)))
@@ -473,18 +445,23 @@ fn attention_sublayer_backward(
     };
     let dctx_h = attention::split_heads(&dctx, b, cx.len, h, dk);
     let dbias = (!cross).then_some(&mut *sinks.dbias);
+    let (qf, kf, vf) = (cache.q.widened(), cache.k.widened(), cache.v.widened());
     let core = Attention {
         shape,
         qkv: Qkv {
-            q: &cache.q,
-            k: &cache.k,
-            v: &cache.v,
+            q: &qf,
+            k: &kf,
+            v: &vf,
         },
         bias: keys.bias,
         mask: keys.mask,
         dropout: drop,
     };
-    let g = attention::attention_backward(&core, &cache.core, &dctx_h, dbias)?;
+    let saved = AttentionCache {
+        out: attention::split_heads(&cache.ctx.widened(), b, cx.len, h, dk),
+        lse: cache.lse.clone(),
+    };
+    let g = attention::attention_backward(&core, &saved, &dctx_h, dbias)?;
     let dq = attention::merge_heads(&g.dq, b, cx.len, h, dk);
     let dkey = attention::merge_heads(&g.dk, b, keys.len, h, dk);
     let dval = attention::merge_heads(&g.dv, b, keys.len, h, dk);
@@ -541,16 +518,22 @@ fn feed_forward_forward(
 ) -> Result<(Vec<f32>, SublayerCache)> {
     let c = cx.config;
     let (rows, act) = (cx.rows(), activation(c.feed_forward()));
-    let h0 = linear(normed.view(), cx.weights.get(f.wi), rows, c.d_ff)?;
-    let mut g = vec![0.0; h0.len()];
+    // The projections are kept in the pass's precision, and the activation
+    // reads them as kept, so its backward sees the same values.
+    let project = |w| -> Result<Operand> {
+        let y = linear(normed.view(), cx.weights.get(w), rows, c.d_ff)?;
+        Ok(cx.precision().keep_activation(y))
+    };
+    let h0 = project(f.wi)?;
+    let mut g = vec![0.0; rows * c.d_ff];
     let h1 = match f.wi_gate {
         Some(w1) => {
-            let h1 = linear(normed.view(), cx.weights.get(w1), rows, c.d_ff)?;
-            act.gated_forward(&mut g, &h0, &h1)?;
+            let h1 = project(w1)?;
+            act.gated_forward(&mut g, &h0.widened(), &h1.widened())?;
             Some(h1)
         }
         None => {
-            act.forward(&mut g, &h0)?;
+            act.forward(&mut g, &h0.widened())?;
             None
         }
     };
@@ -594,7 +577,7 @@ fn feed_forward_backward(
     let mut dh0 = vec![0.0; dg.len()];
     if let (Some(w1), Some(h1)) = (f.wi_gate, &cache.h1) {
         let mut dh1 = vec![0.0; dg.len()];
-        act.gated_backward(&mut dh0, &mut dh1, &cache.h0, h1, &dg)?;
+        act.gated_backward(&mut dh0, &mut dh1, &cache.h0.widened(), &h1.widened(), &dg)?;
         linear_backward(
             &dh1,
             n,
@@ -605,7 +588,7 @@ fn feed_forward_backward(
             0.0,
         )?;
     } else {
-        act.backward(&mut dh0, &cache.h0, &dg)?;
+        act.backward(&mut dh0, &cache.h0.widened(), &dg)?;
     }
     linear_backward(
         &dh0,

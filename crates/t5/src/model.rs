@@ -3,13 +3,10 @@
 
 use crate::attention::{offset_buckets, position_bias_forward, KeyMask};
 use crate::config::T5Config;
-use crate::layers::{
-    linear, linear_backward, working_copies, DropoutPlan, EncoderView, StackContext, Weights,
-};
+use crate::layers::{linear, linear_backward, DropoutPlan, EncoderView, StackContext, Weights};
 use crate::params::{layout, ModelIds, ParamId, ParamStore};
 use crate::precision::{Operand, OperandRef, Precision};
 use crate::stack::{stack_backward, stack_forward, Keep, StackCache, StackRef};
-use std::sync::OnceLock;
 use tessera_tensor::ops::crossentropy::{
     cross_entropy_backward_inplace, cross_entropy_forward, CrossEntropy, IGNORE_INDEX,
 };
@@ -152,9 +149,6 @@ pub struct T5Model {
     params: ParamStore,
     ids: ModelIds,
     precision: Precision,
-    /// 16-bit working copies of `params` for the matmuls, built on first
-    /// use and dropped whenever `params` may change.
-    working: OnceLock<Vec<Operand>>,
 }
 
 /// Position buckets and the gathered bias of one stack, per offset `j - i`.
@@ -229,7 +223,6 @@ impl T5Model {
             params,
             ids,
             precision: Precision::F32,
-            working: OnceLock::new(),
         }
     }
 
@@ -243,10 +236,8 @@ impl T5Model {
         &self.params
     }
 
-    /// The weights, mutable (for optimizers). Drops the 16-bit working
-    /// copies; the next pass rounds the new weights again.
+    /// The weights, mutable (for optimizers).
     pub fn params_mut(&mut self) -> &mut ParamStore {
-        self.working = OnceLock::new();
         &mut self.params
     }
 
@@ -255,25 +246,16 @@ impl T5Model {
         self.precision
     }
 
-    /// Runs every later pass in `precision`: the master weights stay f32,
-    /// the matmuls read 16-bit working copies of them (see
+    /// Runs every later pass in `precision`: the weights stay f32, the
+    /// matmuls read them (and the activations) in 16 bits (see
     /// [`crate::precision`]).
     pub fn set_precision(&mut self, precision: Precision) {
         self.precision = precision;
-        self.working = OnceLock::new();
     }
 
-    /// What the matmuls read: the master weights in f32, else their working
-    /// copies (rounded on first use after the weights changed).
+    /// What the matmuls read: the weights in this model's precision.
     pub fn weights(&self) -> Weights<'_> {
-        let working = self
-            .working
-            .get_or_init(|| working_copies(&self.params, self.precision).unwrap_or_default());
-        if working.is_empty() {
-            Weights::f32(&self.params)
-        } else {
-            Weights::working(&self.params, working)
-        }
+        Weights::new(&self.params, self.precision)
     }
 
     /// Parameter ids by role.

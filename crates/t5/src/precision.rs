@@ -31,6 +31,7 @@
 //! exponent bits, so small gradients underflow unless the loss is scaled
 //! (see `tessera_train`'s loss scaler).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use tessera_tensor::{bf16, f16, gemm, DType, Element, MatMut, MatRef, Op, Result, TensorError};
@@ -100,31 +101,22 @@ impl Precision {
         }
     }
 
-    /// A gradient entering a matmul: borrowed in f32, rounded (never
-    /// clamped: an overflow must reach the loss scaler) in 16 bits.
-    pub fn round_gradient(self, x: &[f32]) -> Rounded<'_> {
+    /// `x` read by a matmul in this precision without a copy: the gemm
+    /// rounds each value as it packs it (nearest-even, never clamped — a
+    /// gradient overflow must reach the loss scaler).
+    pub fn read(self, x: &[f32]) -> OperandRef<'_> {
         match self {
-            Precision::F32 => Rounded::Borrowed(x),
-            _ => Rounded::Owned(self.round(x)),
+            Precision::F32 => OperandRef::F32(x),
+            p => OperandRef::Rounded(x, p),
         }
     }
-}
 
-/// A matmul operand that is either the caller's f32 slice or a rounded copy.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Rounded<'a> {
-    /// The f32 values as given.
-    Borrowed(&'a [f32]),
-    /// A 16-bit copy.
-    Owned(Operand),
-}
-
-impl Rounded<'_> {
-    /// A borrowed view.
-    pub fn view(&self) -> OperandRef<'_> {
+    /// The storage dtype of this precision's operands.
+    pub fn dtype(self) -> DType {
         match self {
-            Rounded::Borrowed(x) => OperandRef::F32(x),
-            Rounded::Owned(o) => o.view(),
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::Fp16 => DType::F16,
         }
     }
 }
@@ -180,24 +172,41 @@ impl Operand {
     pub fn bytes(&self) -> usize {
         self.view().len() * self.view().dtype().size()
     }
+
+    /// The values as f32: borrowed when they are f32, else widened (exact).
+    pub fn widened(&self) -> Cow<'_, [f32]> {
+        match self {
+            Operand::F32(v) => Cow::Borrowed(v),
+            Operand::Bf16(v) => Cow::Owned(widen(v)),
+            Operand::F16(v) => Cow::Owned(widen(v)),
+        }
+    }
+}
+
+fn widen<E: Element>(x: &[E]) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    E::slice_to_f32(x, &mut out);
+    out
 }
 
 /// A borrowed matmul operand.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OperandRef<'a> {
-    /// f32 values.
+    /// f32 values, read as they are.
     F32(&'a [f32]),
     /// bfloat16 values.
     Bf16(&'a [bf16]),
     /// IEEE half values.
     F16(&'a [f16]),
+    /// f32 values read in a 16-bit precision: rounded while packed.
+    Rounded(&'a [f32], Precision),
 }
 
 impl OperandRef<'_> {
     /// Number of values.
     pub fn len(&self) -> usize {
         match self {
-            OperandRef::F32(v) => v.len(),
+            OperandRef::F32(v) | OperandRef::Rounded(v, _) => v.len(),
             OperandRef::Bf16(v) => v.len(),
             OperandRef::F16(v) => v.len(),
         }
@@ -211,18 +220,19 @@ impl OperandRef<'_> {
     /// The storage dtype.
     pub fn dtype(&self) -> DType {
         match self {
-            OperandRef::F32(_) => DType::F32,
+            OperandRef::F32(_) | OperandRef::Rounded(..) => DType::F32,
             OperandRef::Bf16(_) => DType::BF16,
             OperandRef::F16(_) => DType::F16,
         }
     }
 
-    /// The precision whose operands look like this one.
+    /// The precision a matmul reads this operand in.
     pub fn precision(&self) -> Precision {
         match self {
             OperandRef::F32(_) => Precision::F32,
             OperandRef::Bf16(_) => Precision::Bf16,
             OperandRef::F16(_) => Precision::Fp16,
+            OperandRef::Rounded(_, p) => *p,
         }
     }
 }
@@ -238,11 +248,33 @@ pub struct Dense<'a> {
     pub cols: usize,
 }
 
-/// `C = alpha·op(A)·op(B) + beta·C` for two operands of the same precision.
+/// The gemm operand of a [`Dense`] bound to `$m` in `$body`, instantiated
+/// for each storage type (f32 read as is or rounded while packed, bf16, f16).
+macro_rules! with_mat {
+    ($d:expr, $m:ident => $body:expr) => {
+        match $d.data {
+            OperandRef::F32(x) | OperandRef::Rounded(x, _) => {
+                let round = $d.data.precision().dtype();
+                let $m = MatRef::dense(x, $d.rows, $d.cols)?.rounded_to(round);
+                $body
+            }
+            OperandRef::Bf16(x) => {
+                let $m = MatRef::dense(x, $d.rows, $d.cols)?;
+                $body
+            }
+            OperandRef::F16(x) => {
+                let $m = MatRef::dense(x, $d.rows, $d.cols)?;
+                $body
+            }
+        }
+    };
+}
+
+/// `C = alpha·op(A)·op(B) + beta·C` for two operands read in the same
+/// precision (stored in it, or f32 rounded to it while packed).
 ///
-/// Fails (naming both dtypes) if the operands' precisions differ: every
-/// matmul of a pass reads one format, so a mix means a caller forgot to
-/// round one side.
+/// Fails (naming both dtypes) if the precisions differ: every matmul of a
+/// pass reads one format, so a mix means a caller forgot to round a side.
 pub fn matmul(
     alpha: f32,
     (a, opa): (Dense<'_>, Op),
@@ -250,37 +282,15 @@ pub fn matmul(
     beta: f32,
     c: MatMut<'_>,
 ) -> Result<()> {
-    match (a.data, b.data) {
-        (OperandRef::F32(x), OperandRef::F32(y)) => typed(alpha, (x, a, opa), (y, b, opb), beta, c),
-        (OperandRef::Bf16(x), OperandRef::Bf16(y)) => {
-            typed(alpha, (x, a, opa), (y, b, opb), beta, c)
-        }
-        (OperandRef::F16(x), OperandRef::F16(y)) => typed(alpha, (x, a, opa), (y, b, opb), beta, c),
-        (x, y) => Err(TensorError::DType {
+    let (pa, pb) = (a.data.precision(), b.data.precision());
+    if pa != pb {
+        return Err(TensorError::DType {
             op: "mixed-precision matmul",
-            expected: x.dtype(),
-            found: y.dtype(),
-        }),
+            expected: pa.dtype(),
+            found: pb.dtype(),
+        });
     }
-}
-
-/// The gemm call of [`matmul`] for one element type.
-fn typed<E: Element>(
-    alpha: f32,
-    (x, a, opa): (&[E], Dense<'_>, Op),
-    (y, b, opb): (&[E], Dense<'_>, Op),
-    beta: f32,
-    c: MatMut<'_>,
-) -> Result<()> {
-    gemm(
-        alpha,
-        MatRef::dense(x, a.rows, a.cols)?,
-        opa,
-        MatRef::dense(y, b.rows, b.cols)?,
-        opb,
-        beta,
-        c,
-    )
+    with_mat!(a, ma => with_mat!(b, mb => gemm(alpha, ma, opa, mb, opb, beta, c)))
 }
 
 #[cfg(test)]

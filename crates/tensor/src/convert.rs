@@ -5,6 +5,7 @@
 //! bf16) and fall back to `half`'s scalar conversions elsewhere. Every path
 //! rounds to nearest-even and gives the same bits as the scalar one.
 
+use crate::{DType, Element};
 use half::{bf16, f16};
 
 fn check_len(src: usize, dst: usize) {
@@ -64,6 +65,28 @@ pub fn f32_to_bf16(src: &[f32], dst: &mut [bf16]) {
     }
     for (d, s) in dst.iter_mut().zip(src) {
         *d = bf16::from_f32(*s);
+    }
+}
+
+/// Rounds every value of `x` in place to the nearest value of `dtype` (ties
+/// to even; F32 leaves `x` as it is): what a round trip through `dtype`
+/// gives, through the same hardware paths. The gemm uses it to read f32
+/// operands with 16-bit numerics.
+pub fn round_to(x: &mut [f32], dtype: DType) {
+    match dtype {
+        DType::F32 => {}
+        DType::BF16 => round_trip::<bf16>(x),
+        DType::F16 => round_trip::<f16>(x),
+    }
+}
+
+fn round_trip<E: Element>(x: &mut [f32]) {
+    const CHUNK: usize = 256;
+    let mut buf = [E::default(); CHUNK];
+    for part in x.chunks_mut(CHUNK) {
+        let narrow = &mut buf[..part.len()];
+        E::slice_from_f32(part, narrow);
+        E::slice_to_f32(narrow, part);
     }
 }
 
@@ -213,6 +236,28 @@ mod tests {
         for (y, b) in h.iter().zip(&back) {
             assert_eq!(y.to_f32().to_bits(), b.to_bits());
         }
+    }
+
+    #[test]
+    fn rounding_in_place_equals_the_scalar_round_trip() {
+        let src = tricky();
+        for dtype in [DType::BF16, DType::F16] {
+            let mut x = src.clone();
+            round_to(&mut x, dtype);
+            for (v, r) in src.iter().zip(&x) {
+                let want = match dtype {
+                    DType::BF16 => bf16::from_f32(*v).to_f32(),
+                    _ => f16::from_f32(*v).to_f32(),
+                };
+                assert!(
+                    want.to_bits() == r.to_bits() || (want.is_nan() && r.is_nan()),
+                    "{v:e}"
+                );
+            }
+        }
+        let mut x = src.clone();
+        round_to(&mut x, DType::F32);
+        assert!(x.iter().zip(&src).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct Args {
     /// Number format of the matmuls: f32, bf16 or fp16.
     #[arg(long, default_value = "f32")]
     precision: Precision,
+    /// Optimizer: adamw or adafactor (factored state, for large models).
+    #[arg(long, default_value = "adamw")]
+    optimizer: String,
     /// Also write the result here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -58,6 +61,7 @@ pub struct Args {
 struct Report {
     model: String,
     precision: Precision,
+    optimizer: String,
     parameters: usize,
     batch_size: usize,
     threads: usize,
@@ -74,6 +78,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut layer = toml::Table::new();
     layer.insert("model".into(), args.model.clone().into());
     layer.insert("precision".into(), args.precision.name().into());
+    layer.insert("optimizer".into(), args.optimizer.clone().into());
     if let Some(t) = &args.tokenizer {
         layer.insert("tokenizer".into(), t.display().to_string().into());
     }
@@ -104,6 +109,7 @@ pub fn run(args: Args) -> Result<()> {
         parameters: trainer.model().config().num_parameters(),
         model: args.model,
         precision: args.precision,
+        optimizer: args.optimizer,
         batch_size: args.batch_size,
         threads: tessera_tensor::num_threads(),
         steps: args.steps,

@@ -3,7 +3,7 @@
 
 use super::kernel::{self, Kernel, Tile};
 use super::pack::pack_block;
-use crate::Element;
+use crate::{DType, Element};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -17,22 +17,25 @@ pub(crate) struct Problem {
 }
 
 /// An input operand as element strides of `op(X)`: element `(i, j)` of
-/// batch entry `e` is at `e * stride + i * rs + j * cs`.
+/// batch entry `e` is at `e * stride + i * rs + j * cs`; packing rounds its
+/// values to `round` (no-op for F32).
 #[derive(Clone, Copy)]
 pub(crate) struct Operand<'a, E> {
     pub data: &'a [E],
     pub rs: usize,
     pub cs: usize,
     pub stride: usize,
+    pub round: DType,
 }
 
 impl<'a, E> Operand<'a, E> {
-    pub fn new(data: &'a [E], rs: usize, cs: usize, stride: usize) -> Self {
+    pub fn new(data: &'a [E], (rs, cs): (usize, usize), stride: usize, round: DType) -> Self {
         Operand {
             data,
             rs,
             cs,
             stride,
+            round,
         }
     }
 
@@ -200,7 +203,13 @@ fn block<A: Element, B: Element>(
             for pc in (0..p.k).step_by(bl.kc) {
                 let kc = bl.kc.min(p.k - pc);
                 let dst = &mut apack[pc * bl.mc..];
-                pack_block(dst, a.at(e, m0, pc), (a.rs, a.cs), m1 - m0, kc, mr);
+                pack_block(
+                    dst,
+                    a.at(e, m0, pc),
+                    (a.rs, a.cs),
+                    (m1 - m0, kc, mr),
+                    a.round,
+                );
             }
         }
         let ncb = bl.nc_for(m1 - m0);
@@ -209,14 +218,14 @@ fn block<A: Element, B: Element>(
             let nc = ncb.min(n1 - jc);
             for pc in (0..p.k).step_by(bl.kc) {
                 let kc = bl.kc.min(p.k - pc);
-                pack_block(bpack, b.at(e, pc, jc), (b.cs, b.rs), nc, kc, nr);
+                pack_block(bpack, b.at(e, pc, jc), (b.cs, b.rs), (nc, kc, nr), b.round);
                 let beta = if pc == 0 { p.beta } else { 1.0 };
                 for ic in (m0..m1).step_by(bl.mc) {
                     let mc = bl.mc.min(m1 - ic);
                     let ap = if a_once {
                         &apack[pc * bl.mc..]
                     } else {
-                        pack_block(apack, a.at(e, ic, pc), (a.rs, a.cs), mc, kc, mr);
+                        pack_block(apack, a.at(e, ic, pc), (a.rs, a.cs), (mc, kc, mr), a.round);
                         &apack[..]
                     };
                     for jr in (0..nc).step_by(nr) {

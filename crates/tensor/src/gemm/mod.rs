@@ -21,7 +21,7 @@ mod kernel;
 mod pack;
 
 use crate::error::{shape_err, Result, TensorError};
-use crate::Element;
+use crate::{DType, Element};
 
 /// The name of the micro-kernel this CPU runs (e.g. `"avx2-6x16"`), for reports.
 pub fn kernel_name() -> &'static str {
@@ -82,6 +82,7 @@ pub struct MatRef<'a, E> {
     rows: usize,
     cols: usize,
     ld: usize,
+    round: DType,
 }
 
 impl<'a, E: Element> MatRef<'a, E> {
@@ -93,7 +94,17 @@ impl<'a, E: Element> MatRef<'a, E> {
             rows,
             cols,
             ld,
+            round: DType::F32,
         })
+    }
+
+    /// The same matrix read as if stored in `dtype`: the gemm rounds each
+    /// value to `dtype` (nearest-even) as it packs it, so a product of f32
+    /// data has the numerics of a 16-bit operand without a 16-bit copy.
+    /// `DType::F32` (the default) reads the values as they are.
+    pub fn rounded_to(mut self, dtype: DType) -> Self {
+        self.round = dtype;
+        self
     }
 
     /// A densely stored `rows × cols` matrix (`ld == cols`).
@@ -161,6 +172,7 @@ pub struct BatchRef<'a, E> {
     rows: usize,
     cols: usize,
     ld: usize,
+    round: DType,
 }
 
 impl<'a, E: Element> BatchRef<'a, E> {
@@ -181,7 +193,14 @@ impl<'a, E: Element> BatchRef<'a, E> {
             rows,
             cols,
             ld,
+            round: DType::F32,
         })
+    }
+
+    /// Every matrix read as if stored in `dtype` (see [`MatRef::rounded_to`]).
+    pub fn rounded_to(mut self, dtype: DType) -> Self {
+        self.round = dtype;
+        self
     }
 }
 
@@ -194,6 +213,7 @@ impl<'a, E: Element> From<MatRef<'a, E>> for BatchRef<'a, E> {
             rows: m.rows,
             cols: m.cols,
             ld: m.ld,
+            round: m.round,
         }
     }
 }
@@ -331,8 +351,8 @@ pub fn gemm_batched<A: Element, B: Element>(
     };
     driver::run_batch(
         &problem,
-        driver::Operand::new(a.data, rsa, csa, stride(a.count, a.stride)),
-        driver::Operand::new(b.data, rsb, csb, stride(b.count, b.stride)),
+        driver::Operand::new(a.data, (rsa, csa), stride(a.count, a.stride), a.round),
+        driver::Operand::new(b.data, (rsb, csb), stride(b.count, b.stride), b.round),
         driver::Output {
             data: c.data,
             ld: c.ld,

@@ -21,27 +21,32 @@ use crate::{DType, Element};
 /// is one row of memory), an f32 block is packed row by row across all its
 /// micro-panels: the source is then read as a few long streams, which the
 /// prefetcher follows, instead of `kc` short pieces a page apart per panel.
+///
+/// With `round` other than F32, every packed value is then rounded to that
+/// dtype in place ([`crate::convert::round_to`]) while the block is still
+/// in cache.
 pub(crate) fn pack_block<E: Element>(
     dst: &mut [f32],
     src: &[E],
     (ls, es): (usize, usize),
-    lines: usize,
-    kc: usize,
-    r: usize,
+    (lines, kc, r): (usize, usize, usize),
+    round: DType,
 ) {
     if let (1, Some(s)) = (ls, as_f32(src)) {
-        return match r {
+        match r {
             4 => rows_across_panels::<4>(dst, s, es, lines, kc),
             6 => rows_across_panels::<6>(dst, s, es, lines, kc),
             8 => rows_across_panels::<8>(dst, s, es, lines, kc),
             16 => rows_across_panels::<16>(dst, s, es, lines, kc),
             _ => unreachable!("micro-kernel tile widths are 4, 6, 8 or 16, not {r}"),
-        };
+        }
+    } else {
+        for (q, l0) in (0..lines).step_by(r).enumerate() {
+            let part = &mut dst[q * kc * r..];
+            pack_panel(part, &src[l0 * ls..], (ls, es), r.min(lines - l0), kc, r);
+        }
     }
-    for (q, l0) in (0..lines).step_by(r).enumerate() {
-        let part = &mut dst[q * kc * r..];
-        pack_panel(part, &src[l0 * ls..], (ls, es), r.min(lines - l0), kc, r);
-    }
+    crate::convert::round_to(&mut dst[..lines.div_ceil(r) * kc * r], round);
 }
 
 /// Step `p` of every line is `src[p * es ..][..lines]`: copy each such row
@@ -315,7 +320,7 @@ mod tests {
             for strides in [(1, lines), (kc, 1)] {
                 let panels = lines.div_ceil(r);
                 let mut block = vec![9.0; panels * kc * r];
-                pack_block(&mut block, &src, strides, lines, kc, r);
+                pack_block(&mut block, &src, strides, (lines, kc, r), DType::F32);
                 for q in 0..panels {
                     let mut one = vec![7.0; kc * r];
                     let (l0, n) = (q * r, r.min(lines - q * r));

@@ -100,8 +100,8 @@ impl<E: Element> Setup<E> {
             kern,
             threads,
             &p,
-            Operand::new(&self.a, rsa, csa, 0),
-            Operand::new(&self.b, rsb, csb, 0),
+            Operand::new(&self.a, (rsa, csa), 0, DType::F32),
+            Operand::new(&self.b, (rsb, csb), 0, DType::F32),
             out,
         );
         c
@@ -354,4 +354,58 @@ fn shape_errors_name_the_shapes() {
         err.to_string().contains("A has 3 matrices but C has 2"),
         "{err}"
     );
+}
+
+#[test]
+fn rounding_while_packing_equals_a_product_of_rounded_copies() {
+    // Shapes past one KC / MC block and with ragged tiles, every op pair,
+    // one or both operands rounded: the same bits as rounding first.
+    let fill = |n: usize, seed: u32| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5)
+            .collect()
+    };
+    fn mat(x: &[f32], r: usize, c: usize) -> MatRef<'_, f32> {
+        MatRef::dense(x, r, c).expect("dense")
+    }
+    for (m, k, n) in [(7, 300, 33), (150, 17, 20), (1, 5, 1)] {
+        let (a, b) = (fill(m * k, 1), fill(k * n, 2));
+        for dtype in [DType::BF16, DType::F16] {
+            let rounded = |x: &[f32]| {
+                let mut r = x.to_vec();
+                crate::convert::round_to(&mut r, dtype);
+                r
+            };
+            let (ra, rb) = (rounded(&a), rounded(&b));
+            for (op_a, op_b) in [(Op::N, Op::N), (Op::N, Op::T), (Op::T, Op::N)] {
+                let (ar, ac) = if op_a == Op::N { (m, k) } else { (k, m) };
+                let (br, bc) = if op_b == Op::N { (k, n) } else { (n, k) };
+                let run = |a: MatRef<'_, f32>, b: MatRef<'_, f32>| {
+                    let mut c = vec![0.0; m * n];
+                    gemm(
+                        1.0,
+                        a,
+                        op_a,
+                        b,
+                        op_b,
+                        0.0,
+                        MatMut::dense(&mut c, m, n).expect("C"),
+                    )
+                    .expect("conforming");
+                    c
+                };
+                let want = run(mat(&ra, ar, ac), mat(&rb, br, bc));
+                let both = run(
+                    mat(&a, ar, ac).rounded_to(dtype),
+                    mat(&b, br, bc).rounded_to(dtype),
+                );
+                assert_eq!(both, want, "{dtype:?} {m}x{k}x{n} {op_a:?}{op_b:?}");
+                let only_b = run(mat(&ra, ar, ac), mat(&b, br, bc).rounded_to(dtype));
+                assert_eq!(
+                    only_b, want,
+                    "{dtype:?} {m}x{k}x{n} {op_a:?}{op_b:?} (B only)"
+                );
+            }
+        }
+    }
 }
