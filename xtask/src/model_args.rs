@@ -24,8 +24,8 @@ pub struct ModelArgs {
     /// Worker threads [default: TESSERA_THREADS, else the number of cores].
     #[arg(long)]
     threads: Option<usize>,
-    /// Number format of the matmuls: f32, bf16 or fp16 (16-bit working
-    /// copies of the weights, f32 accumulation; see docs/precision.md).
+    /// Number format of the matmuls: f32, bf16 or fp16 (16-bit operands,
+    /// f32 accumulation; see docs/precision.md).
     #[arg(long, default_value = "f32")]
     precision: Precision,
 }

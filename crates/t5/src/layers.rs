@@ -162,7 +162,7 @@ pub struct StackContext<'a> {
     pub config: &'a T5Config,
     /// Master weights (norms, embeddings, bias tables).
     pub params: &'a ParamStore,
-    /// What the matmuls read (the master weights or their working copies).
+    /// What the matmuls read: the weights, in the pass's precision.
     pub weights: Weights<'a>,
     /// Sequences in the batch.
     pub batch: usize,

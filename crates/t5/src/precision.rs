@@ -4,11 +4,12 @@
 //! — the attention and feed-forward projections, the LM head, and both
 //! products of each of their backwards — reads 16-bit operands, as under
 //! PyTorch's autocast:
-//! - weights from a 16-bit working copy of the f32 master weights
-//!   ([`T5Model::working_weights`](crate::T5Model)), rebuilt whenever the
-//!   master weights change;
-//! - activations and incoming gradients rounded to nearest-even as they
-//!   enter the product (the saved activations are kept in 16 bits too).
+//! - weights and incoming gradients stay f32 and are rounded to nearest-even
+//!   by the gemm as it packs them ([`Precision::read`],
+//!   `tessera_tensor::MatRef::rounded_to`): the same bits as multiplying
+//!   rounded copies, without a 16-bit copy of the model;
+//! - activations are rounded once, when they are kept for the backward,
+//!   and stored in 16 bits ([`Precision::keep_activation`]).
 //!
 //! Everything else stays f32, and each choice follows a documented
 //! stabilisation:
@@ -21,8 +22,9 @@
 //!   fused attention kernels compute in f32 whatever the storage dtype);
 //! - the residual stream, the loss and all gradients of the master weights
 //!   in f32, so nothing accumulates in 16 bits;
-//! - fp16 rounding saturates at ±65,504 instead of overflowing to infinity
-//!   when [`Precision::clamps`] says so, the counterpart of transformers'
+//! - kept fp16 activations are clamped to ±64,504 (65,504 − 1,000) before
+//!   they are rounded, instead of overflowing to infinity
+//!   ([`Precision::clamps`]): the counterpart of transformers'
 //!   `clamp_value = finfo(float16).max - 1000` clamping of T5 hidden states.
 //!   Gradients are never clamped: an overflow there must reach the loss
 //!   scaler, which skips the step.

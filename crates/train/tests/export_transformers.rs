@@ -1,6 +1,7 @@
 //! The export, checked by the installed Python `transformers` (skipped with a
 //! message when python3 cannot import torch and transformers): a tiny random
-//! model exported with the built-in tokenizer must load with
+//! model exported with the built-in tokenizer, with its weights stored as
+//! F32, BF16 and F16, must load with
 //! `AutoModelForSeq2SeqLM`/`AutoTokenizer`, tokenize as tessera does, give
 //! tessera's logits and generate tessera's tokens (`fixtures/check_export.py`).
 
@@ -9,8 +10,9 @@
 
 use std::path::Path;
 use std::process::Command;
+use tessera_t5::safetensors::StoredDType;
 use tessera_t5::{Batch, T5Config, T5Model};
-use tessera_train::export::export;
+use tessera_train::export::export_as;
 use tessera_train::model_source::{own_tokenizer, OWN_TOKENIZER_JSON};
 
 const PROMPT: &str =
@@ -36,8 +38,9 @@ fn small_model() -> T5Model {
     T5Model::init(config, 11)
 }
 
-/// tessera's view of `PROMPT`: ids, labels, logits and greedy tokens, as JSON.
-fn reference(model: &T5Model) -> serde_json::Value {
+/// tessera's view of `PROMPT`: ids, labels, logits and greedy tokens, and
+/// the torch dtype the weights are stored in, as JSON.
+fn reference(model: &T5Model, stored_dtype: &str) -> serde_json::Value {
     let tokenizer = own_tokenizer().unwrap();
     let ids = tokenizer.encode(PROMPT, 512).unwrap();
     let labels = tokenizer.encode("entailment", 128).unwrap();
@@ -56,7 +59,7 @@ fn reference(model: &T5Model) -> serde_json::Value {
     }
     serde_json::json!({
         "prompt": PROMPT, "input_ids": ids, "labels": labels,
-        "logits": logits, "generated": generated,
+        "logits": logits, "generated": generated, "stored_dtype": stored_dtype,
     })
 }
 
@@ -69,23 +72,34 @@ fn transformers_loads_the_export_and_agrees_with_tessera() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let ckpt = tmp.path().join("checkpoint");
-    let model = small_model();
-    model.save(&ckpt).unwrap();
+    small_model().save(&ckpt).unwrap();
     std::fs::write(ckpt.join("tokenizer.json"), OWN_TOKENIZER_JSON).unwrap();
     std::fs::write(ckpt.join("trainer_state.json"), "{}").unwrap();
-    let out = tmp.path().join("hf");
-    export(&ckpt, &out).unwrap();
-    let reference_file = tmp.path().join("reference.json");
-    std::fs::write(&reference_file, reference(&model).to_string()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/check_export.py");
-    let run = Command::new("python3")
-        .arg(script)
-        .arg(&out)
-        .arg(&reference_file)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&run.stderr));
-    assert!(run.status.success(), "check_export.py failed:\n{stdout}");
-    assert!(stdout.contains("export check passed"));
+    for (dtype, torch_name) in [
+        (StoredDType::F32, "torch.float32"),
+        (StoredDType::BF16, "torch.bfloat16"),
+        (StoredDType::F16, "torch.float16"),
+    ] {
+        let out = tmp.path().join(format!("hf-{}", dtype.name()));
+        export_as(&ckpt, &out, dtype).unwrap();
+        // The reference is tessera's f32 forward on the values as stored.
+        let exported = T5Model::load(&out).unwrap();
+        let reference_file = tmp.path().join("reference.json");
+        let reference = reference(&exported, torch_name);
+        std::fs::write(&reference_file, reference.to_string()).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/check_export.py");
+        let run = Command::new("python3")
+            .arg(script)
+            .arg(&out)
+            .arg(&reference_file)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        eprintln!("{stdout}{}", String::from_utf8_lossy(&run.stderr));
+        assert!(
+            run.status.success(),
+            "{dtype:?}: check_export.py failed:\n{stdout}"
+        );
+        assert!(stdout.contains("export check passed"), "{dtype:?}");
+    }
 }
