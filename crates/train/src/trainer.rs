@@ -258,6 +258,44 @@ impl Trainer {
     /// `skipped`; the step count does not advance).
     pub fn train_step(&mut self) -> Result<StepReport> {
         let start = Instant::now();
+        let (loss, examples, target_tokens) = self.accumulate_gradients()?;
+        let step = self.state.step + 1;
+        let loss_scale = self.state.loss_scaler.map(|s| s.scale);
+        let update = match self.unscale_gradients() {
+            Some(false) if self.state.loss_scaler.is_some_and(|s| s.exhausted()) => {
+                let grad_norm = f32::INFINITY;
+                return Err(TrainError::Diverged {
+                    step,
+                    loss,
+                    grad_norm,
+                });
+            }
+            Some(false) => None,
+            _ => Some(self.update_weights(step, loss)?),
+        };
+        self.state.cursor = self.loader.cursor();
+        self.state.examples_seen += examples as u64;
+        let (lr, grad_norm) = update.unwrap_or((0.0, f32::INFINITY));
+        let seconds = start.elapsed().as_secs_f64();
+        Ok(StepReport {
+            step,
+            loss,
+            lr,
+            grad_norm,
+            examples,
+            target_tokens,
+            examples_per_s: examples as f64 / seconds,
+            seconds,
+            loss_scale,
+            skipped: update.is_none(),
+            skipped_steps: self.state.loss_scaler.map(|s| s.skipped),
+        })
+    }
+
+    /// Forward and backward of the step's `grad_accum` micro-batches into
+    /// the zeroed gradients; returns the mean token loss, the rows and the
+    /// target tokens of the global batch.
+    fn accumulate_gradients(&mut self) -> Result<(f32, usize, usize)> {
         let micro = (0..self.config.grad_accum)
             .map(|_| self.loader.next_batch())
             .collect::<tessera_glue::Result<Vec<_>>>()?;
@@ -282,37 +320,22 @@ impl Trainer {
             loss_sum += loss.sum;
         }
         let loss = (loss_sum / target_tokens.max(1) as f64) as f32;
-        let step = self.state.step + 1;
-        let scale = self.state.loss_scaler.map(|s| s.scale);
-        if let Some(scaler) = &mut self.state.loss_scaler {
-            let finite = scaler.unscale(&mut self.grads);
-            scaler.update(finite);
-            if !finite {
-                if scaler.exhausted() {
-                    return Err(TrainError::Diverged {
-                        step,
-                        loss,
-                        grad_norm: f32::INFINITY,
-                    });
-                }
-                self.state.cursor = self.loader.cursor();
-                self.state.examples_seen += examples as u64;
-                let seconds = start.elapsed().as_secs_f64();
-                return Ok(StepReport {
-                    step,
-                    loss,
-                    lr: 0.0,
-                    grad_norm: f32::INFINITY,
-                    examples,
-                    target_tokens,
-                    examples_per_s: examples as f64 / seconds,
-                    seconds,
-                    loss_scale: scale,
-                    skipped: true,
-                    skipped_steps: Some(scaler.skipped),
-                });
-            }
-        }
+        Ok((loss, examples, target_tokens))
+    }
+
+    /// fp16: divides the gradients by the loss scale and updates the scaler;
+    /// `Some(false)` when they overflowed (the step is skipped). `None`
+    /// without a scaler.
+    fn unscale_gradients(&mut self) -> Option<bool> {
+        let scaler = self.state.loss_scaler.as_mut()?;
+        let finite = scaler.unscale(&mut self.grads);
+        scaler.update(finite);
+        Some(finite)
+    }
+
+    /// Clips the gradients and applies the optimizer: update `step`.
+    /// Returns the learning rate and the gradient norm before clipping.
+    fn update_weights(&mut self, step: u64, loss: f32) -> Result<(f32, f32)> {
         let grad_norm = clip_grad_norm(&mut self.grads, self.config.max_grad_norm);
         if !(loss.is_finite() && grad_norm.is_finite()) {
             return Err(TrainError::Diverged {
@@ -325,22 +348,7 @@ impl Trainer {
         self.optimizer
             .step(self.model.params_mut(), &self.grads, lr);
         self.state.step = step;
-        self.state.cursor = self.loader.cursor();
-        self.state.examples_seen += examples as u64;
-        let seconds = start.elapsed().as_secs_f64();
-        Ok(StepReport {
-            step,
-            loss,
-            lr,
-            grad_norm,
-            examples,
-            target_tokens,
-            examples_per_s: examples as f64 / seconds,
-            seconds,
-            loss_scale: scale,
-            skipped: false,
-            skipped_steps: self.state.loss_scaler.map(|s| s.skipped),
-        })
+        Ok((lr, grad_norm))
     }
 
     /// Evaluates by greedy generation on the validation set, if there is one.
