@@ -170,11 +170,6 @@ impl Operand {
         }
     }
 
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.view().len() * self.view().dtype().size()
-    }
-
     /// The values as f32: borrowed when they are f32, else widened (exact).
     pub fn widened(&self) -> Cow<'_, [f32]> {
         match self {
