@@ -15,6 +15,8 @@ mod error;
 pub mod gemm;
 pub mod memory;
 pub mod ops;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 mod tensor;
 mod threads;
 

@@ -640,37 +640,11 @@ unsafe fn transpose_avx2(
             // SAFETY: rows j..j+8 < n8 and columns p..p+8 ≤ d8 of `src`.
             let r: [__m256; 8] =
                 std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add((j + i) * d + p)) });
-            let t = [
-                _mm256_unpacklo_ps(r[0], r[1]),
-                _mm256_unpackhi_ps(r[0], r[1]),
-                _mm256_unpacklo_ps(r[2], r[3]),
-                _mm256_unpackhi_ps(r[2], r[3]),
-                _mm256_unpacklo_ps(r[4], r[5]),
-                _mm256_unpackhi_ps(r[4], r[5]),
-                _mm256_unpacklo_ps(r[6], r[7]),
-                _mm256_unpackhi_ps(r[6], r[7]),
-            ];
-            // u[c]: column c of rows 0-3 (low lane) and column c + 4 (high
-            // lane); u[4 + c]: the same for rows 4-7.
-            let u = [
-                _mm256_shuffle_ps::<0x44>(t[0], t[2]),
-                _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
-                _mm256_shuffle_ps::<0x44>(t[1], t[3]),
-                _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
-                _mm256_shuffle_ps::<0x44>(t[4], t[6]),
-                _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
-                _mm256_shuffle_ps::<0x44>(t[5], t[7]),
-                _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
-            ];
-            for c in 0..4 {
-                // SAFETY: rows p + c and p + c + 4 < d8 of `dst`, columns
-                // j..j+8 ≤ n8.
-                unsafe {
-                    let lo = _mm256_permute2f128_ps::<0x20>(u[c], u[4 + c]);
-                    let hi = _mm256_permute2f128_ps::<0x31>(u[c], u[4 + c]);
-                    _mm256_storeu_ps(dst.add((p + c) * ld + j), lo);
-                    _mm256_storeu_ps(dst.add((p + c + 4) * ld + j), hi);
-                }
+            // SAFETY: register-only shuffles; this function has AVX2.
+            let cols = unsafe { crate::simd::transpose8(r) };
+            for (c, col) in cols.into_iter().enumerate() {
+                // SAFETY: row p + c < d8 of `dst`, columns j..j+8 ≤ n8.
+                unsafe { _mm256_storeu_ps(dst.add((p + c) * ld + j), col) };
             }
         }
     }
