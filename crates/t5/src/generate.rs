@@ -163,7 +163,7 @@ impl T5Model {
         let ff_context = StackContext {
             config: c,
             params: self.params(),
-            weights: self.weights(),
+            precision: self.precision(),
             batch: step.batch,
             len: 1,
             self_mask: KeyMask {

@@ -43,11 +43,6 @@ impl<'a> Weights<'a> {
     pub fn get(&self, id: ParamId) -> OperandRef<'a> {
         self.precision.read(self.params.get(id))
     }
-
-    /// The precision the operands are read in.
-    pub fn precision(&self) -> Precision {
-        self.precision
-    }
 }
 
 /// `Y = X·Wᵀ` for `X: [rows, in]`, `W: [out, in]`, both in one precision.
@@ -162,8 +157,8 @@ pub struct StackContext<'a> {
     pub config: &'a T5Config,
     /// Master weights (norms, embeddings, bias tables).
     pub params: &'a ParamStore,
-    /// What the matmuls read: the weights, in the pass's precision.
-    pub weights: Weights<'a>,
+    /// The number format the matmuls read (see [`crate::precision`]).
+    pub precision: Precision,
     /// Sequences in the batch.
     pub batch: usize,
     /// Positions per sequence in this stack.
@@ -185,8 +180,9 @@ impl StackContext<'_> {
         self.batch * self.len
     }
 
-    fn precision(&self) -> Precision {
-        self.weights.precision()
+    /// What the matmuls read: the weights, in the pass's precision.
+    fn weights(&self) -> Weights<'_> {
+        Weights::new(self.params, self.precision)
     }
 }
 
@@ -284,7 +280,7 @@ pub fn sublayer_forward(
 ) -> Result<SublayerCache> {
     let eps = cx.config.layer_norm_epsilon as f32;
     let NormCache { stats, n } = norm_forward(x, cx.params.get(ids.norm), eps)?;
-    let normed = (stats, cx.precision().keep_activation(n));
+    let normed = (stats, cx.precision.keep_activation(n));
     let (mut y, cache) = match ids.kind {
         SublayerKind::SelfAttention(a) => attention_sublayer_forward(cx, site, &a, normed, false)?,
         SublayerKind::CrossAttention(a) => attention_sublayer_forward(cx, site, &a, normed, true)?,
@@ -363,14 +359,14 @@ fn attention_sublayer_forward(
 ) -> Result<(Vec<f32>, SublayerCache)> {
     let c = cx.config;
     let (b, h, dk, inner) = (cx.batch, c.num_heads, c.d_kv, c.inner_dim());
-    let p = |id| cx.weights.get(id);
+    let p = |id| cx.weights().get(id);
     let keys = key_side(cx, normed.view(), cross);
     // Q, K and V are kept in the pass's precision (as autocast's 16-bit
     // projections leave them) and widened for the f32 attention kernels.
     let heads = |x: OperandRef<'_>, w, len| -> Result<Operand> {
         let y = linear(x, w, b * len, inner)?;
         Ok(cx
-            .precision()
+            .precision
             .keep_activation(attention::split_heads(&y, b, len, h, dk)))
     };
     let q = heads(normed.view(), p(a.q), cx.len)?;
@@ -398,7 +394,7 @@ fn attention_sublayer_forward(
         &mut ctx_h,
     )?;
     let ctx = cx
-        .precision()
+        .precision
         .keep_activation(attention::merge_heads(&ctx_h, b, cx.len, h, dk));
     let y = linear(ctx.view(), p(a.o), cx.rows(), c.d_model)?;
     let cache = AttentionSublayerCache {
@@ -426,7 +422,7 @@ fn attention_sublayer_backward(
 ) -> Result<Vec<f32>> {
     let c = cx.config;
     let (b, h, dk, inner, rows) = (cx.batch, c.num_heads, c.d_kv, c.inner_dim(), cx.rows());
-    let p = |id| cx.weights.get(id);
+    let p = |id| cx.weights().get(id);
     let keys = key_side(cx, cache.normed.view(), cross);
     let mut dctx = vec![0.0; rows * inner];
     linear_backward(
@@ -521,8 +517,8 @@ fn feed_forward_forward(
     // The projections are kept in the pass's precision, and the activation
     // reads them as kept, so its backward sees the same values.
     let project = |w| -> Result<Operand> {
-        let y = linear(normed.view(), cx.weights.get(w), rows, c.d_ff)?;
-        Ok(cx.precision().keep_activation(y))
+        let y = linear(normed.view(), cx.weights().get(w), rows, c.d_ff)?;
+        Ok(cx.precision.keep_activation(y))
     };
     let h0 = project(f.wi)?;
     let mut g = vec![0.0; rows * c.d_ff];
@@ -538,8 +534,8 @@ fn feed_forward_forward(
         }
     };
     cx.dropout.apply(&mut g, site, DROP_INNER)?;
-    let g = cx.precision().keep_activation(g);
-    let y = linear(g.view(), cx.weights.get(f.wo), rows, c.d_model)?;
+    let g = cx.precision.keep_activation(g);
+    let y = linear(g.view(), cx.weights().get(f.wo), rows, c.d_model)?;
     let cache = FeedForwardCache {
         norm,
         normed,
@@ -560,7 +556,7 @@ fn feed_forward_backward(
 ) -> Result<Vec<f32>> {
     let c = cx.config;
     let (rows, act) = (cx.rows(), activation(c.feed_forward()));
-    let p = |id| cx.weights.get(id);
+    let p = |id| cx.weights().get(id);
     let mut dg = vec![0.0; cache.g.view().len()];
     linear_backward(
         dy,

@@ -329,7 +329,7 @@ impl T5Model {
         StackContext {
             config: &self.config,
             params: &self.params,
-            weights: self.weights(),
+            precision: self.precision,
             batch: batch.batch_size,
             len,
             self_mask,

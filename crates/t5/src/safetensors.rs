@@ -503,6 +503,7 @@ fn encode(chunk: &[f32], buf: &mut Vec<u8>, put: impl Fn(f32, &mut Vec<u8>) -> f
         .iter()
         .all(|&v| put(v, buf).is_finite() || !v.is_finite())
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,7 +90,7 @@ fn context<'a>(
     StackContext {
         config: model.config(),
         params: model.params(),
-        weights: model.weights(),
+        precision: model.precision(),
         batch: BATCH,
         len: LEN,
         self_mask: KeyMask {
