@@ -134,8 +134,9 @@ pub struct Args {
     /// Output folder: checkpoints/, metrics.jsonl, hf/.
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Number format of the matmuls: f32, bf16 or fp16 (f32 master weights;
-    /// fp16 scales the loss). See docs/precision.md.
+    /// Number format of the matmuls: f32, bf16 or fp16 (f32 master weights
+    /// unless --stochastic-rounding; fp16 scales the loss). See
+    /// docs/precision.md.
     #[arg(long)]
     precision: Option<Precision>,
     /// fp16: the first loss scale (a power of two).
@@ -144,6 +145,11 @@ pub struct Args {
     /// fp16: clean steps after which the loss scale doubles.
     #[arg(long)]
     loss_scale_growth_interval: Option<u32>,
+    /// With --precision bf16|fp16: keep the weights themselves in 16 bits
+    /// (no f32 master copy) and apply updates with stochastic rounding.
+    #[arg(long)]
+    #[serde(skip)]
+    stochastic_rounding: bool,
 }
 
 impl Args {
@@ -152,6 +158,9 @@ impl Args {
         let mut table = toml::Table::try_from(self).context("cannot read the flags")?;
         if self.no_shuffle {
             table.insert("shuffle".into(), false.into());
+        }
+        if self.stochastic_rounding {
+            table.insert("stochastic_rounding".into(), true.into());
         }
         Ok(table)
     }

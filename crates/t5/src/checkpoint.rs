@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use tessera_tensor::DType;
 
 /// The single-file weights name.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -187,15 +188,17 @@ impl T5Model {
         Ok(T5Model::from_parts(config, params, ids))
     }
 
-    /// Saves as a Hugging Face folder with the default shard size.
+    /// Saves as a Hugging Face folder with the default shard size, the
+    /// weights stored in their own type (f32, or the bf16/fp16 of a model
+    /// that keeps its weights in 16 bits: written as they are, exactly).
     pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {
         self.save_sharded(dir, DEFAULT_MAX_SHARD_BYTES)
     }
 
     /// Saves as a Hugging Face folder with the weights stored as `dtype`
-    /// (F32, F16 or BF16, rounded to nearest-even from the f32 weights as
-    /// they are written; no f32 copy of the file is made). An F16 save fails,
-    /// naming the weight, if a value lies beyond fp16's range.
+    /// (F32, F16 or BF16, rounded to nearest-even as they are written when
+    /// narrower than the weights; no f32 copy of the file is made). An F16
+    /// save fails, naming the weight, if a value lies beyond fp16's range.
     pub fn save_as(&self, dir: &Path, dtype: StoredDType) -> Result<(), CheckpointError> {
         self.save_with(dir, DEFAULT_MAX_SHARD_BYTES, dtype)
     }
@@ -203,7 +206,12 @@ impl T5Model {
     /// Saves as a Hugging Face folder, splitting the weights into shards of
     /// at most `max_shard_bytes` (a tensor larger than that gets its own shard).
     pub fn save_sharded(&self, dir: &Path, max_shard_bytes: u64) -> Result<(), CheckpointError> {
-        self.save_with(dir, max_shard_bytes, StoredDType::F32)
+        let dtype = match self.params().dtype() {
+            DType::F32 => StoredDType::F32,
+            DType::BF16 => StoredDType::BF16,
+            DType::F16 => StoredDType::F16,
+        };
+        self.save_with(dir, max_shard_bytes, dtype)
     }
 
     fn save_with(
@@ -250,7 +258,7 @@ impl T5Model {
         let count = shards.len();
         let mut weight_map = Map::new();
         let mut total = 0u64;
-        let all: Vec<_> = self.params().iter().collect();
+        let all: Vec<_> = self.params().views().collect();
         for (i, shard) in shards.iter().enumerate() {
             let file = if count == 1 {
                 WEIGHTS_FILE.to_string()
@@ -326,7 +334,7 @@ fn check_finite(values: &[f32], name: &str, path: &Path) -> Result<(), Checkpoin
 fn plan_shards(model: &T5Model, max_bytes: u64, element_bytes: u64) -> Vec<Vec<usize>> {
     let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
     let mut size = 0u64;
-    for (i, (entry, _)) in model.params().iter().enumerate() {
+    for (i, entry) in model.params().entries().iter().enumerate() {
         let bytes = entry.numel() as u64 * element_bytes;
         if size > 0 && size + bytes > max_bytes {
             shards.push(Vec::new());

@@ -15,8 +15,8 @@ use crate::layers::{linear, norm_forward, sublayer_forward, DropoutPlan, Site, S
 use crate::model::{Batch, ModelError, T5Model};
 use crate::params::{AttentionIds, SublayerIds, SublayerKind};
 use crate::precision::{Operand, OperandRef};
-use crate::stack::Keep;
-use tessera_tensor::ops::{embedding, residual};
+use crate::stack::{embed, Keep};
+use tessera_tensor::ops::residual;
 use tessera_tensor::Result;
 
 /// Keys and values one decoder layer attends to while generating.
@@ -79,7 +79,7 @@ impl T5Model {
                 c.relative_attention_max_distance,
             );
             let bias = position_bias_forward(
-                self.params().get(self.ids().decoder.relative_bias),
+                &self.params().widened(self.ids().decoder.relative_bias),
                 &buckets,
                 c.num_heads,
             );
@@ -154,9 +154,9 @@ impl T5Model {
     fn decode_step(&self, step: &Step<'_>, tokens: &[u32], kv: &mut [LayerKv]) -> Result<Vec<f32>> {
         let c = self.config();
         let mut x = vec![0.0; step.batch * c.d_model];
-        embedding::embedding_forward(
+        embed(
             &mut x,
-            self.params().get(self.ids().shared),
+            self.params().view(self.ids().shared),
             tokens,
             c.d_model,
         )?;
@@ -195,7 +195,12 @@ impl T5Model {
             }
         }
         let eps = c.layer_norm_epsilon as f32;
-        let hidden = norm_forward(&x, self.params().get(self.ids().decoder.final_norm), eps)?.n;
+        let hidden = norm_forward(
+            &x,
+            &self.params().widened(self.ids().decoder.final_norm),
+            eps,
+        )?
+        .n;
         Ok(self.head_forward(&hidden, step.batch)?.0)
     }
 
@@ -266,7 +271,7 @@ impl T5Model {
     /// The sublayer's normed input as its projections' matmul operand.
     fn normed(&self, x: &[f32], ids: &SublayerIds) -> Result<Operand> {
         let eps = self.config().layer_norm_epsilon as f32;
-        let n = norm_forward(x, self.params().get(ids.norm), eps)?.n;
+        let n = norm_forward(x, &self.params().widened(ids.norm), eps)?.n;
         Ok(self.precision().keep_activation(n))
     }
 

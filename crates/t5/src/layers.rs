@@ -24,9 +24,9 @@ use tessera_tensor::ops::dropout::{dropout_inplace, dropout_key};
 use tessera_tensor::ops::{norm, residual};
 use tessera_tensor::{MatMut, Op, Result};
 
-/// The weights a pass's matmuls read: the f32 master weights, read in the
-/// pass's precision (rounded by the gemm as it packs them, so no 16-bit
-/// copy of the model is kept).
+/// The weights a pass's matmuls read: f32 master weights read in the pass's
+/// precision (rounded by the gemm as it packs them, so no 16-bit copy of the
+/// model is kept), or weights stored in 16 bits, read as they are.
 #[derive(Debug, Clone, Copy)]
 pub struct Weights<'a> {
     params: &'a ParamStore,
@@ -34,14 +34,19 @@ pub struct Weights<'a> {
 }
 
 impl<'a> Weights<'a> {
-    /// The master weights `params` read in `precision`.
+    /// The weights `params` read in `precision` (an f32 store is rounded to
+    /// it; a 16-bit store is read in its own type, which must be
+    /// `precision`'s for the matmuls to accept it).
     pub fn new(params: &'a ParamStore, precision: Precision) -> Self {
         Weights { params, precision }
     }
 
     /// The matmul operand of parameter `id`.
     pub fn get(&self, id: ParamId) -> OperandRef<'a> {
-        self.precision.read(self.params.get(id))
+        match self.params.view(id) {
+            OperandRef::F32(w) => self.precision.read(w),
+            stored => stored,
+        }
     }
 }
 
@@ -279,7 +284,7 @@ pub fn sublayer_forward(
     x: &mut [f32],
 ) -> Result<SublayerCache> {
     let eps = cx.config.layer_norm_epsilon as f32;
-    let NormCache { stats, n } = norm_forward(x, cx.params.get(ids.norm), eps)?;
+    let NormCache { stats, n } = norm_forward(x, &cx.params.widened(ids.norm), eps)?;
     let normed = (stats, cx.precision.keep_activation(n));
     let (mut y, cache) = match ids.kind {
         SublayerKind::SelfAttention(a) => attention_sublayer_forward(cx, site, &a, normed, false)?,
@@ -317,8 +322,8 @@ pub fn sublayer_backward(
         }
         _ => unreachable!("caches are built by the matching forward"),
     };
-    let w = cx.params.get(ids.norm);
-    norm_backward(norm, w, sinks.grads.get_mut(ids.norm), &dn, dx)
+    let w = cx.params.widened(ids.norm);
+    norm_backward(norm, &w, sinks.grads.get_mut(ids.norm), &dn, dx)
 }
 
 /// Keys, values, mask and bias an attention sublayer attends with.

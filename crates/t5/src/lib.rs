@@ -26,8 +26,8 @@ pub use checkpoint::{CheckpointError, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, WEIGH
 pub use config::{ConfigError, FeedForward, T5Config, TINY_PRESET};
 pub use model::{Batch, ForwardOutput, ModelError, T5Model, TrainOptions};
 pub use params::{
-    AttentionIds, FeedForwardIds, ModelIds, ParamEntry, ParamId, ParamStore, StackIds, SublayerIds,
-    SublayerKind,
+    AttentionIds, FeedForwardIds, FlatMut, ModelIds, ParamEntry, ParamId, ParamStore, StackIds,
+    SublayerIds, SublayerKind,
 };
 pub use precision::Precision;
 pub use tessera_tensor::ops::crossentropy::CrossEntropy;

@@ -11,7 +11,7 @@ use tessera_tensor::ops::crossentropy::{
     cross_entropy_backward_inplace, cross_entropy_forward, CrossEntropy, IGNORE_INDEX,
 };
 use tessera_tensor::ops::residual::scale_inplace;
-use tessera_tensor::TensorError;
+use tessera_tensor::{DType, TensorError};
 
 /// Why a batch could not be run.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,19 @@ pub enum ModelError {
     /// A tensor operation rejected its inputs (an internal shape bug).
     #[error(transparent)]
     Tensor(#[from] TensorError),
+    /// A weight does not fit the 16-bit type the model was asked to keep
+    /// its weights in.
+    #[error("weight {name} holds {value} at element {index}, beyond the range of {dtype}")]
+    WeightRange {
+        /// The parameter.
+        name: String,
+        /// Position within it.
+        index: usize,
+        /// The f32 value.
+        value: f32,
+        /// The storage type.
+        dtype: DType,
+    },
 }
 
 /// A padded batch of source sequences and their labels.
@@ -253,6 +266,32 @@ impl T5Model {
         self.precision = precision;
     }
 
+    /// Keeps the weights themselves in this model's precision from now on:
+    /// rounded once to nearest-even into a bf16 or fp16 store, with no f32
+    /// copy left (half the memory of the weights). An optimizer then
+    /// updates them with stochastic rounding (`tessera_train`), as
+    /// Graphcore's Flan-T5 training does with fp16 weights. In f32, 16-bit
+    /// weights are widened back (exactly). Fails, naming the weight, if a
+    /// value lies beyond fp16's range; the weights are then left as they
+    /// were.
+    pub fn store_weights_in_precision(&mut self) -> Result<(), ModelError> {
+        let dtype = self.precision.dtype();
+        if self.params.dtype() == dtype {
+            return Ok(());
+        }
+        let narrowed = self.params.converted(dtype);
+        if let Some((id, index)) = narrowed.first_non_finite() {
+            return Err(ModelError::WeightRange {
+                name: self.params.entry(id).name.clone(),
+                index,
+                value: self.params.widened(id)[index],
+                dtype,
+            });
+        }
+        self.params = narrowed;
+        Ok(())
+    }
+
     /// What the matmuls read: the weights in this model's precision.
     pub fn weights(&self) -> Weights<'_> {
         Weights::new(&self.params, self.precision)
@@ -292,8 +331,10 @@ impl T5Model {
             c.relative_attention_num_buckets,
             c.relative_attention_max_distance,
         );
-        let table = self.params.get(self.stack_ref(decoder).ids.relative_bias);
-        let bias = position_bias_forward(table, &buckets, c.num_heads);
+        let table = self
+            .params
+            .widened(self.stack_ref(decoder).ids.relative_bias);
+        let bias = position_bias_forward(&table, &buckets, c.num_heads);
         PositionBias { buckets, bias }
     }
 

@@ -10,6 +10,9 @@
 //! resolve to `shared.weight`.
 
 use crate::config::{FeedForward, T5Config};
+use crate::precision::{Operand, OperandRef, Precision};
+use std::borrow::Cow;
+use tessera_tensor::{bf16, f16, DType};
 
 /// Index of one parameter in a [`ParamStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,29 +47,45 @@ impl ParamEntry {
     }
 }
 
-/// Named f32 tensors laid out back to back in one buffer.
+/// Named tensors laid out back to back in one buffer: f32, or bf16/fp16
+/// for a model that keeps its weights in 16 bits
+/// ([`crate::T5Model::store_weights_in_precision`]). Gradients and
+/// optimizer state are always f32.
 #[derive(Clone, PartialEq)]
 pub struct ParamStore {
     entries: Vec<ParamEntry>,
-    data: Vec<f32>,
+    values: Operand,
 }
 
 impl std::fmt::Debug for ParamStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "ParamStore({} tensors, {} values)",
+            "ParamStore({} tensors, {} {} values)",
             self.entries.len(),
-            self.data.len()
+            self.len(),
+            self.dtype()
         )
     }
+}
+
+/// Every value of a store, mutable, in its storage type (what an optimizer
+/// step writes).
+#[derive(Debug)]
+pub enum FlatMut<'a> {
+    /// An f32 store.
+    F32(&'a mut [f32]),
+    /// A bf16 store.
+    Bf16(&'a mut [bf16]),
+    /// An fp16 store.
+    F16(&'a mut [f16]),
 }
 
 impl ParamStore {
     fn new() -> Self {
         ParamStore {
             entries: Vec::new(),
-            data: Vec::new(),
+            values: Operand::F32(Vec::new()),
         }
     }
 
@@ -75,24 +94,69 @@ impl ParamStore {
         let entry = ParamEntry {
             name,
             shape,
-            offset: self.data.len(),
+            offset: self.len(),
         };
-        self.data.resize(self.data.len() + entry.numel(), 0.0);
+        let data = self.f32s_mut();
+        data.resize(data.len() + entry.numel(), 0.0);
         self.entries.push(entry);
         ParamId(self.entries.len() - 1)
     }
 
-    /// A store with the same layout, all zeros (for gradients or optimizer state).
+    /// An f32 store with the same layout, all zeros (for gradients or
+    /// optimizer state, whatever this store's type).
     pub fn zeros_like(&self) -> Self {
         ParamStore {
             entries: self.entries.clone(),
-            data: vec![0.0; self.data.len()],
+            values: Operand::F32(vec![0.0; self.len()]),
         }
+    }
+
+    /// This store with every value rounded to nearest-even in `dtype`
+    /// (values beyond fp16's range become infinite: see
+    /// [`ParamStore::first_non_finite`]).
+    pub fn converted(&self, dtype: DType) -> Self {
+        let wide = self.values.view().widened();
+        let values = match dtype {
+            DType::F32 => Operand::F32(wide.into_owned()),
+            DType::BF16 => Precision::Bf16.round(&wide),
+            DType::F16 => Precision::Fp16.round(&wide),
+        };
+        ParamStore {
+            entries: self.entries.clone(),
+            values,
+        }
+    }
+
+    /// The parameter and index of the first infinite or NaN value.
+    pub fn first_non_finite(&self) -> Option<(ParamId, usize)> {
+        self.ids().find_map(|id| {
+            let at = self.widened(id).iter().position(|v| !v.is_finite())?;
+            Some((id, at))
+        })
     }
 
     /// Sets every value to zero (between optimizer steps).
     pub fn zero(&mut self) {
-        self.data.fill(0.0);
+        match &mut self.values {
+            Operand::F32(v) => v.fill(0.0),
+            Operand::Bf16(v) => v.fill(bf16::ZERO),
+            Operand::F16(v) => v.fill(f16::ZERO),
+        }
+    }
+
+    /// The storage type of the values.
+    pub fn dtype(&self) -> DType {
+        self.values.view().dtype()
+    }
+
+    /// Number of values (all parameters together).
+    pub fn len(&self) -> usize {
+        self.values.view().len()
+    }
+
+    /// Whether the store holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The table of parameters, in storage order.
@@ -118,49 +182,79 @@ impl ParamStore {
         &self.entries[id.0]
     }
 
-    /// A parameter's values.
-    pub fn get(&self, id: ParamId) -> &[f32] {
+    /// A parameter's values in their storage type.
+    pub fn view(&self, id: ParamId) -> OperandRef<'_> {
         let e = &self.entries[id.0];
-        &self.data[e.offset..e.offset + e.numel()]
+        self.values.view().slice(e.offset..e.offset + e.numel())
     }
 
-    /// A parameter's values, mutable.
+    /// A parameter's values as f32: borrowed from an f32 store, widened
+    /// from a 16-bit one.
+    pub fn widened(&self, id: ParamId) -> Cow<'_, [f32]> {
+        self.view(id).widened()
+    }
+
+    /// `(entry, values)` for every parameter, in the storage type.
+    pub fn views(&self) -> impl Iterator<Item = (&ParamEntry, OperandRef<'_>)> {
+        self.ids().map(|id| (self.entry(id), self.view(id)))
+    }
+
+    /// Every value, mutable, in the storage type.
+    pub fn flat_values_mut(&mut self) -> FlatMut<'_> {
+        match &mut self.values {
+            Operand::F32(v) => FlatMut::F32(v),
+            Operand::Bf16(v) => FlatMut::Bf16(v),
+            Operand::F16(v) => FlatMut::F16(v),
+        }
+    }
+
+    fn f32s(&self) -> &[f32] {
+        match &self.values {
+            Operand::F32(v) => v,
+            other => panic!("an f32 store was expected, not {}", other.view().dtype()),
+        }
+    }
+
+    fn f32s_mut(&mut self) -> &mut Vec<f32> {
+        match &mut self.values {
+            Operand::F32(v) => v,
+            other => panic!("an f32 store was expected, not {}", other.view().dtype()),
+        }
+    }
+
+    /// A parameter's values, of an f32 store.
+    ///
+    /// # Panics
+    /// For a 16-bit store (read it with [`ParamStore::view`] or
+    /// [`ParamStore::widened`]); the same holds for every f32 accessor below.
+    pub fn get(&self, id: ParamId) -> &[f32] {
+        let e = &self.entries[id.0];
+        &self.f32s()[e.offset..e.offset + e.numel()]
+    }
+
+    /// A parameter's values, mutable, of an f32 store.
     pub fn get_mut(&mut self, id: ParamId) -> &mut [f32] {
         let e = &self.entries[id.0];
         let (start, len) = (e.offset, e.numel());
-        &mut self.data[start..start + len]
+        &mut self.f32s_mut()[start..start + len]
     }
 
-    /// All values as one vector, in entry order.
+    /// All values of an f32 store as one vector, in entry order.
     pub fn flat(&self) -> &[f32] {
-        &self.data
+        self.f32s()
     }
 
-    /// All values as one mutable vector, in entry order.
+    /// All values of an f32 store as one mutable vector, in entry order.
     pub fn flat_mut(&mut self) -> &mut [f32] {
-        &mut self.data
+        self.f32s_mut()
     }
 
-    /// `(entry, values)` for every parameter.
+    /// `(entry, values)` for every parameter of an f32 store.
     pub fn iter(&self) -> impl Iterator<Item = (&ParamEntry, &[f32])> {
+        let data = self.f32s();
         self.entries
             .iter()
-            .map(|e| (e, &self.data[e.offset..e.offset + e.numel()]))
-    }
-
-    /// `(entry, param, grad)` for every parameter, for optimizers. `grads`
-    /// must come from [`ParamStore::zeros_like`] of this store.
-    pub fn zip_mut<'a>(
-        &'a mut self,
-        grads: &'a ParamStore,
-    ) -> impl Iterator<Item = (&'a ParamEntry, &'a mut [f32], &'a [f32])> {
-        assert_eq!(self.entries, grads.entries, "gradients have another layout");
-        let mut rest = self.data.as_mut_slice();
-        self.entries.iter().map(move |e| {
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut(e.numel());
-            rest = tail;
-            (e, head, &grads.data[e.offset..e.offset + e.numel()])
-        })
+            .map(move |e| (e, &data[e.offset..e.offset + e.numel()]))
     }
 }
 
@@ -322,7 +416,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn layout_counts_match_the_config_and_zip_walks_everything() {
+    fn layout_counts_match_the_config() {
         for name in ["flan-t5-small", "flan-t5-base"] {
             let c = T5Config::preset(name).unwrap();
             let (store, ids) = layout(&c);
@@ -333,19 +427,55 @@ mod tests {
                 "decoder.block.1.layer.2.layer_norm.weight"
             );
         }
+    }
+
+    fn tiny_store() -> ParamStore {
         let mut c = T5Config::preset("flan-t5-small").unwrap();
-        c.num_layers = 1;
-        c.num_decoder_layers = Some(1);
+        (c.vocab_size, c.d_model, c.d_kv, c.num_heads, c.d_ff) = (40, 8, 4, 2, 12);
+        (c.num_layers, c.num_decoder_layers) = (1, Some(1));
         let (mut store, _) = layout(&c);
-        let mut grads = store.zeros_like();
-        grads.flat_mut().fill(1.0);
-        let mut total = 0;
-        for (_, p, g) in store.zip_mut(&grads) {
-            assert_eq!(p.len(), g.len());
-            p.copy_from_slice(g);
-            total += p.len();
+        for (i, v) in store.flat_mut().iter_mut().enumerate() {
+            *v = (i as f32 * 0.61).sin() * 3.0;
         }
-        assert_eq!(total, store.flat().len());
-        assert!(store.flat().iter().all(|&v| v == 1.0));
+        store
+    }
+
+    #[test]
+    fn sixteen_bit_stores_round_once_and_read_back_widened() {
+        let store = tiny_store();
+        for dtype in [DType::BF16, DType::F16] {
+            let narrow = store.converted(dtype);
+            assert_eq!((narrow.dtype(), narrow.len()), (dtype, store.len()));
+            assert_eq!(narrow.entries(), store.entries());
+            assert_eq!(narrow.zeros_like().dtype(), DType::F32);
+            for id in store.ids() {
+                assert_eq!(narrow.view(id).dtype(), dtype);
+                let want: Vec<f32> = store
+                    .get(id)
+                    .iter()
+                    .map(|&v| match dtype {
+                        DType::BF16 => bf16::from_f32(v).to_f32(),
+                        _ => f16::from_f32(v).to_f32(),
+                    })
+                    .collect();
+                assert_eq!(*narrow.widened(id), want[..], "{}", store.entry(id).name);
+            }
+            assert!(narrow.converted(DType::F32) == narrow.converted(dtype).converted(DType::F32));
+            assert_eq!(narrow.first_non_finite(), None);
+        }
+        let mut big = store.clone();
+        let last = big.ids().last().unwrap();
+        big.get_mut(last)[2] = 1e6;
+        assert_eq!(
+            big.converted(DType::F16).first_non_finite(),
+            Some((last, 2))
+        );
+        assert_eq!(big.converted(DType::BF16).first_non_finite(), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "an f32 store was expected, not bf16")]
+    fn f32_accessors_refuse_a_sixteen_bit_store() {
+        let _ = tiny_store().converted(DType::BF16).flat();
     }
 }

@@ -172,11 +172,7 @@ impl Operand {
 
     /// The values as f32: borrowed when they are f32, else widened (exact).
     pub fn widened(&self) -> Cow<'_, [f32]> {
-        match self {
-            Operand::F32(v) => Cow::Borrowed(v),
-            Operand::Bf16(v) => Cow::Owned(widen(v)),
-            Operand::F16(v) => Cow::Owned(widen(v)),
-        }
+        self.view().widened()
     }
 }
 
@@ -199,7 +195,7 @@ pub enum OperandRef<'a> {
     Rounded(&'a [f32], Precision),
 }
 
-impl OperandRef<'_> {
+impl<'a> OperandRef<'a> {
     /// Number of values.
     pub fn len(&self) -> usize {
         match self {
@@ -230,6 +226,27 @@ impl OperandRef<'_> {
             OperandRef::Bf16(_) => Precision::Bf16,
             OperandRef::F16(_) => Precision::Fp16,
             OperandRef::Rounded(_, p) => *p,
+        }
+    }
+
+    /// The values in `range`.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> OperandRef<'a> {
+        match *self {
+            OperandRef::F32(v) => OperandRef::F32(&v[range]),
+            OperandRef::Bf16(v) => OperandRef::Bf16(&v[range]),
+            OperandRef::F16(v) => OperandRef::F16(&v[range]),
+            OperandRef::Rounded(v, p) => OperandRef::Rounded(&v[range], p),
+        }
+    }
+
+    /// The values a matmul reads, as f32: borrowed when they are f32,
+    /// widened from 16 bits, rounded for [`OperandRef::Rounded`].
+    pub fn widened(&self) -> Cow<'a, [f32]> {
+        match *self {
+            OperandRef::F32(v) => Cow::Borrowed(v),
+            OperandRef::Bf16(v) => Cow::Owned(widen(v)),
+            OperandRef::F16(v) => Cow::Owned(widen(v)),
+            OperandRef::Rounded(v, p) => Cow::Owned(p.round(v).view().widened().into_owned()),
         }
     }
 }

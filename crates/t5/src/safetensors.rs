@@ -9,6 +9,7 @@
 //! overlap; any failure is a [`SafetensorsError`] naming the file (and the
 //! tensor), never a panic.
 
+use crate::precision::OperandRef;
 use memmap2::{Mmap, MmapOptions};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -397,15 +398,16 @@ fn check_no_overlap(
     Ok(())
 }
 
-/// One f32 tensor to write.
+/// One tensor to write.
 #[derive(Debug, Clone, Copy)]
 pub struct TensorToWrite<'a> {
     /// Hugging Face name.
     pub name: &'a str,
     /// Shape.
     pub shape: &'a [usize],
-    /// Row-major values.
-    pub data: &'a [f32],
+    /// Row-major values: f32, or the 16-bit weights of a model that keeps
+    /// them in bf16/fp16 (widened chunk by chunk as they are written).
+    pub data: OperandRef<'a>,
 }
 
 /// Writes f32 tensors as safetensors (in the order given, header padded to
@@ -425,8 +427,9 @@ pub fn write_f32_with_metadata(
     write_as(out, tensors, StoredDType::F32, metadata)
 }
 
-/// Writes the f32 `tensors` stored as `dtype` (F32, F16 or BF16; 16-bit
-/// values rounded to nearest-even), with `metadata` as [`write_f32_with_metadata`].
+/// Writes `tensors` stored as `dtype` (F32, F16 or BF16; values rounded to
+/// nearest-even when narrowed, copied when already of that type), with
+/// `metadata` as [`write_f32_with_metadata`].
 ///
 /// Fails, naming the tensor, if a finite value overflows the dtype's range
 /// (fp16 ends at 65,504), and for `I64`.
@@ -465,8 +468,12 @@ pub fn write_as(
     out.write_all(&(json.len() as u64).to_le_bytes())?;
     out.write_all(&json)?;
     let mut buf = Vec::with_capacity(1 << 16);
+    const CHUNK: usize = 1 << 14;
     for t in tensors {
-        for chunk in t.data.chunks(1 << 14) {
+        for start in (0..t.data.len()).step_by(CHUNK) {
+            let chunk = t.data.slice(start..(start + CHUNK).min(t.data.len()));
+            let chunk = chunk.widened();
+            let chunk: &[f32] = &chunk;
             buf.clear();
             let fits = match dtype {
                 StoredDType::F16 => encode(chunk, &mut buf, |v, b| {
@@ -519,12 +526,12 @@ mod tests {
                 TensorToWrite {
                     name: "a",
                     shape: &[2, 3],
-                    data: &a,
+                    data: OperandRef::F32(&a),
                 },
                 TensorToWrite {
                     name: "b",
                     shape: &[],
-                    data: &b,
+                    data: OperandRef::F32(&b),
                 },
             ],
         )
@@ -570,7 +577,7 @@ mod tests {
         let t = TensorToWrite {
             name: "x",
             shape: &[1],
-            data: &[2.0],
+            data: OperandRef::F32(&[2.0]),
         };
         write_f32_with_metadata(&mut out, &[t], &[("step", "7"), ("kind", "adamw")]).unwrap();
         let st = open_bytes(&out).unwrap();

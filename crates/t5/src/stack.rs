@@ -11,6 +11,7 @@ use crate::layers::{
     StackContext, SublayerCache,
 };
 use crate::params::{ParamId, ParamStore, StackIds, SublayerIds};
+use crate::precision::OperandRef;
 use tessera_tensor::ops::embedding;
 use tessera_tensor::Result;
 
@@ -43,6 +44,26 @@ pub struct StackCache {
 }
 
 /// Site of the stack-level dropouts (after the embedding, after the final norm).
+/// Gathers the embedding rows of `tokens` from `table` (in its storage
+/// type) into `out` as f32.
+pub(crate) fn embed(
+    out: &mut [f32],
+    table: OperandRef<'_>,
+    tokens: &[u32],
+    d: usize,
+) -> Result<()> {
+    match table {
+        OperandRef::F32(t) => embedding::embedding_forward(out, t, tokens, d),
+        OperandRef::Bf16(t) => embedding::embedding_forward(out, t, tokens, d),
+        OperandRef::F16(t) => embedding::embedding_forward(out, t, tokens, d),
+        OperandRef::Rounded(t, p) => {
+            embedding::embedding_forward(out, t, tokens, d)?;
+            out.copy_from_slice(&p.round(out).widened());
+            Ok(())
+        }
+    }
+}
+
 fn stack_site(stack: u64, which: u64) -> Site {
     Site {
         stack,
@@ -82,7 +103,7 @@ pub fn stack_forward(
 ) -> Result<(Vec<f32>, Option<StackCache>)> {
     let d = cx.config.d_model;
     let mut x = vec![0.0; tokens.len() * d];
-    embedding::embedding_forward(&mut x, cx.params.get(stack.embedding), tokens, d)?;
+    embed(&mut x, cx.params.view(stack.embedding), tokens, d)?;
     cx.dropout.apply(&mut x, stack_site(stack.number, 0), 0)?;
     let mut blocks = Vec::new();
     for (i, sublayers) in stack.ids.blocks.iter().enumerate() {
@@ -95,7 +116,7 @@ pub fn stack_forward(
         }
     }
     let eps = cx.config.layer_norm_epsilon as f32;
-    let final_norm = norm_forward(&x, cx.params.get(stack.ids.final_norm), eps)?;
+    let final_norm = norm_forward(&x, &cx.params.widened(stack.ids.final_norm), eps)?;
     let mut out = final_norm.n.clone();
     cx.dropout.apply(&mut out, stack_site(stack.number, 1), 0)?;
     let cache = (keep != Keep::Nothing).then(|| StackCache {
@@ -136,10 +157,10 @@ pub fn stack_backward(
     cx.dropout
         .apply(&mut dout, stack_site(stack.number, 1), 0)?;
     let mut dx = vec![0.0; dout.len()];
-    let final_w = cx.params.get(stack.ids.final_norm);
+    let final_w = cx.params.widened(stack.ids.final_norm);
     norm_backward(
         &cache.final_norm.stats,
-        final_w,
+        &final_w,
         grads.get_mut(stack.ids.final_norm),
         &dout,
         &mut dx,

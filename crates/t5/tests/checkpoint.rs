@@ -5,6 +5,7 @@
 use proptest::prelude::*;
 use std::fs;
 use std::path::{Path, PathBuf};
+use tessera_t5::precision::OperandRef;
 use tessera_t5::safetensors::{write_f32, SafeTensors, TensorToWrite};
 use tessera_t5::{CheckpointError, T5Config, T5Model};
 
@@ -39,7 +40,7 @@ fn write_folder(dir: &Path, config: &T5Config, tensors: &[(String, Vec<usize>, V
         .map(|(n, s, d)| TensorToWrite {
             name: n,
             shape: s,
-            data: d,
+            data: OperandRef::F32(d),
         })
         .collect();
     let mut file = fs::File::create(dir.join("model.safetensors")).expect("file");
@@ -318,4 +319,56 @@ fn saving_in_sixteen_bits_rounds_once_and_refuses_fp16_overflow() {
     let name = &big.params().entry(id).name;
     assert!(err.contains(name.as_str()) && err.contains("F16"), "{err}");
     assert!(!dir.exists(), "a failed save leaves nothing behind");
+}
+
+#[test]
+fn sixteen_bit_weights_save_as_they_are_and_refuse_fp16_overflow() {
+    use tessera_t5::safetensors::StoredDType;
+    use tessera_t5::Precision;
+    use tessera_tensor::DType;
+    let model = T5Model::load(&fixture_dir("t5-gated-untied")).expect("fixture");
+    let root = scratch("store16");
+    let bytes = |dir: &Path| fs::read(dir.join("model.safetensors")).expect("weights");
+    for (precision, dtype) in [
+        (Precision::Bf16, StoredDType::BF16),
+        (Precision::Fp16, StoredDType::F16),
+    ] {
+        let mut narrow = model.clone();
+        narrow.set_precision(precision);
+        narrow
+            .store_weights_in_precision()
+            .expect("the fixture fits");
+        assert_eq!(narrow.params().dtype(), precision.dtype());
+        let stored = root.join(dtype.name());
+        narrow.save(&stored).expect("save");
+        let rounded = root.join(format!("{}-from-f32", dtype.name()));
+        model.save_as(&rounded, dtype).expect("save");
+        assert_eq!(
+            bytes(&stored),
+            bytes(&rounded),
+            "rounded once, written as is"
+        );
+        let wide = root.join(format!("{}-widened", dtype.name()));
+        narrow.save_as(&wide, StoredDType::F32).expect("save");
+        let back = T5Model::load(&wide).expect("loads");
+        assert!(back.params() == &narrow.params().converted(DType::F32));
+    }
+    let mut big = model.clone();
+    let id = big.params().ids().nth(3).expect("a fourth tensor");
+    big.params_mut().get_mut(id)[1] = 1e6;
+    big.set_precision(Precision::Fp16);
+    let err = big
+        .store_weights_in_precision()
+        .expect_err("1e6 does not fit fp16")
+        .to_string();
+    let name = &big.params().entry(id).name;
+    assert!(
+        err.contains(name.as_str()) && err.contains("element 1") && err.contains("f16"),
+        "{err}"
+    );
+    assert_eq!(
+        big.params().dtype(),
+        DType::F32,
+        "the weights are left as they were"
+    );
 }

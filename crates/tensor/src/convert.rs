@@ -90,6 +90,76 @@ fn round_trip<E: Element>(x: &mut [f32]) {
     }
 }
 
+/// Rounds `src` into `dst` stochastically: each value becomes one of its two
+/// neighbours in `E`, the upper (in magnitude) with probability equal to its
+/// distance from the lower over the gap between them, so the expected
+/// result is the input itself. This is how 16-bit weights absorb updates
+/// smaller than half their spacing, which round-to-nearest would drop
+/// (Graphcore's Flan-T5 training keeps fp16 weights this way).
+///
+/// The noise of element `i` is a hash of `(key, offset + i)`: the same bits
+/// however the work is split, and a fresh draw for every `key` (the
+/// optimizer passes one per step). Values already representable, NaNs and
+/// infinities are kept as they are; a finite value beyond the type's range
+/// becomes infinite, as a nearest rounding would make it. For `f32` this
+/// is a copy.
+pub fn round_stochastic<E: Element>(src: &[f32], dst: &mut [E], key: u64, offset: u64) {
+    check_len(src.len(), dst.len());
+    let stream = mix(key);
+    for (i, (d, &x)) in dst.iter_mut().zip(src).enumerate() {
+        let index = offset.wrapping_add(i as u64);
+        let noise = (mix(stream ^ index.wrapping_mul(GOLDEN)) >> 32) as u32;
+        *d = E::from_f32_stochastic(x, noise);
+    }
+}
+
+/// 2^64 / φ, the Weyl increment of SplitMix64.
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// SplitMix64's finaliser: a bijective mix of all 64 bits.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(GOLDEN);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// bf16 keeps the top 16 bits of an f32: adding 16 uniform bits below them
+/// carries into the kept part with probability `low / 2^16`, exactly the
+/// distance to the lower neighbour over the gap, for either sign.
+pub(crate) fn bf16_stochastic(x: f32, noise: u32) -> bf16 {
+    if x.is_nan() {
+        return bf16::from_f32(x);
+    }
+    let bits = x.to_bits().wrapping_add(noise & 0xffff);
+    bf16::from_bits((bits >> 16) as u16)
+}
+
+/// f16's spacing depends on the exponent, so the two neighbours are found
+/// from the nearest value and the probability computed from them.
+pub(crate) fn f16_stochastic(x: f32, noise: u32) -> f16 {
+    let nearest = f16::from_f32(x);
+    let y = nearest.to_f32();
+    if y == x || !y.is_finite() {
+        return nearest;
+    }
+    // Same-sign finite f16 values are ordered by their bits' magnitude, so
+    // the other neighbour is one step towards or away from zero.
+    let (low, high) = if y.abs() > x.abs() {
+        (f16::from_bits(nearest.to_bits() - 1), nearest)
+    } else {
+        (nearest, f16::from_bits(nearest.to_bits() + 1))
+    };
+    let (lo, hi) = (low.to_f32().abs(), high.to_f32().abs());
+    let up = (x.abs() - lo) / (hi - lo);
+    let uniform = (noise >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
+    if uniform < up {
+        high
+    } else {
+        low
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use half::{bf16, f16};
@@ -258,6 +328,99 @@ mod tests {
         let mut x = src.clone();
         round_to(&mut x, DType::F32);
         assert!(x.iter().zip(&src).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+
+    /// The two values of `E` around `x` in magnitude (equal when exact).
+    fn neighbours<E: Element>(x: f32) -> (f32, f32) {
+        let all: Vec<f32> = (0..=u16::MAX)
+            .map(|b| E::to_f32(bytemuck::cast(b)))
+            .filter(|v| v.is_finite() && v.is_sign_negative() == x.is_sign_negative())
+            .collect();
+        let below = all.iter().copied().filter(|v| v.abs() <= x.abs());
+        let above = all.iter().copied().filter(|v| v.abs() >= x.abs());
+        let lo = below.fold(0.0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+        let hi = above.fold(f32::INFINITY.copysign(x), |m, v| {
+            if v.abs() < m.abs() {
+                v
+            } else {
+                m
+            }
+        });
+        (lo, hi)
+    }
+
+    fn stochastic_lands_on_neighbours<E: Element>(keep_inf: bool) {
+        let src: Vec<f32> = tricky().into_iter().step_by(7).collect();
+        let mut out = vec![E::default(); src.len()];
+        for key in 0..4 {
+            round_stochastic(&src, &mut out, key, 0);
+            for (&x, y) in src.iter().zip(&out) {
+                let y = y.to_f32();
+                if x.is_nan() {
+                    assert!(y.is_nan());
+                } else if x.is_infinite() || (keep_inf && E::from_f32(x).to_f32().is_infinite()) {
+                    assert_eq!(y, E::from_f32(x).to_f32(), "{x:e}");
+                } else {
+                    let (lo, hi) = neighbours::<E>(x);
+                    assert!(
+                        y == lo || y == hi,
+                        "{x:e} became {y:e}, not {lo:e} or {hi:e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stochastic_rounding_picks_a_neighbour() {
+        stochastic_lands_on_neighbours::<bf16>(false);
+        stochastic_lands_on_neighbours::<f16>(true);
+        let x = [1.5f32, -3.25, 0.0];
+        let mut same = [0.0f32; 3];
+        round_stochastic(&x, &mut same, 9, 0);
+        assert_eq!(same, x);
+    }
+
+    /// The mean of many roundings of `x` is `x`: within 5 standard errors
+    /// of a Bernoulli draw over the gap.
+    fn unbiased<E: Element>(x: f32) {
+        const N: usize = 40_000;
+        let src = vec![x; N];
+        let mut out = vec![E::default(); N];
+        round_stochastic(&src, &mut out, 3, 0);
+        let mean = out.iter().map(|v| f64::from(v.to_f32())).sum::<f64>() / N as f64;
+        let (lo, hi) = neighbours::<E>(x);
+        let p = (f64::from(x) - f64::from(lo)) / (f64::from(hi) - f64::from(lo));
+        let sigma = (p * (1.0 - p) / N as f64).sqrt() * (f64::from(hi) - f64::from(lo)).abs();
+        assert!(
+            (mean - f64::from(x)).abs() < 5.0 * sigma,
+            "{x:e}: mean {mean:e}"
+        );
+    }
+
+    #[test]
+    fn stochastic_rounding_is_unbiased() {
+        for x in [1.0 + 0.3 / 128.0, -7.77e-3, 3.1e-39] {
+            unbiased::<bf16>(x);
+        }
+        for x in [1.0 + 0.3 / 1024.0, -2.0e-3, 3.3e-7, 1000.1] {
+            unbiased::<f16>(x);
+        }
+    }
+
+    #[test]
+    fn stochastic_noise_depends_on_key_and_index_not_on_the_split() {
+        let src: Vec<f32> = (0..1000).map(|i| 1.0 + i as f32 * 1e-5).collect();
+        let mut whole = vec![bf16::ZERO; src.len()];
+        round_stochastic(&src, &mut whole, 17, 0);
+        let mut parts = vec![bf16::ZERO; src.len()];
+        let (a, b) = parts.split_at_mut(333);
+        round_stochastic(&src[..333], a, 17, 0);
+        round_stochastic(&src[333..], b, 17, 333);
+        assert_eq!(whole, parts);
+        let mut other = vec![bf16::ZERO; src.len()];
+        round_stochastic(&src, &mut other, 18, 0);
+        assert_ne!(whole, other);
     }
 
     #[test]

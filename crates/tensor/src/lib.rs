@@ -20,7 +20,7 @@ mod simd;
 mod tensor;
 mod threads;
 
-pub use convert::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
+pub use convert::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, round_stochastic};
 pub use dtype::{DType, Element};
 pub use error::{Result, TensorError};
 pub use gemm::{gemm, gemm_batched, BatchMut, BatchRef, MatMut, MatRef, Op};

@@ -113,6 +113,12 @@ pub struct RunConfig {
     /// (`GradScaler`'s `growth_interval`).
     #[serde(default = "default_loss_scale_growth_interval")]
     pub loss_scale_growth_interval: u32,
+    /// bf16/fp16 only: keep the weights themselves in the precision, with
+    /// no f32 master copy, and apply every optimizer update with
+    /// stochastic rounding (Graphcore's fp16 recipe; half the memory of
+    /// the weights). Off: f32 master weights read in 16 bits.
+    #[serde(default)]
+    pub stochastic_rounding: bool,
 }
 
 fn default_loss_scale_init() -> f32 {
@@ -194,6 +200,7 @@ impl RunConfig {
             precision: Precision::F32,
             loss_scale_init: loss_scale::INITIAL_SCALE,
             loss_scale_growth_interval: loss_scale::GROWTH_INTERVAL,
+            stochastic_rounding: false,
         }
     }
 
@@ -311,6 +318,12 @@ impl RunConfig {
                 "must be at least 1",
             ));
         }
+        if self.stochastic_rounding && self.precision == Precision::F32 {
+            return Err(TrainError::setting(
+                "--stochastic-rounding",
+                "keeps the weights in 16 bits, so it needs --precision bf16 or fp16",
+            ));
+        }
         self.schedule().validate()?;
         Ok(())
     }
@@ -331,6 +344,7 @@ impl RunConfig {
             beta2: self.adam_beta2,
             eps: self.adam_eps,
             weight_decay: self.weight_decay,
+            rounding_seed: self.seed,
             ..OptimizerConfig::default()
         }
     }
@@ -406,6 +420,13 @@ mod tests {
         assert!(err("batch_size = 0").contains("--batch-size"));
         assert!(err("recipe = \"imagenet\"").contains("imagenet"));
         assert!(err("dropout = 1.5").contains("--dropout"));
+        let f32_weights = err("stochastic_rounding = true");
+        assert!(
+            f32_weights.contains("--stochastic-rounding") && f32_weights.contains("bf16 or fp16"),
+            "{f32_weights}"
+        );
+        let half = "stochastic_rounding = true\nprecision = \"bf16\"";
+        assert!(RunConfig::resolve(&[table(half)]).is_ok());
     }
 
     #[test]

@@ -176,6 +176,9 @@ impl Trainer {
     ) -> Result<Self> {
         let config = state.config.clone();
         model.set_precision(config.precision);
+        if config.stochastic_rounding {
+            model.store_weights_in_precision()?;
+        }
         // A resumed fp16 run goes on with its saved scale; any other
         // precision has no scaler.
         state.loss_scaler = config

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use tessera_glue::{Dataset, ReadOptions, Source, Split, Task, TextTokenizer};
+use tessera_t5::safetensors::{SafeTensors, StoredDType};
 use tessera_t5::{T5Config, T5Model};
 use tessera_train::checkpoint::{self, TokenizerFiles};
 use tessera_train::config::RunConfig;
@@ -65,16 +66,34 @@ fn finish(t: &mut Trainer, stop_after: Option<u64>) -> Outcome {
 
 #[test]
 fn an_interrupted_and_resumed_run_ends_with_the_same_bits() {
+    interrupt_and_resume("", |_| {});
+}
+
+#[test]
+fn sixteen_bit_weights_resume_with_the_same_bits_and_are_saved_as_such() {
+    let layer = "precision = \"bf16\"\nstochastic_rounding = true\n";
+    interrupt_and_resume(layer, |end| {
+        let file = SafeTensors::open(&end.join(tessera_t5::WEIGHTS_FILE)).unwrap();
+        assert!(file
+            .names()
+            .all(|n| file.info(n).unwrap().dtype == StoredDType::BF16));
+    });
+}
+
+/// Runs `layer` straight through, and interrupted after step 4 then
+/// resumed; checks both end with the same bits, then runs `check` on the
+/// final checkpoint.
+fn interrupt_and_resume(layer: &str, check: impl FnOnce(&Path)) {
     let train = rows(40);
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight");
-    let mut a = trainer(run_config(&straight, ""), &train);
+    let mut a = trainer(run_config(&straight, layer), &train);
     let Outcome::Finished(end_a) = finish(&mut a, None) else {
         panic!("the straight run finishes")
     };
     // Interrupted after step 4 (between checkpoints), resumed from step-4.
     let broken = dir.path().join("broken");
-    let mut b = trainer(run_config(&broken, ""), &train);
+    let mut b = trainer(run_config(&broken, layer), &train);
     let Outcome::Interrupted(saved) = finish(&mut b, Some(4)) else {
         panic!("the run stops when asked")
     };
@@ -90,7 +109,7 @@ fn an_interrupted_and_resumed_run_ends_with_the_same_bits() {
         T5Model::load(&end_a).unwrap(),
         T5Model::load(&end_b).unwrap(),
     );
-    assert_eq!(wa.params().flat(), wb.params().flat());
+    assert!(wa.params() == wb.params());
     assert_eq!(
         std::fs::read(end_a.join(checkpoint::OPTIMIZER_FILE)).unwrap(),
         std::fs::read(end_b.join(checkpoint::OPTIMIZER_FILE)).unwrap()
@@ -110,6 +129,7 @@ fn an_interrupted_and_resumed_run_ends_with_the_same_bits() {
         })
         .collect();
     assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+    check(&end_a);
 }
 
 #[test]
@@ -220,15 +240,22 @@ fn bf16_and_fp16_training_track_f32() {
         tail(&reference) < 0.8 * reference[0],
         "the run learns: {reference:?}"
     );
-    for precision in ["bf16", "fp16"] {
-        let layer = format!("{base}precision = {precision:?}");
-        let got = losses(dir.path(), precision, &layer, STEPS);
+    for (precision, weights) in [
+        ("bf16", "master"),
+        ("fp16", "master"),
+        ("bf16", "stochastic"),
+        ("fp16", "stochastic"),
+    ] {
+        let sr = weights == "stochastic";
+        let layer = format!("{base}precision = {precision:?}\nstochastic_rounding = {sr}");
+        let name = format!("{precision}-{weights}");
+        let got = losses(dir.path(), &name, &layer, STEPS);
         let first = (got[0] - reference[0]).abs() / reference[0];
         let last = (tail(&got) - tail(&reference)).abs() / tail(&reference);
-        eprintln!("{precision}: first loss off by {first:.2e}, last five by {last:.2e}");
-        assert_ne!(got, reference, "{precision} rounds the matmul operands");
-        assert!(first < 0.01, "{precision}: {got:?} vs {reference:?}");
-        assert!(last < 0.02, "{precision}: {got:?} vs {reference:?}");
+        eprintln!("{name}: first loss off by {first:.2e}, last five by {last:.2e}");
+        assert_ne!(got, reference, "{name} rounds the matmul operands");
+        assert!(first < 0.01, "{name}: {got:?} vs {reference:?}");
+        assert!(last < 0.02, "{name}: {got:?} vs {reference:?}");
     }
 }
 

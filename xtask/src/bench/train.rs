@@ -51,6 +51,10 @@ pub struct Args {
     /// Optimizer: adamw or adafactor (factored state, for large models).
     #[arg(long, default_value = "adamw")]
     optimizer: String,
+    /// Keep the weights in the 16-bit precision, updated with stochastic
+    /// rounding (no f32 master copy).
+    #[arg(long)]
+    stochastic_rounding: bool,
     /// Also write the result here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -62,6 +66,7 @@ struct Report {
     model: String,
     precision: Precision,
     optimizer: String,
+    stochastic_rounding: bool,
     parameters: usize,
     batch_size: usize,
     threads: usize,
@@ -79,6 +84,10 @@ pub fn run(args: Args) -> Result<()> {
     layer.insert("model".into(), args.model.clone().into());
     layer.insert("precision".into(), args.precision.name().into());
     layer.insert("optimizer".into(), args.optimizer.clone().into());
+    layer.insert(
+        "stochastic_rounding".into(),
+        args.stochastic_rounding.into(),
+    );
     if let Some(t) = &args.tokenizer {
         layer.insert("tokenizer".into(), t.display().to_string().into());
     }
@@ -110,6 +119,7 @@ pub fn run(args: Args) -> Result<()> {
         model: args.model,
         precision: args.precision,
         optimizer: args.optimizer,
+        stochastic_rounding: args.stochastic_rounding,
         batch_size: args.batch_size,
         threads: tessera_tensor::num_threads(),
         steps: args.steps,

@@ -3,6 +3,7 @@
 
 use super::{check_len, rows_of};
 use crate::error::{shape_err, Result};
+use crate::Element;
 
 fn check_ids(op: &'static str, ids: &[u32], rows: usize) -> Result<()> {
     match ids.iter().position(|&id| id as usize >= rows) {
@@ -17,14 +18,19 @@ fn check_ids(op: &'static str, ids: &[u32], rows: usize) -> Result<()> {
     }
 }
 
-/// `out[i] = table[ids[i]]` for rows of `d`.
-pub fn embedding_forward(out: &mut [f32], table: &[f32], ids: &[u32], d: usize) -> Result<()> {
+/// `out[i] = table[ids[i]]` for rows of `d`, widened to f32 from a 16-bit table.
+pub fn embedding_forward<E: Element>(
+    out: &mut [f32],
+    table: &[E],
+    ids: &[u32],
+    d: usize,
+) -> Result<()> {
     let rows = rows_of("embedding_forward", "table", table.len(), d)?;
     check_len("embedding_forward", "out", out.len(), ids.len() * d)?;
     check_ids("embedding_forward", ids, rows)?;
     for (o, &id) in out.chunks_mut(d).zip(ids) {
         let id = id as usize;
-        o.copy_from_slice(&table[id * d..(id + 1) * d]);
+        E::slice_to_f32(&table[id * d..(id + 1) * d], o);
     }
     Ok(())
 }

@@ -23,7 +23,7 @@
 //! Large tensors are processed in pieces of whole rows on the thread pool,
 //! with every sum split independently of the thread count.
 
-use super::pieces::{split_mut, PIECE};
+use super::pieces::{update_runs, PIECE};
 use super::sums::{norm, norm_from_partials, sum_by, sum_squares};
 use super::{AdafactorConfig, OptimizerConfig, StateTensor};
 use crate::decimal::widen;
@@ -163,14 +163,20 @@ impl Adafactor {
     }
 
     /// One update of every parameter (parameters in parallel, and large
-    /// ones split further).
-    pub(super) fn step(&mut self, h: &Hyper, params: &mut ParamStore, grads: &ParamStore) {
+    /// ones split further); a 16-bit store is rounded back with the
+    /// stochastic noise of `key`.
+    pub(super) fn step(
+        &mut self,
+        h: &Hyper,
+        params: &mut ParamStore,
+        grads: &ParamStore,
+        key: u64,
+    ) {
         let numels = grads.entries().iter().map(ParamEntry::numel);
-        let ps = split_mut(params.flat_mut(), numels);
-        ps.into_par_iter()
-            .zip(&mut self.slots)
-            .zip(grads.iter().collect::<Vec<_>>())
-            .for_each(|((p, slot), (e, g))| slot.step(h, !e.is_layer_norm(), p, g));
+        let items: Vec<_> = self.slots.iter_mut().zip(grads.iter()).collect();
+        update_runs(params, numels, items, key, |p, (slot, (e, g))| {
+            slot.step(h, !e.is_layer_norm(), p, g)
+        });
     }
 
     /// The state tensors, named after the parameters, for saving.

@@ -15,10 +15,9 @@
 //! bit: its vectorised `lerp` fuses the multiply-add, and its f32 `sqrt`
 //! is not always correctly rounded.
 
-use super::pieces::{entry_ranges, lens, pieces, split_mut, Piece};
+use super::pieces::{entry_ranges, lens, pieces, split_mut, update_runs, Piece};
 use super::{OptimizerConfig, StateTensor};
 use crate::decimal::widen;
-use rayon::prelude::*;
 use tessera_t5::{ParamEntry, ParamStore};
 
 /// First and second moments, laid out like the parameters.
@@ -67,7 +66,7 @@ impl Hyper {
 impl AdamW {
     /// Zero moments for parameters laid out like `params`.
     pub(super) fn new(params: &ParamStore) -> Self {
-        let n = params.flat().len();
+        let n = params.len();
         AdamW {
             exp_avg: vec![0.0; n],
             exp_avg_sq: vec![0.0; n],
@@ -75,25 +74,34 @@ impl AdamW {
         }
     }
 
-    /// One update of every parameter.
-    pub(super) fn step(&mut self, h: &Hyper, params: &mut ParamStore, grads: &ParamStore) {
+    /// One update of every parameter; a 16-bit store is rounded back with
+    /// the stochastic noise of `key`.
+    pub(super) fn step(
+        &mut self,
+        h: &Hyper,
+        params: &mut ParamStore,
+        grads: &ParamStore,
+        key: u64,
+    ) {
         let no_decay: Vec<bool> = params
             .entries()
             .iter()
             .map(ParamEntry::is_layer_norm)
             .collect();
         let g = grads.flat();
-        let p = split_mut(params.flat_mut(), lens(&self.pieces));
         let m = split_mut(&mut self.exp_avg, lens(&self.pieces));
         let v = split_mut(&mut self.exp_avg_sq, lens(&self.pieces));
-        p.into_par_iter()
-            .zip(m)
-            .zip(v)
-            .zip(&self.pieces)
-            .for_each(|(((p, m), v), piece)| {
+        let items: Vec<_> = m.into_iter().zip(v).zip(&self.pieces).collect();
+        update_runs(
+            params,
+            lens(&self.pieces),
+            items,
+            key,
+            |p, ((m, v), piece)| {
                 let decay = if no_decay[piece.entry] { None } else { h.decay };
                 update(h, decay, p, &g[piece.range.clone()], m, v);
-            });
+            },
+        );
     }
 
     /// The state tensors, named after the parameters, for saving.

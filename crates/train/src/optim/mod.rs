@@ -102,6 +102,9 @@ pub struct OptimizerConfig {
     pub weight_decay: f32,
     /// Adafactor's settings (ignored by AdamW).
     pub adafactor: AdafactorConfig,
+    /// Seed of the stochastic-rounding noise when the weights are stored in
+    /// 16 bits (the run's `--seed`; unused for f32 weights).
+    pub rounding_seed: u64,
 }
 
 impl Default for OptimizerConfig {
@@ -115,6 +118,7 @@ impl Default for OptimizerConfig {
             eps: 1e-6,
             weight_decay: 0.0,
             adafactor: AdafactorConfig::default(),
+            rounding_seed: 0,
         }
     }
 }
@@ -249,7 +253,11 @@ impl Optimizer {
     }
 
     /// One update of `params` from `grads` (same layout) at learning rate
-    /// `lr`; counts the step.
+    /// `lr`; counts the step. The update is computed in f32 whatever the
+    /// weights' type; weights stored in bf16 or fp16 take it with
+    /// stochastic rounding, fresh noise every step
+    /// ([`tessera_tensor::round_stochastic`]), so updates far smaller than
+    /// a weight's 16-bit spacing still move it on average.
     ///
     /// # Panics
     /// If `params` or `grads` are not laid out like the store the optimizer
@@ -262,9 +270,12 @@ impl Optimizer {
         );
         self.steps += 1;
         let (config, t) = (&self.config, self.steps);
+        let key = config.rounding_seed.rotate_left(32) ^ t;
         tessera_tensor::install(|| match &mut self.state {
-            State::AdamW(s) => s.step(&adamw::Hyper::new(config, lr, t), params, grads),
-            State::Adafactor(s) => s.step(&adafactor::Hyper::new(config, lr, t), params, grads),
+            State::AdamW(s) => s.step(&adamw::Hyper::new(config, lr, t), params, grads, key),
+            State::Adafactor(s) => {
+                s.step(&adafactor::Hyper::new(config, lr, t), params, grads, key)
+            }
         });
     }
 
@@ -336,6 +347,7 @@ mod tests {
     use super::test_support::{tiny_config, tiny_params};
     use super::*;
     use tessera_t5::T5Model;
+    use tessera_tensor::DType;
 
     fn adamw(weight_decay: f32) -> OptimizerConfig {
         OptimizerConfig {
@@ -459,9 +471,9 @@ mod tests {
         let mut config = tiny_config();
         (config.vocab_size, config.d_model) = (2_000, 300);
         let start = T5Model::init(config, 5).params().clone();
-        let run_with = |threads, optimizer: &OptimizerConfig| {
+        let run_with = |threads, optimizer: &OptimizerConfig, dtype| {
             tessera_tensor::set_num_threads(threads).unwrap();
-            let mut out = start.clone();
+            let mut out = start.converted(dtype);
             let mut opt = Optimizer::new(optimizer, &out).unwrap();
             for s in 0..3 {
                 let g = grads_for(&out, s);
@@ -472,12 +484,60 @@ mod tests {
             (out, opt, g, norm)
         };
         for optimizer in [adamw(0.01), adafactor(Some(0.9))] {
-            let one = run_with(1, &optimizer);
-            let three = run_with(3, &optimizer);
+            for dtype in [DType::F32, DType::BF16] {
+                let one = run_with(1, &optimizer, dtype);
+                let three = run_with(3, &optimizer, dtype);
+                assert!(
+                    one == three,
+                    "{:?} on {dtype} weights depends on the thread count",
+                    optimizer.kind
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_weights_take_updates_by_stochastic_rounding() {
+        for config in [adamw(0.01), adafactor(None)] {
+            let narrow = tiny_params(4).converted(DType::BF16);
+            let wide = narrow.converted(DType::F32);
+            let g = grads_for(&wide, 0);
+            let step = |mut p: ParamStore| {
+                let mut opt = Optimizer::new(&config, &p).unwrap();
+                // Small enough that most updates are below half a bf16 spacing.
+                opt.step(&mut p, &g, 2e-4);
+                p
+            };
+            let (exact, rounded) = (step(wide.clone()), step(narrow.clone()));
+            assert_eq!(rounded.dtype(), DType::BF16);
+            let rounded = rounded.converted(DType::F32);
+            // How much of the f32 update (x − before) each rounding keeps,
+            // projected on it: about all of it stochastically, in expectation;
+            // round-to-nearest drops every update below half a spacing.
+            let (mut err, mut var) = (0.0, 0.0);
+            let (mut kept, mut kept_nearest, mut total) = (0.0, 0.0, 0.0);
+            for ((&x, &y), &before) in exact.flat().iter().zip(rounded.flat()).zip(wide.flat()) {
+                let low = f32::from_bits(x.to_bits() & 0xffff_0000);
+                let high = f32::from_bits((x.to_bits() & 0xffff_0000) + 0x1_0000);
+                assert!(y == low || (x != low && y == high), "{x:e} became {y:e}");
+                err += f64::from(y - x);
+                var += f64::from(high - low).powi(2) / 4.0;
+                let update = f64::from(x - before);
+                let nearest = tessera_tensor::bf16::from_f32(x).to_f32();
+                kept += f64::from(y - before) * update;
+                kept_nearest += f64::from(nearest - before) * update;
+                total += update * update;
+            }
+            let kind = config.kind;
+            assert!(err.abs() < 5.0 * var.sqrt(), "{kind:?}: biased by {err:e}");
+            let (kept, kept_nearest) = (kept / total, kept_nearest / total);
+            eprintln!(
+                "{kind:?}: stochastic keeps {kept:.3} of the update, nearest {kept_nearest:.3}"
+            );
+            assert!((0.8..1.2).contains(&kept), "{kind:?}: kept {kept}");
             assert!(
-                one == three,
-                "{:?} depends on the thread count",
-                optimizer.kind
+                kept_nearest < 0.5 * kept,
+                "{kind:?}: nearest kept {kept_nearest}"
             );
         }
     }

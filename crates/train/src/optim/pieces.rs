@@ -4,8 +4,10 @@
 //! The split depends only on the layout, never on the thread count, so
 //! whatever the pool's size each element sees the same operations.
 
+use rayon::prelude::*;
 use std::ops::Range;
-use tessera_t5::ParamEntry;
+use tessera_t5::{FlatMut, ParamEntry, ParamStore};
+use tessera_tensor::{round_stochastic, Element};
 
 /// Elements per work item: enough to amortise scheduling (~100 µs of work),
 /// few enough that 2 to 64 threads share a large tensor evenly.
@@ -40,10 +42,10 @@ pub(super) fn pieces(entries: &[ParamEntry]) -> Vec<Piece> {
 
 /// Splits `buf` into consecutive mutable slices of the given lengths, from
 /// its start (one per piece, or one per parameter).
-pub(super) fn split_mut(
-    mut buf: &mut [f32],
+pub(super) fn split_mut<E>(
+    mut buf: &mut [E],
     lens: impl IntoIterator<Item = usize>,
-) -> Vec<&mut [f32]> {
+) -> Vec<&mut [E]> {
     lens.into_iter()
         .map(|len| {
             let (head, tail) = std::mem::take(&mut buf).split_at_mut(len);
@@ -51,6 +53,57 @@ pub(super) fn split_mut(
             head
         })
         .collect()
+}
+
+/// Applies `update` to consecutive runs of the parameters' values (lengths
+/// `lens`, from the start of the store), in parallel, each run with its
+/// item. The update sees f32 values: an f32 store is updated in place; a
+/// bf16 or fp16 store's run is widened, updated, and rounded back
+/// stochastically with the noise of `key` (one per step), drawn by position
+/// in the store so the result does not depend on the thread count.
+pub(super) fn update_runs<T: Send>(
+    params: &mut ParamStore,
+    lens: impl IntoIterator<Item = usize>,
+    items: Vec<T>,
+    key: u64,
+    update: impl Fn(&mut [f32], T) + Sync,
+) {
+    match params.flat_values_mut() {
+        FlatMut::F32(p) => split_mut(p, lens)
+            .into_par_iter()
+            .zip(items)
+            .for_each(|(p, item)| update(p, item)),
+        FlatMut::Bf16(p) => update_narrow(p, lens, items, key, update),
+        FlatMut::F16(p) => update_narrow(p, lens, items, key, update),
+    }
+}
+
+fn update_narrow<E: Element, T: Send>(
+    p: &mut [E],
+    lens: impl IntoIterator<Item = usize>,
+    items: Vec<T>,
+    key: u64,
+    update: impl Fn(&mut [f32], T) + Sync,
+) {
+    let lens: Vec<usize> = lens.into_iter().collect();
+    let starts: Vec<u64> = lens
+        .iter()
+        .scan(0u64, |at, &len| {
+            let start = *at;
+            *at += len as u64;
+            Some(start)
+        })
+        .collect();
+    split_mut(p, lens)
+        .into_par_iter()
+        .zip(items)
+        .zip(starts)
+        .for_each(|((p, item), start)| {
+            let mut wide = vec![0.0; p.len()];
+            E::slice_to_f32(p, &mut wide);
+            update(&mut wide, item);
+            round_stochastic(&wide, p, key, start);
+        });
 }
 
 /// Lengths of the pieces, for [`split_mut`].

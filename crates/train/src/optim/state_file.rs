@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use tessera_t5::precision::OperandRef;
 use tessera_t5::safetensors::{write_f32_with_metadata, SafeTensors, StoredDType, TensorToWrite};
 
 /// Metadata key of the optimizer kind (`adamw`, `adafactor`).
@@ -27,7 +28,7 @@ pub(super) fn save(
         .map(|t| TensorToWrite {
             name: &t.name,
             shape: &t.shape,
-            data: t.data,
+            data: OperandRef::F32(t.data),
         })
         .collect();
     let steps = steps.to_string();
