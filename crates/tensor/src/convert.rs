@@ -105,11 +105,18 @@ fn round_trip<E: Element>(x: &mut [f32]) {
 /// is a copy.
 pub fn round_stochastic<E: Element>(src: &[f32], dst: &mut [E], key: u64, offset: u64) {
     check_len(src.len(), dst.len());
+    const CHUNK: usize = 256;
     let stream = mix(key);
-    for (i, (d, &x)) in dst.iter_mut().zip(src).enumerate() {
-        let index = offset.wrapping_add(i as u64);
-        let noise = (mix(stream ^ index.wrapping_mul(GOLDEN)) >> 32) as u32;
-        *d = E::from_f32_stochastic(x, noise);
+    let mut buf = [0.0f32; CHUNK];
+    for (n, (s, d)) in src.chunks(CHUNK).zip(dst.chunks_mut(CHUNK)).enumerate() {
+        let start = offset.wrapping_add((n * CHUNK) as u64);
+        for (i, (b, &x)) in buf.iter_mut().zip(s).enumerate() {
+            let index = start.wrapping_add(i as u64);
+            let noise = (mix(stream ^ index.wrapping_mul(GOLDEN)) >> 32) as u32;
+            *b = E::stochastic_neighbour(x, noise);
+        }
+        // The chosen neighbours narrow exactly, on the hardware path.
+        E::slice_from_f32(&buf[..s.len()], d);
     }
 }
 
@@ -124,40 +131,42 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// bf16 keeps the top 16 bits of an f32: adding 16 uniform bits below them
-/// carries into the kept part with probability `low / 2^16`, exactly the
-/// distance to the lower neighbour over the gap, for either sign.
-pub(crate) fn bf16_stochastic(x: f32, noise: u32) -> bf16 {
-    if x.is_nan() {
-        return bf16::from_f32(x);
+/// Adds `noise`'s low `dropped` bits to the magnitude bits of `x` and clears
+/// them: the carry reaches the kept bits with probability (dropped part) /
+/// 2^dropped, exactly the distance to the lower neighbour over the gap, for
+/// either sign. NaNs and infinities are returned as they are.
+fn carry_noise(x: f32, noise: u32, dropped: u32) -> f32 {
+    if !x.is_finite() {
+        return x;
     }
-    let bits = x.to_bits().wrapping_add(noise & 0xffff);
-    bf16::from_bits((bits >> 16) as u16)
+    let mask = (1u32 << dropped) - 1;
+    let bits = x.to_bits();
+    let magnitude = ((bits & 0x7fff_ffff) + (noise & mask)) & !mask;
+    f32::from_bits((bits & 0x8000_0000) | magnitude)
 }
 
-/// f16's spacing depends on the exponent, so the two neighbours are found
-/// from the nearest value and the probability computed from them.
-pub(crate) fn f16_stochastic(x: f32, noise: u32) -> f16 {
-    let nearest = f16::from_f32(x);
-    let y = nearest.to_f32();
-    if y == x || !y.is_finite() {
-        return nearest;
+/// bf16 keeps the top 16 bits of an f32 at every exponent.
+pub(crate) fn bf16_stochastic(x: f32, noise: u32) -> f32 {
+    carry_noise(x, noise, 16)
+}
+
+/// f16 keeps 10 of f32's 23 mantissa bits down to its smallest normal,
+/// 2⁻¹⁴; below, its spacing stays 2⁻²⁴, so one more bit drops per binade.
+/// Under 2⁻²⁴, the neighbours are 0 and 2⁻²⁴ and the choice is made in
+/// floating point.
+pub(crate) fn f16_stochastic(x: f32, noise: u32) -> f32 {
+    const SMALLEST: f32 = 1.0 / (1u32 << 24) as f32;
+    let exponent = ((x.to_bits() >> 23) & 0xff) as i32 - 127;
+    if exponent < -24 {
+        let uniform = (noise >> 8) as f32 * SMALLEST;
+        return if uniform < x.abs() / SMALLEST {
+            SMALLEST.copysign(x)
+        } else {
+            0.0f32.copysign(x)
+        };
     }
-    // Same-sign finite f16 values are ordered by their bits' magnitude, so
-    // the other neighbour is one step towards or away from zero.
-    let (low, high) = if y.abs() > x.abs() {
-        (f16::from_bits(nearest.to_bits() - 1), nearest)
-    } else {
-        (nearest, f16::from_bits(nearest.to_bits() + 1))
-    };
-    let (lo, hi) = (low.to_f32().abs(), high.to_f32().abs());
-    let up = (x.abs() - lo) / (hi - lo);
-    let uniform = (noise >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
-    if uniform < up {
-        high
-    } else {
-        low
-    }
+    let dropped = 13 + (-14 - exponent).max(0) as u32;
+    carry_noise(x, noise, dropped)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -403,7 +412,7 @@ mod tests {
         for x in [1.0 + 0.3 / 128.0, -7.77e-3, 3.1e-39] {
             unbiased::<bf16>(x);
         }
-        for x in [1.0 + 0.3 / 1024.0, -2.0e-3, 3.3e-7, 1000.1] {
+        for x in [1.0 + 0.3 / 1024.0, -2.0e-3, 3.3e-7, 1000.1, 2.2e-8, -4e-5] {
             unbiased::<f16>(x);
         }
     }

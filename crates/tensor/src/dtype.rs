@@ -56,9 +56,10 @@ pub trait Element:
     fn slice_to_f32(src: &[Self], dst: &mut [f32]);
     /// Narrows a slice from `src` (same length), using the hardware path when present.
     fn slice_from_f32(src: &[f32], dst: &mut [Self]);
-    /// Narrows an f32 with stochastic rounding driven by 32 uniform `noise`
-    /// bits (see [`crate::round_stochastic`]); exact for f32.
-    fn from_f32_stochastic(x: f32, noise: u32) -> Self;
+    /// `x` moved to one of its two neighbours in this type, chosen by 32
+    /// uniform `noise` bits (see [`crate::round_stochastic`]), as an f32
+    /// that narrows exactly; `x` itself for f32.
+    fn stochastic_neighbour(x: f32, noise: u32) -> f32;
 }
 
 impl Element for f32 {
@@ -77,7 +78,7 @@ impl Element for f32 {
     fn slice_from_f32(src: &[f32], dst: &mut [Self]) {
         dst.copy_from_slice(src);
     }
-    fn from_f32_stochastic(x: f32, _noise: u32) -> Self {
+    fn stochastic_neighbour(x: f32, _noise: u32) -> f32 {
         x
     }
 }
@@ -98,7 +99,7 @@ impl Element for f16 {
     fn slice_from_f32(src: &[f32], dst: &mut [Self]) {
         crate::convert::f32_to_f16(src, dst);
     }
-    fn from_f32_stochastic(x: f32, noise: u32) -> Self {
+    fn stochastic_neighbour(x: f32, noise: u32) -> f32 {
         crate::convert::f16_stochastic(x, noise)
     }
 }
@@ -119,7 +120,7 @@ impl Element for bf16 {
     fn slice_from_f32(src: &[f32], dst: &mut [Self]) {
         crate::convert::f32_to_bf16(src, dst);
     }
-    fn from_f32_stochastic(x: f32, noise: u32) -> Self {
+    fn stochastic_neighbour(x: f32, noise: u32) -> f32 {
         crate::convert::bf16_stochastic(x, noise)
     }
 }
