@@ -246,7 +246,7 @@ impl<'a> OperandRef<'a> {
             OperandRef::F32(v) => Cow::Borrowed(v),
             OperandRef::Bf16(v) => Cow::Owned(widen(v)),
             OperandRef::F16(v) => Cow::Owned(widen(v)),
-            OperandRef::Rounded(v, p) => Cow::Owned(p.round(v).view().widened().into_owned()),
+            OperandRef::Rounded(v, p) => Cow::Owned(p.round(v).widened().into_owned()),
         }
     }
 }

@@ -471,9 +471,11 @@ pub fn write_as(
     const CHUNK: usize = 1 << 14;
     for t in tensors {
         for start in (0..t.data.len()).step_by(CHUNK) {
-            let chunk = t.data.slice(start..(start + CHUNK).min(t.data.len()));
-            let chunk = chunk.widened();
-            let chunk: &[f32] = &chunk;
+            let wide = t
+                .data
+                .slice(start..(start + CHUNK).min(t.data.len()))
+                .widened();
+            let chunk: &[f32] = &wide;
             buf.clear();
             let fits = match dtype {
                 StoredDType::F16 => encode(chunk, &mut buf, |v, b| {

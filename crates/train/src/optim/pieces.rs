@@ -86,13 +86,8 @@ fn update_narrow<E: Element, T: Send>(
     update: impl Fn(&mut [f32], T) + Sync,
 ) {
     let lens: Vec<usize> = lens.into_iter().collect();
-    let starts: Vec<u64> = lens
-        .iter()
-        .scan(0u64, |at, &len| {
-            let start = *at;
-            *at += len as u64;
-            Some(start)
-        })
+    let starts: Vec<u64> = ranges(lens.iter().copied())
+        .map(|r| r.start as u64)
         .collect();
     split_mut(p, lens)
         .into_par_iter()
@@ -113,9 +108,14 @@ pub(super) fn lens(pieces: &[Piece]) -> impl Iterator<Item = usize> + '_ {
 
 /// Each parameter's range in the flat store.
 pub(super) fn entry_ranges(entries: &[ParamEntry]) -> impl Iterator<Item = Range<usize>> + '_ {
-    entries.iter().scan(0, |offset, e| {
+    ranges(entries.iter().map(ParamEntry::numel))
+}
+
+/// The ranges of consecutive runs of the given lengths, from 0.
+fn ranges(lens: impl IntoIterator<Item = usize>) -> impl Iterator<Item = Range<usize>> {
+    lens.into_iter().scan(0, |offset, len| {
         let start = *offset;
-        *offset += e.numel();
+        *offset += len;
         Some(start..*offset)
     })
 }
