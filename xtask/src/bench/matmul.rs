@@ -7,8 +7,8 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
-use tessera_benches::matmul::{op_name, Case, OPS, T5_SHAPES};
-use tessera_tensor::{bf16, f16, DType, Element};
+use tessera_benches::matmul::{op_name, Case, Shape, OPS, T5_SHAPES};
+use tessera_tensor::{bf16, f16, DType, Element, Op};
 
 /// Flags of `bench matmul`.
 #[derive(clap::Args)]
@@ -62,37 +62,62 @@ fn gflops(flops: f64, t: Duration) -> f64 {
     flops / t.as_secs_f64() / 1e9
 }
 
-/// The implementations timed for one case: tessera, then the baselines.
-fn contenders<E: Element>(args: &Args, mut case: Case<E>) -> Vec<Contender> {
-    let (shape, ops) = (case.shape, case.ops);
-    let mut list: Vec<Contender> = vec![("tessera", Box::new(move || case.run_tessera()))];
-    if args.baselines && E::DTYPE == DType::F32 {
+/// The implementations timed for one case, each with its operand dtype:
+/// tessera on every dtype asked for, then (when f32 is among them) the f32
+/// baselines.
+fn contenders(
+    args: &Args,
+    dtypes: &[DType],
+    shape: Shape,
+    ops: (Op, Op),
+) -> Vec<(DType, Contender)> {
+    fn tessera<E: Element>(shape: Shape, ops: (Op, Op)) -> (DType, Contender) {
+        let mut case = Case::<E>::new(shape, ops);
+        (E::DTYPE, ("tessera", Box::new(move || case.run_tessera())))
+    }
+    let mut list: Vec<(DType, Contender)> = dtypes
+        .iter()
+        .map(|dtype| match dtype {
+            DType::F32 => tessera::<f32>(shape, ops),
+            DType::F16 => tessera::<f16>(shape, ops),
+            DType::BF16 => tessera::<bf16>(shape, ops),
+        })
+        .collect();
+    if args.baselines && dtypes.contains(&DType::F32) {
         let mut mm = Case::<f32>::new(shape, ops);
-        list.push(("matrixmultiply", Box::new(move || mm.run_matrixmultiply())));
+        list.push((
+            DType::F32,
+            ("matrixmultiply", Box::new(move || mm.run_matrixmultiply())),
+        ));
         #[cfg(feature = "openblas")]
         {
             let mut ob = Case::<f32>::new(shape, ops);
-            list.push(("openblas", Box::new(move || ob.run_openblas())));
+            list.push((
+                DType::F32,
+                ("openblas", Box::new(move || ob.run_openblas())),
+            ));
         }
     }
     list
 }
 
-/// Times every suite case for operand type `E`, the implementations of a
-/// case interleaved so that a busy machine slows them all alike.
-fn measure<E: Element>(args: &Args, rows: &mut Vec<Row>) {
+/// Times every suite case, all implementations and dtypes of a case
+/// interleaved so that a busy machine slows them all alike.
+fn measure(args: &Args, dtypes: &[DType]) -> Vec<Row> {
     let min = Duration::from_secs_f64(args.min_time);
+    let mut rows = Vec::new();
     for shape in T5_SHAPES {
         for ops in OPS {
-            let mut list = contenders(args, Case::<E>::new(shape, ops));
+            let (kinds, mut list): (Vec<DType>, Vec<Contender>) =
+                contenders(args, dtypes, shape, ops).into_iter().unzip();
             let times = best_times(min, &mut list);
-            for ((implementation, _), t) in list.iter().zip(times) {
+            for (((implementation, _), t), dtype) in list.iter().zip(times).zip(kinds) {
                 let row = Row {
                     m: shape.m,
                     k: shape.k,
                     n: shape.n,
                     op: op_name(ops),
-                    dtype: E::DTYPE.to_string(),
+                    dtype: dtype.to_string(),
                     implementation,
                     threads: args.threads,
                     gflops: gflops(shape.flops(), t),
@@ -105,10 +130,12 @@ fn measure<E: Element>(args: &Args, rows: &mut Vec<Row>) {
             }
         }
     }
+    rows
 }
 
-/// Prints the geometric mean of GFLOP/s per implementation and dtype, and for
-/// each baseline the worst and geometric-mean ratio of tessera to it.
+/// Prints the geometric mean of GFLOP/s per implementation and dtype; for
+/// each baseline the worst and geometric-mean ratio of tessera to it, and
+/// for each 16-bit dtype that of tessera on it to tessera on f32.
 fn print_summary(rows: &[Row]) {
     let mut keys: Vec<(&str, &str)> = rows
         .iter()
@@ -117,35 +144,49 @@ fn print_summary(rows: &[Row]) {
     keys.sort();
     keys.dedup();
     println!();
-    for (imp, dtype) in &keys {
+    for &(imp, dtype) in &keys {
         let g: Vec<f64> = rows
             .iter()
-            .filter(|r| r.implementation == *imp && r.dtype == *dtype)
+            .filter(|r| r.implementation == imp && r.dtype == dtype)
             .map(|r| r.gflops)
             .collect();
         println!("geomean {imp:<15} {dtype:<5} {:>8.1} GFLOP/s", geomean(&g));
-        if *imp == "tessera" {
+        let (over, under) = if imp != "tessera" {
+            (("tessera", dtype), (imp, dtype))
+        } else if dtype != "f32" && keys.contains(&("tessera", "f32")) {
+            (("tessera", dtype), ("tessera", "f32"))
+        } else {
             continue;
-        }
-        let ratios: Vec<f64> = rows
-            .iter()
-            .filter(|r| r.implementation == *imp && r.dtype == *dtype)
-            .filter_map(|b| {
-                rows.iter()
-                    .find(|t| t.implementation == "tessera" && same_case(t, b))
-                    .map(|t| t.gflops / b.gflops)
-            })
-            .collect();
+        };
+        let ratios = case_ratios(rows, over, under);
         let worst = ratios.iter().copied().fold(f64::INFINITY, f64::min);
         println!(
-            "        tessera / {imp}: geomean {:.2}, worst case {worst:.2}",
+            "        {} {} / {} {}: geomean {:.2}, worst case {worst:.2}",
+            over.0,
+            over.1,
+            under.0,
+            under.1,
             geomean(&ratios)
         );
     }
 }
 
-fn same_case(a: &Row, b: &Row) -> bool {
-    (a.m, a.k, a.n, &a.op, &a.dtype) == (b.m, b.k, b.n, &b.op, &b.dtype)
+/// GFLOP/s of `over` divided by those of `under`, case by case, each an
+/// (implementation, dtype) pair.
+fn case_ratios(rows: &[Row], over: (&str, &str), under: (&str, &str)) -> Vec<f64> {
+    let is = |r: &Row, (imp, dtype): (&str, &str)| r.implementation == imp && r.dtype == dtype;
+    rows.iter()
+        .filter(|u| is(u, under))
+        .filter_map(|u| {
+            rows.iter()
+                .find(|o| is(o, over) && same_shape(o, u))
+                .map(|o| o.gflops / u.gflops)
+        })
+        .collect()
+}
+
+fn same_shape(a: &Row, b: &Row) -> bool {
+    (a.m, a.k, a.n, &a.op) == (b.m, b.k, b.n, &b.op)
 }
 
 fn geomean(xs: &[f64]) -> f64 {
@@ -167,15 +208,14 @@ pub fn run(args: Args) -> Result<()> {
     std::env::set_var("MATMUL_NUM_THREADS", args.threads.to_string());
     #[cfg(feature = "openblas")]
     tessera_benches::matmul::set_openblas_threads(args.threads);
-    println!("    m     k      n  op  dtype impl               GFLOP/s");
-    let mut rows = Vec::new();
-    for dtype in dtypes {
-        match dtype {
-            DType::F32 => measure::<f32>(&args, &mut rows),
-            DType::F16 => measure::<f16>(&args, &mut rows),
-            DType::BF16 => measure::<bf16>(&args, &mut rows),
-        }
+    for &dtype in &dtypes {
+        println!(
+            "tessera {dtype} kernel: {}",
+            tessera_tensor::gemm::kernel_name(dtype)
+        );
     }
+    println!("    m     k      n  op  dtype impl               GFLOP/s");
+    let rows = measure(&args, &dtypes);
     print_summary(&rows);
     if let Some(path) = &args.json {
         write_json(

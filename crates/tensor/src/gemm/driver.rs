@@ -1,7 +1,7 @@
 //! The loops around the micro-kernel: batch entries, thread tasks, and the
 //! BLIS cache-blocking loops (see [`super::blocking`]).
 
-use super::kernel::{self, Kernel, Tile};
+use super::kernel::{self, Kernel, Packing, Tile};
 use super::pack::pack_block;
 use crate::{DType, Element};
 use rayon::prelude::*;
@@ -39,6 +39,15 @@ impl<'a, E> Operand<'a, E> {
         }
     }
 
+    /// Whether every value the product reads is a bf16 value: stored as
+    /// bf16 and read as is, or rounded to bf16 while packed.
+    pub fn holds_bf16(&self) -> bool
+    where
+        E: Element,
+    {
+        self.round == DType::BF16 || (E::DTYPE == DType::BF16 && self.round == DType::F32)
+    }
+
     /// The same operand starting at element `(i, j)` of batch entry `e`.
     fn at(&self, e: usize, i: usize, j: usize) -> &'a [E] {
         &self.data[e * self.stride + i * self.rs + j * self.cs..]
@@ -64,10 +73,14 @@ pub(crate) fn run_batch<A: Element, B: Element>(
     b: Operand<'_, B>,
     c: Output<'_>,
 ) {
-    run_batch_with(kernel::best(), crate::num_threads(), p, a, b, c);
+    let kern = kernel::best(a.holds_bf16() && b.holds_bf16());
+    run_batch_with(kern, crate::num_threads(), p, a, b, c);
 }
 
 /// [`run_batch`] with a given kernel and thread count.
+///
+/// # Panics
+/// If the kernel reads bf16 pairs and an operand does not hold bf16 values.
 pub(crate) fn run_batch_with<A: Element, B: Element>(
     kern: &Kernel,
     threads: usize,
@@ -76,6 +89,11 @@ pub(crate) fn run_batch_with<A: Element, B: Element>(
     b: Operand<'_, B>,
     c: Output<'_>,
 ) {
+    assert!(
+        kern.packing == Packing::F32 || (a.holds_bf16() && b.holds_bf16()),
+        "the {} kernel needs operands that hold bf16 values",
+        kern.name
+    );
     if c.count == 0 || p.m == 0 || p.n == 0 {
         return;
     }
@@ -208,7 +226,7 @@ fn block<A: Element, B: Element>(
                     a.at(e, m0, pc),
                     (a.rs, a.cs),
                     (m1 - m0, kc, mr),
-                    a.round,
+                    (a.round, kern.packing),
                 );
             }
         }
@@ -218,14 +236,16 @@ fn block<A: Element, B: Element>(
             let nc = ncb.min(n1 - jc);
             for pc in (0..p.k).step_by(bl.kc) {
                 let kc = bl.kc.min(p.k - pc);
-                pack_block(bpack, b.at(e, pc, jc), (b.cs, b.rs), (nc, kc, nr), b.round);
+                let how = (b.round, kern.packing);
+                pack_block(bpack, b.at(e, pc, jc), (b.cs, b.rs), (nc, kc, nr), how);
                 let beta = if pc == 0 { p.beta } else { 1.0 };
                 for ic in (m0..m1).step_by(bl.mc) {
                     let mc = bl.mc.min(m1 - ic);
                     let ap = if a_once {
                         &apack[pc * bl.mc..]
                     } else {
-                        pack_block(apack, a.at(e, ic, pc), (a.rs, a.cs), (mc, kc, mr), a.round);
+                        let how = (a.round, kern.packing);
+                        pack_block(apack, a.at(e, ic, pc), (a.rs, a.cs), (mc, kc, mr), how);
                         &apack[..]
                     };
                     for jr in (0..nc).step_by(nr) {
@@ -240,7 +260,8 @@ fn block<A: Element, B: Element>(
                             // floats; the tile lies inside this task's block of C,
                             // which the public API checked against C's buffer and
                             // no other task writes; the kernel was selected for
-                            // this CPU by `kernel::best` / `available`.
+                            // this CPU (and, for bf16 pairs, these operands) by
+                            // `kernel::best` / `available`.
                             unsafe {
                                 let cptr = c.ptr.add((ic + ir) * c.ld + jc + jr);
                                 (kern.run)(

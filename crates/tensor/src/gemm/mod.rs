@@ -3,7 +3,11 @@
 //! `op` is identity ([`Op::N`]) or transpose ([`Op::T`]) for each operand, as
 //! backprop needs all of NN, NT and TN. A and B may be f32, f16 or bf16
 //! (16-bit operands are widened while packing); C and the accumulation are
-//! f32. [`gemm_batched`] runs the same product over a strided batch, as
+//! f32. When both operands hold bf16 values (stored as bf16, or rounded to
+//! it with [`MatRef::rounded_to`]) and the CPU has AVX-512 BF16, they are
+//! packed as bf16 pairs and multiplied with `vdpbf16ps` at twice the f32
+//! rate; the products are the same exact values, summed in a different
+//! order. [`gemm_batched`] runs the same product over a strided batch, as
 //! attention does for every (batch, head).
 //!
 //! The implementation follows BLIS: B is packed into `KC × NC` panels and A
@@ -23,9 +27,11 @@ mod pack;
 use crate::error::{shape_err, Result, TensorError};
 use crate::{DType, Element};
 
-/// The name of the micro-kernel this CPU runs (e.g. `"avx2-6x16"`), for reports.
-pub fn kernel_name() -> &'static str {
-    kernel::best().name
+/// The name of the micro-kernel this CPU runs for operands of `dtype` (e.g.
+/// `"avx2-6x16"`, or `"avx512bf16-8x32"` for bf16 where the CPU has
+/// AVX-512 BF16), for reports.
+pub fn kernel_name(dtype: DType) -> &'static str {
+    kernel::best(dtype == DType::BF16).name
 }
 
 /// How an operand enters the product.

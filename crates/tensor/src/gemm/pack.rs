@@ -12,6 +12,7 @@
 //!   `X·Wᵀ`): the block is transposed, 8 × 8 at a time with AVX2 shuffles
 //!   where the CPU has them.
 
+use super::kernel::Packing;
 use crate::{DType, Element};
 
 /// Packs a whole block of `lines` lines (any count) as consecutive
@@ -24,13 +25,15 @@ use crate::{DType, Element};
 ///
 /// With `round` other than F32, every packed value is then rounded to that
 /// dtype in place ([`crate::convert::round_to`]) while the block is still
-/// in cache.
+/// in cache; with [`Packing::Bf16Pairs`] each micro-panel is then turned
+/// into bf16 pairs in place ([`pair_up`]), its pairs where its first
+/// `kc.div_ceil(2)` groups were.
 pub(crate) fn pack_block<E: Element>(
     dst: &mut [f32],
     src: &[E],
     (ls, es): (usize, usize),
     (lines, kc, r): (usize, usize, usize),
-    round: DType,
+    (round, packing): (DType, Packing),
 ) {
     if let (1, Some(s)) = (ls, as_f32(src)) {
         match r {
@@ -38,7 +41,8 @@ pub(crate) fn pack_block<E: Element>(
             6 => rows_across_panels::<6>(dst, s, es, lines, kc),
             8 => rows_across_panels::<8>(dst, s, es, lines, kc),
             16 => rows_across_panels::<16>(dst, s, es, lines, kc),
-            _ => unreachable!("micro-kernel tile widths are 4, 6, 8 or 16, not {r}"),
+            32 => rows_across_panels::<32>(dst, s, es, lines, kc),
+            _ => unreachable!("micro-kernel tile widths are 4, 6, 8, 16 or 32, not {r}"),
         }
     } else {
         for (q, l0) in (0..lines).step_by(r).enumerate() {
@@ -46,7 +50,35 @@ pub(crate) fn pack_block<E: Element>(
             pack_panel(part, &src[l0 * ls..], (ls, es), r.min(lines - l0), kc, r);
         }
     }
-    crate::convert::round_to(&mut dst[..lines.div_ceil(r) * kc * r], round);
+    let packed = &mut dst[..lines.div_ceil(r) * kc * r];
+    crate::convert::round_to(packed, round);
+    if packing == Packing::Bf16Pairs {
+        for panel in packed.chunks_exact_mut(kc * r) {
+            pair_up(panel, kc, r);
+        }
+    }
+}
+
+/// Turns a packed micro-panel of `kc` groups of `r` bf16-valued f32 into
+/// `kc.div_ceil(2)` groups of `r` bf16 pairs, in place: slot `l` of pair
+/// `q` takes the upper halves of the bits of element `l` of groups `2q`
+/// (low half) and `2q + 1` (high half; zero past the last group).
+///
+/// Pair `q` is written over group `q`, which is never after the groups it
+/// reads, so one forward sweep through a copy of the two groups suffices.
+fn pair_up(panel: &mut [f32], kc: usize, r: usize) {
+    let mut two = [0.0f32; 64];
+    for q in 0..kc.div_ceil(2) {
+        let src = &panel[2 * q * r..(2 * q * r + 2 * r).min(kc * r)];
+        two[..src.len()].copy_from_slice(src);
+        two[src.len()..2 * r].fill(0.0);
+        let (lo, hi) = two[..2 * r].split_at(r);
+        for ((slot, x), y) in panel[q * r..(q + 1) * r].iter_mut().zip(lo).zip(hi) {
+            debug_assert_eq!(x.to_bits() & 0xffff, 0, "bf16 pairs need bf16 values");
+            debug_assert_eq!(y.to_bits() & 0xffff, 0, "bf16 pairs need bf16 values");
+            *slot = f32::from_bits((x.to_bits() >> 16) | (y.to_bits() & 0xffff_0000));
+        }
+    }
 }
 
 /// Step `p` of every line is `src[p * es ..][..lines]`: copy each such row
@@ -89,7 +121,8 @@ pub(crate) fn pack_panel<E: Element>(
         6 => pack::<E, 6>(dst, src, strides, lines, kc),
         8 => pack::<E, 8>(dst, src, strides, lines, kc),
         16 => pack::<E, 16>(dst, src, strides, lines, kc),
-        _ => unreachable!("micro-kernel tile widths are 4, 6, 8 or 16, not {r}"),
+        32 => pack::<E, 32>(dst, src, strides, lines, kc),
+        _ => unreachable!("micro-kernel tile widths are 4, 6, 8, 16 or 32, not {r}"),
     }
 }
 
@@ -284,7 +317,8 @@ mod tests {
             for strides in [(1, lines), (kc, 1)] {
                 let panels = lines.div_ceil(r);
                 let mut block = vec![9.0; panels * kc * r];
-                pack_block(&mut block, &src, strides, (lines, kc, r), DType::F32);
+                let plain = (DType::F32, Packing::F32);
+                pack_block(&mut block, &src, strides, (lines, kc, r), plain);
                 for q in 0..panels {
                     let mut one = vec![7.0; kc * r];
                     let (l0, n) = (q * r, r.min(lines - q * r));

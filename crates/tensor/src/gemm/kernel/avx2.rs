@@ -5,7 +5,7 @@
 //! FMAs: 15 of the 16 ymm registers in use, and 12 FMAs per 2 loads + 6
 //! broadcasts keep both FMA pipes of Zen 3 / Haswell-class cores busy.
 
-use super::{store_tile, Kernel, Tile};
+use super::{store_tile, Kernel, Packing, Tile};
 use crate::gemm::blocking::Blocking;
 use std::arch::x86_64::*;
 
@@ -15,9 +15,10 @@ const NR: usize = 16;
 /// The AVX2 kernel, 6 × 16.
 pub(crate) static KERNEL: Kernel = Kernel {
     name: "avx2-6x16",
+    packing: Packing::F32,
     mr: MR,
     nr: NR,
-    blocking: Blocking::for_tile(MR, NR),
+    blocking: Blocking::for_tile(MR, NR, 1),
     run: kernel,
 };
 

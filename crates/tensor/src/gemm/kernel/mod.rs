@@ -3,11 +3,15 @@
 //!
 //! A kernel is chosen once, at run time, from what the CPU supports: AVX2 +
 //! FMA where present, else a portable kernel written so that the compiler can
-//! vectorise it for any target. An AVX-512 (and `vdpbf16ps`) kernel plugs in
-//! here as another [`Kernel`] with its own tile size.
+//! vectorise it for any target. Products whose operands both hold bf16
+//! values have a second choice: where the CPU has AVX-512 BF16, a kernel
+//! that multiplies pairs of bf16 with `vdpbf16ps` at twice the f32 rate
+//! (see [`Packing::Bf16Pairs`]).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod portable;
 
 use super::blocking::Blocking;
@@ -16,10 +20,13 @@ use std::sync::OnceLock;
 /// The signature every micro-kernel has.
 ///
 /// # Safety
-/// `a` points to `k * mr` packed f32 (`a[p * mr + i]`), `b` to `k * nr`
-/// packed f32 (`b[p * nr + j]`); `c` points to an `m × n` tile (with
-/// `m ≤ mr`, `n ≤ nr`) whose rows are `ldc` elements apart and valid for
-/// reads and writes; the CPU supports the kernel's instructions.
+/// `a` points to a packed `k`-step sliver of `mr` lines and `b` to one of
+/// `nr` lines, in the kernel's [`Packing`]: for [`Packing::F32`], `k * mr`
+/// f32 (`a[p * mr + i]`) and `k * nr` f32 (`b[p * nr + j]`); for
+/// [`Packing::Bf16Pairs`], `k.div_ceil(2) * mr` and `k.div_ceil(2) * nr`
+/// pairs. `c` points to an `m × n` tile (with `m ≤ mr`, `n ≤ nr`) whose rows
+/// are `ldc` elements apart and valid for reads and writes; the CPU supports
+/// the kernel's instructions.
 pub(crate) type KernelFn =
     unsafe fn(k: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, tile: Tile);
 
@@ -36,11 +43,26 @@ pub(crate) struct Tile {
     pub beta: f32,
 }
 
+/// The layout of the packed slivers a kernel reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Packing {
+    /// Group `p` of a sliver is element `p` of every line, as f32.
+    F32,
+    /// Pair `q` of a sliver holds elements `2q` and `2q + 1` of every line as
+    /// two bf16 in one 32-bit slot (`2q` in the low half), the operand layout
+    /// of `vdpbf16ps`; an odd last step is paired with zero. Only operands
+    /// whose values are bf16 can be packed this way: the pairs are the upper
+    /// halves of their f32 bits.
+    Bf16Pairs,
+}
+
 /// A micro-kernel with its tile shape and the blocking tuned for it.
 #[derive(Debug)]
 pub(crate) struct Kernel {
     /// Short name for benchmark reports, e.g. `"avx2-6x16"`.
     pub name: &'static str,
+    /// How the operands are packed for it.
+    pub packing: Packing,
     /// Rows of the register tile.
     pub mr: usize,
     /// Columns of the register tile.
@@ -51,10 +73,30 @@ pub(crate) struct Kernel {
     pub run: KernelFn,
 }
 
-/// The best kernel this CPU runs, chosen on first use.
-pub(crate) fn best() -> &'static Kernel {
+/// The best kernel this CPU runs for operands that hold bf16 values (both
+/// of them) or not, chosen on first use.
+pub(crate) fn best(bf16_operands: bool) -> &'static Kernel {
+    static BEST_BF16: OnceLock<&'static Kernel> = OnceLock::new();
+    if bf16_operands {
+        return BEST_BF16.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            if avx512::has_bf16() {
+                return &avx512::BF16;
+            }
+            best_f32()
+        });
+    }
+    best_f32()
+}
+
+/// The best kernel for f32 operands.
+fn best_f32() -> &'static Kernel {
     static BEST: OnceLock<&'static Kernel> = OnceLock::new();
     BEST.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if avx512::has_f32() {
+            return &avx512::F32;
+        }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
@@ -64,13 +106,23 @@ pub(crate) fn best() -> &'static Kernel {
     })
 }
 
-/// Every kernel this CPU can run (for tests that compare them).
+/// Every kernel this CPU can run on operands that hold bf16 values (both of
+/// them) or not, for tests that compare them.
 #[cfg(test)]
-pub(crate) fn available() -> Vec<&'static Kernel> {
+pub(crate) fn available(bf16_operands: bool) -> Vec<&'static Kernel> {
     let mut all = vec![&portable::KERNEL];
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        all.push(&avx2::KERNEL);
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            all.push(&avx2::KERNEL);
+        }
+        if avx512::has_f32() {
+            all.push(&avx512::F32);
+        }
+        if bf16_operands && avx512::has_bf16() {
+            all.push(&avx512::BF16);
+        }
     }
     all
 }

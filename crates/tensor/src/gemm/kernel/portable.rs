@@ -3,7 +3,7 @@
 //! multiplies and adds separately, since a target without FMA hardware would
 //! otherwise call a slow software `fma`.
 
-use super::{store_tile, Kernel, Tile};
+use super::{store_tile, Kernel, Packing, Tile};
 use crate::gemm::blocking::Blocking;
 
 const MR: usize = 4;
@@ -12,9 +12,10 @@ const NR: usize = 8;
 /// The portable kernel, 4 × 8.
 pub(crate) static KERNEL: Kernel = Kernel {
     name: "portable-4x8",
+    packing: Packing::F32,
     mr: MR,
     nr: NR,
-    blocking: Blocking::for_tile(MR, NR),
+    blocking: Blocking::for_tile(MR, NR, 1),
     run: kernel,
 };
 
