@@ -14,8 +14,9 @@
 //! Everything else stays f32, and each choice follows a documented
 //! stabilisation:
 //! - products accumulate in f32 and come out in f32 (the gemm widens 16-bit
-//!   operands while packing); autocast rounds its outputs to 16 bits, so
-//!   this is the more accurate of the two;
+//!   operands while packing, or multiplies bf16 pairs exactly with
+//!   `vdpbf16ps` where the CPU has AVX-512 BF16); autocast rounds its
+//!   outputs to 16 bits, so this is the more accurate of the two;
 //! - RMS norm statistics in f32 (transformers' `T5LayerNorm` computes the
 //!   variance in f32 under any dtype);
 //! - attention scores, softmax and the probability-weighted sum in f32 (the
