@@ -263,6 +263,33 @@ fn same_bits_on_any_thread_count<E: Element>() {
 }
 
 #[test]
+fn fma_kernels_give_the_same_bits() {
+    // The AVX2 and AVX-512 f32 kernels sum each element of C by one FMA per
+    // step from zero within a KC block, with the same blocking along K, so
+    // switching between them (by CPU) never changes a result.
+    let fma: Vec<_> = available(false)
+        .into_iter()
+        .filter(|k| k.name != "portable-4x8")
+        .collect();
+    for (m, n, k) in [(300, 200, 600), (80, 700, 300), (7, 33, 513)] {
+        for ops in [(Op::N, Op::N), (Op::N, Op::T), (Op::T, Op::N)] {
+            let s = Setup::<f32>::new(m, n, k, ops, 1, 11);
+            let runs: Vec<Vec<f32>> = fma.iter().map(|kern| s.run(kern, 2, 1.0, 0.5)).collect();
+            for (kern, got) in fma.iter().zip(&runs).skip(1) {
+                assert!(
+                    got.iter()
+                        .zip(&runs[0])
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{} differs from {} ({m}x{n}x{k} {ops:?})",
+                    kern.name,
+                    fma[0].name
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn beta_zero_overwrites_nan_and_k_zero_scales() {
     let a = [1.0f32, 2.0];
     let b = [3.0f32, 4.0];
