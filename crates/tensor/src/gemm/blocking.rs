@@ -22,7 +22,7 @@
 //!   and C's tile reloaded half as often (measured on Zen 4: about 8 %
 //!   faster than 256 steps). The f32 staging of a block before it is paired
 //!   is twice that and still fits L2 (144 · 512 · 4 B = 288 KiB of A).
-//! * `MC = 144`: the packed A panel (at most 144 · 256 · 4 B = 144 KiB)
+//! * `MC = 144`: the packed A panel (144 rows · 256 slots · 4 B = 144 KiB)
 //!   sits in L2 with room to spare for the B micro-panels passing through on
 //!   their way to L1.
 //! * `NC = 4080`: the packed B panel (up to 256 · 4080 · 4 B ≈ 4 MiB) sits
