@@ -1,9 +1,9 @@
 //! Micro-kernels: `C_tile = alpha * A_sliver · B_sliver + beta * C_tile` for
 //! one `MR × NR` tile, reading packed operands.
 //!
-//! A kernel is chosen once, at run time, from what the CPU supports: AVX2 +
-//! FMA where present, else a portable kernel written so that the compiler can
-//! vectorise it for any target. Products whose operands both hold bf16
+//! A kernel is chosen once, at run time, from what the CPU supports:
+//! AVX-512F, else AVX2 + FMA, else a portable kernel written so that the
+//! compiler can vectorise it for any target. Products whose operands both hold bf16
 //! values have a second choice: where the CPU has AVX-512 BF16, a kernel
 //! that multiplies pairs of bf16 with `vdpbf16ps` at twice the f32 rate
 //! (see [`Packing::Bf16Pairs`]).
@@ -74,41 +74,18 @@ pub(crate) struct Kernel {
 }
 
 /// The best kernel this CPU runs for operands that hold bf16 values (both
-/// of them) or not, chosen on first use.
+/// of them) or not: the last of [`available`], chosen on first use.
 pub(crate) fn best(bf16_operands: bool) -> &'static Kernel {
-    static BEST_BF16: OnceLock<&'static Kernel> = OnceLock::new();
-    if bf16_operands {
-        return BEST_BF16.get_or_init(|| {
-            #[cfg(target_arch = "x86_64")]
-            if avx512::has_bf16() {
-                return &avx512::BF16;
-            }
-            best_f32()
-        });
-    }
-    best_f32()
-}
-
-/// The best kernel for f32 operands.
-fn best_f32() -> &'static Kernel {
-    static BEST: OnceLock<&'static Kernel> = OnceLock::new();
-    BEST.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        if avx512::has_f32() {
-            return &avx512::F32;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return &avx2::KERNEL;
-        }
-        &portable::KERNEL
+    static BEST: [OnceLock<&'static Kernel>; 2] = [OnceLock::new(), OnceLock::new()];
+    BEST[usize::from(bf16_operands)].get_or_init(|| {
+        available(bf16_operands)
+            .pop()
+            .expect("the portable kernel runs everywhere")
     })
 }
 
 /// Every kernel this CPU can run on operands that hold bf16 values (both of
-/// them) or not, for tests that compare them.
-#[cfg(test)]
+/// them) or not, slowest first (tests compare them all).
 pub(crate) fn available(bf16_operands: bool) -> Vec<&'static Kernel> {
     let mut all = vec![&portable::KERNEL];
     #[cfg(target_arch = "x86_64")]
@@ -124,6 +101,8 @@ pub(crate) fn available(bf16_operands: bool) -> Vec<&'static Kernel> {
             all.push(&avx512::BF16);
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bf16_operands;
     all
 }
 
