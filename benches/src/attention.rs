@@ -7,14 +7,16 @@
 //! (no bias, padded encoder keys) with 1 query row (generation) or 5 (a
 //! classification target) over 64 to 512 encoder positions.
 //!
-//! Both paths get the same bias values: the fused kernels in the relative
-//! layout the model uses (`[heads, 2L - 1]`, one entry per offset), the
-//! unfused path expanded to the dense `[heads, L, L]` it takes.
+//! The keys of sequence `b` are a padded batch's: `k_len` rows reserved,
+//! the first `k_len - b·k_len/64` real (a cache layout, [`SeqRows`] with a
+//! capacity), each sequence with all `q_len` query rows. Both paths get the
+//! same bias values: the fused kernels in the relative layout the model
+//! uses (`[heads, 2L - 1]`, one entry per offset), the unfused path
+//! expanded to the dense `[heads, L, L]`.
 
-use tessera_t5::attention::{unfused_backward, unfused_forward};
 use tessera_tensor::attention::{
-    backward, decode, forward, Attention, AttentionGradsMut, AttentionShape, Bias, KeyMask,
-    ProbDropout, Qkv,
+    backward, decode, forward, unfused, Attention, AttentionGradsMut, Bias, BiasLayout,
+    ProbDropout, Qkv, SeqRows, Seqs,
 };
 use tessera_tensor::Result;
 
@@ -101,7 +103,11 @@ pub struct Case {
 
 /// What every implementation reads.
 struct Inputs {
-    shape: AttentionShape,
+    heads: usize,
+    queries: Seqs,
+    k_starts: Vec<usize>,
+    k_lens: Vec<usize>,
+    k_capacity: usize,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
@@ -109,7 +115,6 @@ struct Inputs {
     bias: Option<Vec<f32>>,
     /// The same values expanded to the dense layout, for the unfused path.
     dense_bias: Option<Vec<f32>>,
-    valid: Vec<u8>,
     dout: Vec<f32>,
 }
 
@@ -148,17 +153,21 @@ impl Inputs {
             self.bias.as_deref().map(Bias::Relative)
         };
         Attention {
-            shape: self.shape,
+            heads: self.heads,
+            d_head: D_HEAD,
+            queries: self.queries.rows(),
+            keys: SeqRows {
+                starts: &self.k_starts,
+                lens: &self.k_lens,
+                capacity: Some(self.k_capacity),
+            },
             qkv: Qkv {
                 q: &self.q,
                 k: &self.k,
                 v: &self.v,
             },
             bias,
-            mask: KeyMask {
-                valid: Some(&self.valid),
-                causal: false,
-            },
+            causal: false,
             dropout: ProbDropout::OFF,
         }
     }
@@ -168,34 +177,52 @@ impl Case {
     /// Random inputs; sequence `b` has `k_len - b·k_len/64` real keys (the
     /// padding of a batch padded to its longest row).
     pub fn new(spec: Spec) -> Case {
-        let shape = AttentionShape::dense(BATCH, spec.heads, spec.q_len, spec.k_len, D_HEAD);
-        let valid = (0..BATCH)
-            .flat_map(|b| {
-                let n = spec.k_len - b * spec.k_len / 64;
-                (0..spec.k_len).map(move |j| u8::from(j < n))
-            })
+        let k_lens: Vec<usize> = (0..BATCH)
+            .map(|b| spec.k_len - b * spec.k_len / 64)
             .collect();
-        let kv = shape.kv_len_elems();
-        let bias = (spec.kind == "encoder").then(|| values(shape.relative_bias_len(), 4, 2.0));
-        let dense_bias = bias.as_deref().map(|b| Bias::Relative(b).to_dense(&shape));
-        let inputs = Inputs {
-            shape,
-            q: values(shape.q_len_elems(), 1, 0.5),
-            k: values(kv, 2, 0.5),
-            v: values(kv, 3, 1.0),
-            bias,
-            dense_bias,
-            valid,
-            dout: values(shape.q_len_elems(), 5, 1.0),
+        let mut inputs = Inputs {
+            heads: spec.heads,
+            queries: Seqs::new(vec![spec.q_len; BATCH]),
+            k_starts: (0..BATCH).map(|b| b * spec.k_len).collect(),
+            k_lens,
+            k_capacity: spec.k_len,
+            q: Vec::new(),
+            k: Vec::new(),
+            v: Vec::new(),
+            bias: None,
+            dense_bias: None,
+            dout: Vec::new(),
         };
+        let a = inputs.attention(false);
+        let (q, kv, shape) = (a.q_elems(), a.kv_elems(), a.bias_shape());
+        let (lse, relative, dense) = (
+            a.lse_elems(),
+            BiasLayout::Relative.len(shape),
+            BiasLayout::Dense.len(shape),
+        );
+        let bias = (spec.kind == "encoder").then(|| values(relative, 4, 2.0));
+        inputs.dense_bias = bias.as_ref().map(|b| {
+            let (mq, mk) = (shape.max_q, shape.max_k);
+            (0..shape.heads)
+                .flat_map(|h| (0..mq).flat_map(move |i| (0..mk).map(move |j| (h, i, j))))
+                .map(|(h, i, j)| b[BiasLayout::Relative.index(shape, h, i, j)])
+                .collect()
+        });
+        (inputs.q, inputs.k, inputs.v, inputs.dout, inputs.bias) = (
+            values(q, 1, 0.5),
+            values(kv, 2, 0.5),
+            values(kv, 3, 1.0),
+            values(q, 5, 1.0),
+            bias,
+        );
         let out = Outputs {
-            out: vec![0.0; shape.q_len_elems()],
-            lse: vec![0.0; shape.count() * spec.q_len],
-            dq: vec![0.0; shape.q_len_elems()],
+            out: vec![0.0; q],
+            lse: vec![0.0; lse],
+            dq: vec![0.0; q],
             dk: vec![0.0; kv],
             dv: vec![0.0; kv],
-            dbias: vec![0.0; shape.relative_bias_len()],
-            dense_dbias: vec![0.0; shape.bias_len()],
+            dbias: vec![0.0; relative],
+            dense_dbias: vec![0.0; dense],
         };
         Case { spec, inputs, out }
     }
@@ -223,10 +250,15 @@ impl Case {
     /// as the model ran it before the fused kernels.
     pub fn run_unfused(&mut self) -> Result<()> {
         let (a, o) = (self.inputs.attention(true), &mut self.out);
-        let probs = unfused_forward(&a, &mut o.out)?;
+        let probs = unfused::forward(&a, &mut o.out)?;
         if self.spec.pass == Pass::ForwardBackward {
-            let dbias = a.bias.is_some().then_some(&mut o.dense_dbias[..]);
-            std::hint::black_box(unfused_backward(&a, &probs, &self.inputs.dout, dbias)?);
+            let grads = AttentionGradsMut {
+                dq: &mut o.dq,
+                dk: &mut o.dk,
+                dv: &mut o.dv,
+                dbias: a.bias.is_some().then_some(&mut o.dense_dbias[..]),
+            };
+            unfused::backward(&a, &probs, &self.inputs.dout, grads)?;
         }
         Ok(())
     }

@@ -1,76 +1,115 @@
-//! Batched greedy generation with a KV cache.
+//! Batched greedy generation with a KV cache, on packed sources.
 //!
-//! The encoder runs once; each decoder layer's cross-attention keys and
-//! values are projected once from its output; the decoder's self-attention
-//! keys and values are appended to a cache one position per step, so each
-//! step costs one token's worth of work per row. A row that has emitted
-//! `</s>` is padded from then on; generation stops when every row has
+//! The encoder runs once on the real tokens of every source; each decoder
+//! layer's cross-attention keys and values are projected once from its
+//! output and read, per row, at that row's place; the decoder's
+//! self-attention keys and values go into a per-row cache one position per
+//! step. A row that emits `</s>` leaves the step batch, so late steps cost
+//! only the rows still running; generation stops when every row has
 //! finished or after `max_new_tokens`. Output rows follow Hugging Face's
-//! `generate`: `[decoder_start_token_id, t1, t2, …]`, padded after `</s>`.
+//! `generate`: `[decoder_start_token_id, t1, t2, …]`, padded after `</s>`
+//! to the longest row.
+//!
+//! [`T5Model::score_and_generate`] serves evaluation: one encoder pass feeds
+//! both the teacher-forced loss and the generation.
 
 use crate::attention::{
-    bucket_table, position_bias_forward, Attention, AttentionShape, Bias, KeyMask, ProbDropout, Qkv,
+    offset_buckets, position_bias_forward, split_heads, Attention, Bias, ProbDropout, Qkv, SeqRows,
+    Seqs,
 };
 use crate::layers::{linear, norm_forward, sublayer_forward, DropoutPlan, Site, StackContext};
-use crate::model::{Batch, ModelError, T5Model};
+use crate::model::{Batch, Encoded, ModelError, T5Model};
 use crate::params::{AttentionIds, SublayerIds, SublayerKind};
-use crate::precision::{Operand, OperandRef};
+use crate::precision::Operand;
 use crate::stack::{embed, Keep};
+use tessera_tensor::ops::crossentropy::CrossEntropy;
 use tessera_tensor::ops::residual;
 use tessera_tensor::Result;
 
 /// Keys and values one decoder layer attends to while generating.
 struct LayerKv {
-    /// Self-attention cache `[batch, heads, max_new_tokens, d_kv]`.
+    /// Self-attention cache `[rows, heads, capacity, d_kv]`.
     self_k: Vec<f32>,
     self_v: Vec<f32>,
-    /// Cross-attention keys and values `[batch, heads, src_len, d_kv]`.
+    /// Cross-attention keys and values, each source's `[heads, len, d_kv]`
+    /// back to back.
     cross_k: Vec<f32>,
     cross_v: Vec<f32>,
 }
 
 /// The state of one decoding step shared by all layers.
 struct Step<'a> {
-    batch: usize,
+    /// The rows still running, by index into the batch.
+    active: &'a [usize],
     /// Position being generated (0-based).
     t: usize,
     /// Room in the self-attention cache.
     capacity: usize,
-    /// Self-attention bias for this position, `[heads, 1, t + 1]`.
+    /// Self-attention bias for this position, `[heads, t + 1]` (offsets `-t..=0`).
     bias: &'a [f32],
-    src_len: usize,
-    src_valid: &'a [u8],
+    /// The sources, packed.
+    sources: &'a Seqs,
+}
+
+impl Step<'_> {
+    /// One query row per running row.
+    fn queries(&self) -> Seqs {
+        Seqs::new(vec![1; self.active.len()])
+    }
 }
 
 impl T5Model {
-    /// Greedy decoding of `batch` padded sources (`input_ids` and
-    /// `attention_mask` are `[batch, src_len]`); returns one row per source.
+    /// Greedy decoding of `sources` (token ids, each ending in `</s>` as
+    /// the tokenizer makes them); returns one row per source.
     pub fn generate(
         &self,
-        input_ids: &[u32],
-        attention_mask: &[u8],
-        batch: usize,
+        sources: &[&[u32]],
         max_new_tokens: usize,
     ) -> std::result::Result<Vec<Vec<u32>>, ModelError> {
+        let batch = Batch::new(
+            sources
+                .iter()
+                .enumerate()
+                .map(|(r, s)| (r as u64, *s, &[][..])),
+        );
+        batch.validate(self.config())?;
+        let enc = self.encode(&batch, DropoutPlan::OFF, Keep::Nothing)?;
+        Ok(self.generate_from(&enc, max_new_tokens)?)
+    }
+
+    /// Evaluation of a batch from one encoder pass: the summed loss of its
+    /// labels (teacher forcing) and the greedy generation of every row, as
+    /// [`T5Model::forward`] and [`T5Model::generate`] give them.
+    pub fn score_and_generate(
+        &self,
+        batch: &Batch,
+        max_new_tokens: usize,
+    ) -> std::result::Result<(CrossEntropy, Vec<Vec<u32>>), ModelError> {
+        batch.validate(self.config())?;
+        let enc = self.encode(batch, DropoutPlan::OFF, Keep::Nothing)?;
+        let loss = self.target_loss(batch, &enc)?;
+        Ok((loss, self.generate_from(&enc, max_new_tokens)?))
+    }
+
+    /// Greedy decoding from an encoder output.
+    pub(crate) fn generate_from(
+        &self,
+        enc: &Encoded,
+        max_new_tokens: usize,
+    ) -> Result<Vec<Vec<u32>>> {
         let c = self.config();
-        let src_len = input_ids.len().checked_div(batch).unwrap_or(0);
-        let source = Batch {
-            batch_size: batch,
-            src_len,
-            tgt_len: 1,
-            input_ids: input_ids.to_vec(),
-            attention_mask: attention_mask.to_vec(),
-            labels: vec![-100; batch],
-        };
-        source.validate(c)?;
-        let enc = self.encode(&source, DropoutPlan::OFF, Keep::Nothing)?;
-        let mut kv = self.cross_kv(enc.operand(), batch, src_len, max_new_tokens)?;
-        drop(enc);
-        let mut rows: Vec<Vec<u32>> = vec![vec![c.decoder_start_token_id]; batch];
-        let mut finished = vec![false; batch];
+        let sources = &enc.side.seqs;
+        let rows = sources.count();
+        let mut kv = self.cross_kv(enc, max_new_tokens)?;
+        let mut out: Vec<Vec<u32>> = vec![vec![c.decoder_start_token_id]; rows];
+        let mut active: Vec<usize> = (0..rows).collect();
+        let table = self.params().widened(self.ids().decoder.relative_bias);
         for t in 0..max_new_tokens {
-            let last: Vec<u32> = rows.iter().map(|r| r[r.len() - 1]).collect();
-            let buckets = bucket_table(
+            if active.is_empty() {
+                break;
+            }
+            let last: Vec<u32> = active.iter().map(|&r| out[r][t]).collect();
+            let buckets = offset_buckets(
                 1,
                 t + 1,
                 t,
@@ -78,56 +117,37 @@ impl T5Model {
                 c.relative_attention_num_buckets,
                 c.relative_attention_max_distance,
             );
-            let bias = position_bias_forward(
-                &self.params().widened(self.ids().decoder.relative_bias),
-                &buckets,
-                c.num_heads,
-            );
+            let bias = position_bias_forward(&table, &buckets, c.num_heads);
             let step = Step {
-                batch,
+                active: &active,
                 t,
                 capacity: max_new_tokens,
                 bias: &bias,
-                src_len,
-                src_valid: attention_mask,
+                sources,
             };
             let logits = self.decode_step(&step, &last, &mut kv)?;
-            for (b, row) in logits.chunks(c.vocab_size).enumerate() {
-                let next = if finished[b] {
-                    c.pad_token_id
-                } else {
-                    argmax(row)
-                };
-                finished[b] |= next == c.eos_token_id;
-                rows[b].push(next);
+            for (&r, row) in active.iter().zip(logits.chunks(c.vocab_size)) {
+                out[r].push(argmax(row));
             }
-            if finished.iter().all(|&f| f) {
-                break;
-            }
+            active.retain(|&r| out[r][t + 1] != c.eos_token_id);
         }
-        Ok(rows)
+        let longest = out.iter().map(Vec::len).max().unwrap_or(0);
+        for row in &mut out {
+            row.resize(longest, c.pad_token_id);
+        }
+        Ok(out)
     }
 
     /// Cross-attention K/V of every decoder layer, and empty self-attention caches.
-    fn cross_kv(
-        &self,
-        enc: OperandRef<'_>,
-        batch: usize,
-        src_len: usize,
-        capacity: usize,
-    ) -> Result<Vec<LayerKv>> {
+    fn cross_kv(&self, enc: &Encoded, capacity: usize) -> Result<Vec<LayerKv>> {
         let c = self.config();
         let (h, dk, inner) = (c.num_heads, c.d_kv, c.inner_dim());
+        let seqs = &enc.side.seqs;
         let heads = |w| -> Result<Vec<f32>> {
-            Ok(crate::attention::split_heads(
-                &linear(enc, self.weights().get(w), batch * src_len, inner)?,
-                batch,
-                src_len,
-                h,
-                dk,
-            ))
+            let y = linear(enc.operand(), self.weights().get(w), seqs.total(), inner)?;
+            Ok(split_heads(&y, seqs, h, dk))
         };
-        let cache_len = batch * h * capacity * dk;
+        let cache_len = seqs.count() * h * capacity * dk;
         self.ids()
             .decoder
             .blocks
@@ -150,26 +170,26 @@ impl T5Model {
             .collect()
     }
 
-    /// Runs the decoder on one new token per row; returns `[batch, vocab]` logits.
+    /// Runs the decoder on one new token per running row; returns
+    /// `[running rows, vocab]` logits.
     fn decode_step(&self, step: &Step<'_>, tokens: &[u32], kv: &mut [LayerKv]) -> Result<Vec<f32>> {
         let c = self.config();
-        let mut x = vec![0.0; step.batch * c.d_model];
+        let n = step.active.len();
+        let mut x = vec![0.0; n * c.d_model];
         embed(
             &mut x,
             self.params().view(self.ids().shared),
             tokens,
             c.d_model,
         )?;
+        let queries = step.queries();
         let ff_context = StackContext {
             config: c,
             params: self.params(),
             precision: self.precision(),
-            batch: step.batch,
-            len: 1,
-            self_mask: KeyMask {
-                valid: None,
-                causal: false,
-            },
+            seqs: &queries,
+            tokens: &[],
+            causal: false,
             bias: &[],
             encoder: None,
             dropout: DropoutPlan::OFF,
@@ -201,7 +221,7 @@ impl T5Model {
             eps,
         )?
         .n;
-        Ok(self.head_forward(&hidden, step.batch)?.0)
+        Ok(self.head_forward(&hidden, n)?.0)
     }
 
     fn self_attention_step(
@@ -215,33 +235,30 @@ impl T5Model {
         let c = self.config();
         let (h, dk, inner) = (c.num_heads, c.d_kv, c.inner_dim());
         let n = self.normed(x, ids)?;
-        // With one position per row, [batch, 1, heads·d_kv] is already [batch, heads, 1, d_kv].
-        let q = linear(n.view(), self.weights().get(a.q), step.batch, inner)?;
+        let rows = step.active.len();
+        // With one position per row, [rows, heads·d_kv] is already each row's [heads, 1, d_kv].
+        let q = linear(n.view(), self.weights().get(a.q), rows, inner)?;
         for (cache, w) in [(&mut layer.self_k, a.k), (&mut layer.self_v, a.v)] {
-            let new = linear(n.view(), self.weights().get(w), step.batch, inner)?;
-            for (bh, head) in new.chunks(dk).enumerate() {
-                let at = (bh * step.capacity + step.t) * dk;
+            let new = linear(n.view(), self.weights().get(w), rows, inner)?;
+            for (i, head) in new.chunks(dk).enumerate() {
+                let (row, hh) = (step.active[i / h], i % h);
+                let at = ((row * h + hh) * step.capacity + step.t) * dk;
                 cache[at..at + dk].copy_from_slice(head);
             }
         }
-        let shape = AttentionShape {
-            batch: step.batch,
-            heads: h,
-            q_len: 1,
-            k_len: step.t + 1,
-            d_head: dk,
-            kv_stride: step.capacity * dk,
-        };
-        let mask = KeyMask {
-            valid: None,
-            causal: false,
+        let starts: Vec<usize> = step.active.iter().map(|&r| r * step.capacity).collect();
+        let lens = vec![step.t + 1; rows];
+        let keys = SeqRows {
+            starts: &starts,
+            lens: &lens,
+            capacity: Some(step.capacity),
         };
         let qkv = Qkv {
             q: &q,
             k: &layer.self_k,
             v: &layer.self_v,
         };
-        self.attend_and_add(&shape, qkv, Some(step.bias), mask, a, x)
+        self.attend_and_add(step, keys, qkv, Some(step.bias), a, x)
     }
 
     fn cross_attention_step(
@@ -254,18 +271,22 @@ impl T5Model {
     ) -> Result<()> {
         let c = self.config();
         let n = self.normed(x, ids)?;
-        let q = linear(n.view(), self.weights().get(a.q), step.batch, c.inner_dim())?;
-        let shape = AttentionShape::dense(step.batch, c.num_heads, 1, step.src_len, c.d_kv);
-        let mask = KeyMask {
-            valid: Some(step.src_valid),
-            causal: false,
+        let rows = step.active.len();
+        let q = linear(n.view(), self.weights().get(a.q), rows, c.inner_dim())?;
+        let sources = step.sources;
+        let starts: Vec<usize> = step.active.iter().map(|&r| sources.starts()[r]).collect();
+        let lens: Vec<usize> = step.active.iter().map(|&r| sources.lens()[r]).collect();
+        let keys = SeqRows {
+            starts: &starts,
+            lens: &lens,
+            capacity: None,
         };
         let qkv = Qkv {
             q: &q,
             k: &layer.cross_k,
             v: &layer.cross_v,
         };
-        self.attend_and_add(&shape, qkv, None, mask, a, x)
+        self.attend_and_add(step, keys, qkv, None, a, x)
     }
 
     /// The sublayer's normed input as its projections' matmul operand.
@@ -275,32 +296,37 @@ impl T5Model {
         Ok(self.precision().keep_activation(n))
     }
 
-    /// `x += attention(q, k, v) · W_oᵀ` for one query position per row,
-    /// with the fused single-row decode kernel.
+    /// `x += attention(q, k, v) · W_oᵀ` for one query position per running
+    /// row, with the fused single-row decode kernel.
     fn attend_and_add(
         &self,
-        shape: &AttentionShape,
+        step: &Step<'_>,
+        keys: SeqRows<'_>,
         qkv: Qkv<'_>,
         bias: Option<&[f32]>,
-        mask: KeyMask<'_>,
         a: &AttentionIds,
         x: &mut [f32],
     ) -> Result<()> {
-        let mut ctx = vec![0.0; shape.q_len_elems()];
+        let c = self.config();
+        let queries = step.queries();
         let core = Attention {
-            shape: *shape,
+            heads: c.num_heads,
+            d_head: c.d_kv,
+            queries: queries.rows(),
+            keys,
             qkv,
-            bias: bias.map(Bias::Dense),
-            mask,
+            bias: bias.map(Bias::Relative),
+            causal: false,
             dropout: ProbDropout::OFF,
         };
+        let mut ctx = vec![0.0; core.q_elems()];
         tessera_tensor::attention::decode(&core, &mut ctx)?;
         let ctx = self.precision().keep_activation(ctx);
         let y = linear(
             ctx.view(),
             self.weights().get(a.o),
-            shape.batch,
-            self.config().d_model,
+            queries.count(),
+            c.d_model,
         )?;
         residual::add_inplace(x, &y)
     }

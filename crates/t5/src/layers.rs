@@ -13,14 +13,12 @@
 //! ([`Precision::keep_activation`]). Outputs, norms, attention and the
 //! residual stream stay f32.
 
-use crate::attention::{
-    self, Attention, AttentionCache, AttentionShape, Bias, KeyMask, ProbDropout, Qkv,
-};
+use crate::attention::{self, Attention, AttentionGradsMut, Bias, ProbDropout, Qkv, Seqs};
 use crate::config::{FeedForward, T5Config};
 use crate::params::{AttentionIds, FeedForwardIds, ParamId, ParamStore, SublayerIds, SublayerKind};
 use crate::precision::{matmul, Dense, Operand, OperandRef, Precision};
 use tessera_tensor::ops::activation::Activation;
-use tessera_tensor::ops::dropout::{dropout_inplace, dropout_key};
+use tessera_tensor::ops::dropout::{dropout_key, dropout_rows};
 use tessera_tensor::ops::{norm, residual};
 use tessera_tensor::{MatMut, Op, Result};
 
@@ -121,9 +119,11 @@ impl DropoutPlan {
         dropout_key(self.seed, &[site.stack, site.block, site.sublayer, what])
     }
 
-    /// Applies this plan's mask for `(site, what)` to `x` (forward and backward alike).
-    pub fn apply(&self, x: &mut [f32], site: Site, what: u64) -> Result<()> {
-        dropout_inplace(x, self.p, self.key(site, what))
+    /// Applies this plan's mask for `(site, what)` to `x`, one row per
+    /// token of `tokens` (forward and backward alike): each row's mask is
+    /// keyed by its token's identity ([`token_ids`]).
+    pub fn apply(&self, x: &mut [f32], tokens: &[u64], site: Site, what: u64) -> Result<()> {
+        dropout_rows(x, self.p, self.key(site, what), tokens)
     }
 }
 
@@ -138,6 +138,17 @@ pub struct Site {
     pub sublayer: u64,
 }
 
+/// The identity of every token of packed sequences, `(example << 32) |
+/// position`, which keys its dropout masks: the same token of the same
+/// example draws the same mask whatever batch it is in and wherever it sits.
+pub fn token_ids(examples: &[u64], seqs: &Seqs) -> Vec<u64> {
+    examples
+        .iter()
+        .zip(seqs.lens())
+        .flat_map(|(&e, &len)| (0..len as u64).map(move |t| (e << 32) | t))
+        .collect()
+}
+
 /// Dropout on a sublayer's output, before the residual add.
 const DROP_OUTPUT: u64 = 0;
 /// Dropout inside a sublayer: attention probabilities, or the FF hidden layer.
@@ -146,13 +157,11 @@ const DROP_INNER: u64 = 1;
 /// The encoder output as the decoder's cross-attention sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct EncoderView<'a> {
-    /// `[batch, len, d_model]`, after the final norm (and dropout), as
+    /// `[source tokens, d_model]`, after the final norm (and dropout), as
     /// the key/value projections' matmul operand.
     pub hidden: OperandRef<'a>,
-    /// Source length.
-    pub len: usize,
-    /// `[batch, len]`: 1 for real tokens, 0 for padding.
-    pub valid: &'a [u8],
+    /// The source sequences.
+    pub seqs: &'a Seqs,
 }
 
 /// Everything a sublayer reads besides its own parameters and input.
@@ -164,13 +173,13 @@ pub struct StackContext<'a> {
     pub params: &'a ParamStore,
     /// The number format the matmuls read (see [`crate::precision`]).
     pub precision: Precision,
-    /// Sequences in the batch.
-    pub batch: usize,
-    /// Positions per sequence in this stack.
-    pub len: usize,
-    /// Self-attention mask (padding in the encoder, causal in the decoder).
-    pub self_mask: KeyMask<'a>,
-    /// Relative position bias `[heads, 2·len - 1]` (one entry per offset
+    /// This stack's sequences (packed real tokens).
+    pub seqs: &'a Seqs,
+    /// The identity of each token (keys its dropout masks; [`token_ids`]).
+    pub tokens: &'a [u64],
+    /// Whether self-attention is causal (the decoder).
+    pub causal: bool,
+    /// Relative position bias `[heads, 2·max_len - 1]` (one entry per offset
     /// `j - i`: [`tessera_tensor::attention::BiasLayout::Relative`]), shared
     /// by every block.
     pub bias: &'a [f32],
@@ -182,7 +191,7 @@ pub struct StackContext<'a> {
 
 impl StackContext<'_> {
     fn rows(&self) -> usize {
-        self.batch * self.len
+        self.seqs.total()
     }
 
     /// What the matmuls read: the weights, in the pass's precision.
@@ -196,7 +205,7 @@ impl StackContext<'_> {
 pub struct GradSinks<'a> {
     /// Parameter gradients.
     pub grads: &'a mut ParamStore,
-    /// Gradient of the stack's position bias `[heads, 2·len - 1]`.
+    /// Gradient of the stack's position bias `[heads, 2·max_len - 1]`.
     pub dbias: &'a mut [f32],
     /// Gradient of the encoder output (decoder only).
     pub dencoder: Option<&'a mut [f32]>,
@@ -291,7 +300,7 @@ pub fn sublayer_forward(
         SublayerKind::CrossAttention(a) => attention_sublayer_forward(cx, site, &a, normed, true)?,
         SublayerKind::FeedForward(f) => feed_forward_forward(cx, site, &f, normed)?,
     };
-    cx.dropout.apply(&mut y, site, DROP_OUTPUT)?;
+    cx.dropout.apply(&mut y, cx.tokens, site, DROP_OUTPUT)?;
     residual::add_inplace(x, &y)?;
     Ok(cache)
 }
@@ -307,7 +316,7 @@ pub fn sublayer_backward(
     sinks: &mut GradSinks<'_>,
 ) -> Result<()> {
     let mut dy = dx.to_vec();
-    cx.dropout.apply(&mut dy, site, DROP_OUTPUT)?;
+    cx.dropout.apply(&mut dy, cx.tokens, site, DROP_OUTPUT)?;
     let (dn, norm) = match (ids.kind, cache) {
         (SublayerKind::SelfAttention(a), SublayerCache::Attention(c)) => (
             attention_sublayer_backward(cx, site, &a, c, &dy, sinks, false)?,
@@ -326,11 +335,10 @@ pub fn sublayer_backward(
     norm_backward(norm, &w, sinks.grads.get_mut(ids.norm), &dn, dx)
 }
 
-/// Keys, values, mask and bias an attention sublayer attends with.
+/// Keys, values and bias an attention sublayer attends with.
 struct KeySide<'a> {
     source: OperandRef<'a>,
-    len: usize,
-    mask: KeyMask<'a>,
+    seqs: &'a Seqs,
     bias: Option<Bias<'a>>,
 }
 
@@ -338,19 +346,40 @@ fn key_side<'a>(cx: &StackContext<'a>, normed: OperandRef<'a>, cross: bool) -> K
     match (cross, cx.encoder) {
         (true, Some(e)) => KeySide {
             source: e.hidden,
-            len: e.len,
-            mask: KeyMask {
-                valid: Some(e.valid),
-                causal: false,
-            },
+            seqs: e.seqs,
             bias: None,
         },
         (true, None) => unreachable!("cross-attention only runs in the decoder"),
         (false, _) => KeySide {
             source: normed,
-            len: cx.len,
-            mask: cx.self_mask,
+            seqs: cx.seqs,
             bias: Some(Bias::Relative(cx.bias)),
+        },
+    }
+}
+
+/// The attention call of a sublayer: this stack's queries against `keys`,
+/// causal for the decoder's self-attention, its dropout keyed per token.
+fn attention_call<'a>(
+    cx: &StackContext<'a>,
+    site: Site,
+    keys: &KeySide<'a>,
+    qkv: Qkv<'a>,
+    cross: bool,
+) -> Attention<'a> {
+    let c = cx.config;
+    Attention {
+        heads: c.num_heads,
+        d_head: c.d_kv,
+        queries: cx.seqs.rows(),
+        keys: keys.seqs.rows(),
+        qkv,
+        bias: keys.bias,
+        causal: cx.causal && !cross,
+        dropout: ProbDropout {
+            p: cx.dropout.p,
+            key: cx.dropout.key(site, DROP_INNER),
+            rows: cx.tokens,
         },
     }
 }
@@ -363,44 +392,33 @@ fn attention_sublayer_forward(
     cross: bool,
 ) -> Result<(Vec<f32>, SublayerCache)> {
     let c = cx.config;
-    let (b, h, dk, inner) = (cx.batch, c.num_heads, c.d_kv, c.inner_dim());
+    let (h, dk, inner) = (c.num_heads, c.d_kv, c.inner_dim());
     let p = |id| cx.weights().get(id);
     let keys = key_side(cx, normed.view(), cross);
     // Q, K and V are kept in the pass's precision (as autocast's 16-bit
     // projections leave them) and widened for the f32 attention kernels.
-    let heads = |x: OperandRef<'_>, w, len| -> Result<Operand> {
-        let y = linear(x, w, b * len, inner)?;
+    let heads = |x: OperandRef<'_>, w, seqs: &Seqs| -> Result<Operand> {
+        let y = linear(x, w, seqs.total(), inner)?;
         Ok(cx
             .precision
-            .keep_activation(attention::split_heads(&y, b, len, h, dk)))
+            .keep_activation(attention::split_heads(&y, seqs, h, dk)))
     };
-    let q = heads(normed.view(), p(a.q), cx.len)?;
-    let k = heads(keys.source, p(a.k), keys.len)?;
-    let v = heads(keys.source, p(a.v), keys.len)?;
-    let shape = AttentionShape::dense(b, h, cx.len, keys.len, dk);
-    let drop = ProbDropout {
-        p: cx.dropout.p,
-        key: cx.dropout.key(site, DROP_INNER),
-    };
-    let mut ctx_h = vec![0.0; shape.q_len_elems()];
+    let q = heads(normed.view(), p(a.q), cx.seqs)?;
+    let k = heads(keys.source, p(a.k), keys.seqs)?;
+    let v = heads(keys.source, p(a.v), keys.seqs)?;
     let (qf, kf, vf) = (q.widened(), k.widened(), v.widened());
-    let AttentionCache { lse, .. } = attention::attention_forward(
-        &Attention {
-            shape,
-            qkv: Qkv {
-                q: &qf,
-                k: &kf,
-                v: &vf,
-            },
-            bias: keys.bias,
-            mask: keys.mask,
-            dropout: drop,
-        },
-        &mut ctx_h,
-    )?;
+    let qkv = Qkv {
+        q: &qf,
+        k: &kf,
+        v: &vf,
+    };
+    let call = attention_call(cx, site, &keys, qkv, cross);
+    let mut ctx_h = vec![0.0; call.q_elems()];
+    let mut lse = vec![0.0; call.lse_elems()];
+    tessera_tensor::attention::forward(&call, &mut ctx_h, &mut lse)?;
     let ctx = cx
         .precision
-        .keep_activation(attention::merge_heads(&ctx_h, b, cx.len, h, dk));
+        .keep_activation(attention::merge_heads(&ctx_h, cx.seqs, h, dk));
     let y = linear(ctx.view(), p(a.o), cx.rows(), c.d_model)?;
     let cache = AttentionSublayerCache {
         norm,
@@ -426,7 +444,7 @@ fn attention_sublayer_backward(
     cross: bool,
 ) -> Result<Vec<f32>> {
     let c = cx.config;
-    let (b, h, dk, inner, rows) = (cx.batch, c.num_heads, c.d_kv, c.inner_dim(), cx.rows());
+    let (h, dk, inner, rows) = (c.num_heads, c.d_kv, c.inner_dim(), cx.rows());
     let p = |id| cx.weights().get(id);
     let keys = key_side(cx, cache.normed.view(), cross);
     let mut dctx = vec![0.0; rows * inner];
@@ -439,33 +457,30 @@ fn attention_sublayer_backward(
         &mut dctx,
         0.0,
     )?;
-    let shape = AttentionShape::dense(b, h, cx.len, keys.len, dk);
-    let drop = ProbDropout {
-        p: cx.dropout.p,
-        key: cx.dropout.key(site, DROP_INNER),
-    };
-    let dctx_h = attention::split_heads(&dctx, b, cx.len, h, dk);
-    let dbias = (!cross).then_some(&mut *sinks.dbias);
+    let dctx_h = attention::split_heads(&dctx, cx.seqs, h, dk);
     let (qf, kf, vf) = (cache.q.widened(), cache.k.widened(), cache.v.widened());
-    let core = Attention {
-        shape,
-        qkv: Qkv {
-            q: &qf,
-            k: &kf,
-            v: &vf,
-        },
-        bias: keys.bias,
-        mask: keys.mask,
-        dropout: drop,
+    let qkv = Qkv {
+        q: &qf,
+        k: &kf,
+        v: &vf,
     };
-    let saved = AttentionCache {
-        out: attention::split_heads(&cache.ctx.widened(), b, cx.len, h, dk),
-        lse: cache.lse.clone(),
+    let call = attention_call(cx, site, &keys, qkv, cross);
+    let out = attention::split_heads(&cache.ctx.widened(), cx.seqs, h, dk);
+    let (mut dq_h, mut dk_h, mut dv_h) = (
+        vec![0.0; call.q_elems()],
+        vec![0.0; call.kv_elems()],
+        vec![0.0; call.kv_elems()],
+    );
+    let grads = AttentionGradsMut {
+        dq: &mut dq_h,
+        dk: &mut dk_h,
+        dv: &mut dv_h,
+        dbias: (!cross).then_some(&mut *sinks.dbias),
     };
-    let g = attention::attention_backward(&core, &saved, &dctx_h, dbias)?;
-    let dq = attention::merge_heads(&g.dq, b, cx.len, h, dk);
-    let dkey = attention::merge_heads(&g.dk, b, keys.len, h, dk);
-    let dval = attention::merge_heads(&g.dv, b, keys.len, h, dk);
+    tessera_tensor::attention::backward(&call, (&out, &cache.lse), &dctx_h, grads)?;
+    let dq = attention::merge_heads(&dq_h, cx.seqs, h, dk);
+    let dkey = attention::merge_heads(&dk_h, keys.seqs, h, dk);
+    let dval = attention::merge_heads(&dv_h, keys.seqs, h, dk);
     let mut dn = vec![0.0; rows * c.d_model];
     linear_backward(
         &dq,
@@ -476,7 +491,7 @@ fn attention_sublayer_backward(
         &mut dn,
         0.0,
     )?;
-    let krows = b * keys.len;
+    let krows = keys.seqs.total();
     let dsource: &mut [f32] = match (cross, sinks.dencoder.as_deref_mut()) {
         (true, Some(d)) => d,
         (true, None) => unreachable!("the decoder backward always provides an encoder gradient"),
@@ -538,7 +553,7 @@ fn feed_forward_forward(
             None
         }
     };
-    cx.dropout.apply(&mut g, site, DROP_INNER)?;
+    cx.dropout.apply(&mut g, cx.tokens, site, DROP_INNER)?;
     let g = cx.precision.keep_activation(g);
     let y = linear(g.view(), cx.weights().get(f.wo), rows, c.d_model)?;
     let cache = FeedForwardCache {
@@ -572,7 +587,7 @@ fn feed_forward_backward(
         &mut dg,
         0.0,
     )?;
-    cx.dropout.apply(&mut dg, site, DROP_INNER)?;
+    cx.dropout.apply(&mut dg, cx.tokens, site, DROP_INNER)?;
     let n = cache.normed.view();
     let mut dn = vec![0.0; rows * c.d_model];
     let mut dh0 = vec![0.0; dg.len()];

@@ -6,7 +6,9 @@
 //!   ([`T5Model::load`], [`T5Model::save`]), runs the forward pass exactly as
 //!   `transformers` does ([`T5Model::forward`]), differentiates it by hand
 //!   ([`T5Model::forward_backward`], optionally recomputing each block), and
-//!   decodes greedily with a KV cache ([`T5Model::generate`]).
+//!   decodes greedily with a KV cache ([`T5Model::generate`]), all on
+//!   padding-free [`Batch`]es: the real tokens of every row back to back,
+//!   never a pad token.
 //! - Weights and gradients live in a [`ParamStore`]: one flat f32 buffer with
 //!   a table of Hugging Face names, which optimizers walk as
 //!   `(name, param, grad)` slices.

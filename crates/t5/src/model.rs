@@ -1,9 +1,11 @@
 //! [`T5Model`]: the weights, the forward pass as Hugging Face's
 //! `T5ForConditionalGeneration` computes it, and its hand-written backward.
 
-use crate::attention::{offset_buckets, position_bias_forward, KeyMask};
+use crate::attention::{offset_buckets, position_bias_forward, Seqs};
 use crate::config::T5Config;
-use crate::layers::{linear, linear_backward, DropoutPlan, EncoderView, StackContext, Weights};
+use crate::layers::{
+    linear, linear_backward, token_ids, DropoutPlan, EncoderView, StackContext, Weights,
+};
 use crate::params::{layout, ModelIds, ParamId, ParamStore};
 use crate::precision::{Operand, OperandRef, Precision};
 use crate::stack::{stack_backward, stack_forward, Keep, StackCache, StackRef};
@@ -37,40 +39,142 @@ pub enum ModelError {
     },
 }
 
-/// A padded batch of source sequences and their labels.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A batch of examples as their real tokens only: the source tokens of all
+/// rows back to back, and their targets likewise, with each row's lengths.
+/// No pad token is stored or computed on (see [`Seqs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Batch {
-    /// Sequences.
-    pub batch_size: usize,
-    /// Source positions per sequence (after padding).
-    pub src_len: usize,
-    /// Target positions per sequence (after padding).
-    pub tgt_len: usize,
-    /// `[batch, src_len]` token ids.
+    /// Every row's source token ids, row after row.
     pub input_ids: Vec<u32>,
-    /// `[batch, src_len]`: 1 for real tokens, 0 for padding.
-    pub attention_mask: Vec<u8>,
-    /// `[batch, tgt_len]` target ids, `-100` where no loss is wanted.
+    /// Source tokens of each row (at least 1).
+    pub src_lens: Vec<usize>,
+    /// Every row's target ids, row after row; `-100` where no loss is wanted.
     pub labels: Vec<i64>,
+    /// Target tokens of each row (0 for a row with nothing to score).
+    pub tgt_lens: Vec<usize>,
+    /// Each row's example id, which keys its dropout masks (so that a row
+    /// draws the same masks in any batch).
+    pub examples: Vec<u64>,
 }
 
 impl Batch {
-    /// Checks shapes, ids and mask values against a config.
-    pub fn validate(&self, config: &T5Config) -> Result<(), ModelError> {
-        let (b, s, t) = (self.batch_size, self.src_len, self.tgt_len);
+    /// A batch of `(example id, source ids, labels)` rows.
+    pub fn new<'r>(rows: impl IntoIterator<Item = (u64, &'r [u32], &'r [i64])>) -> Batch {
+        let mut batch = Batch::default();
+        for (example, source, labels) in rows {
+            batch.examples.push(example);
+            batch.src_lens.push(source.len());
+            batch.input_ids.extend_from_slice(source);
+            batch.tgt_lens.push(labels.len());
+            batch.labels.extend_from_slice(labels);
+        }
+        batch
+    }
+
+    /// The batch of a right-padded layout (`[rows, src_len]` ids with a
+    /// 1/0 attention mask, `[rows, tgt_len]` labels padded with `-100`), as
+    /// Hugging Face feeds it: the padding is dropped, and each row's target
+    /// ends at its last label that is not `-100`. Rows are examples
+    /// `0..rows`.
+    pub fn from_padded(
+        input_ids: &[u32],
+        attention_mask: &[u8],
+        labels: &[i64],
+        rows: usize,
+    ) -> Result<Batch, ModelError> {
         let bad = |m: String| Err(ModelError::Batch(m));
-        if b == 0 || s == 0 || t == 0 {
+        if rows == 0 || !input_ids.len().is_multiple_of(rows) || !labels.len().is_multiple_of(rows)
+        {
             return bad(format!(
-                "batch {b}, source length {s} and target length {t} must all be at least 1"
+                "{} input ids and {} labels do not split into {rows} rows",
+                input_ids.len(),
+                labels.len()
             ));
         }
+        if attention_mask.len() != input_ids.len() {
+            return bad(format!(
+                "attention_mask has {} entries for {} input ids",
+                attention_mask.len(),
+                input_ids.len()
+            ));
+        }
+        let (s, t) = (input_ids.len() / rows, labels.len() / rows);
+        let mut out = Vec::with_capacity(rows);
+        for r in 0..rows {
+            let mask = &attention_mask[r * s..(r + 1) * s];
+            let len = mask.iter().take_while(|&&m| m == 1).count();
+            if mask[len..].iter().any(|&m| m != 0) {
+                return bad(format!(
+                    "attention_mask row {r} is not ones followed by zeros (only right padding is supported)"
+                ));
+            }
+            let row_labels = &labels[r * t..(r + 1) * t];
+            let tgt = row_labels
+                .iter()
+                .rposition(|&l| l != IGNORE_INDEX)
+                .map_or(0, |last| last + 1);
+            out.push((r as u64, &input_ids[r * s..r * s + len], &row_labels[..tgt]));
+        }
+        Ok(Batch::new(out))
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.src_lens.len()
+    }
+
+    /// Each row's source token ids.
+    pub fn source_rows(&self) -> Vec<&[u32]> {
+        let seqs = self.sources();
+        (0..self.rows())
+            .map(|b| &self.input_ids[seqs.range(b)])
+            .collect()
+    }
+
+    /// The source sequences.
+    pub fn sources(&self) -> Seqs {
+        Seqs::new(self.src_lens.clone())
+    }
+
+    /// The target sequences.
+    pub fn targets(&self) -> Seqs {
+        Seqs::new(self.tgt_lens.clone())
+    }
+
+    /// Checks lengths, ids and labels against a config.
+    pub fn validate(&self, config: &T5Config) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Batch(m));
+        let rows = self.rows();
+        if rows == 0 {
+            return bad("a batch needs at least one row".into());
+        }
+        for (name, len) in [
+            ("tgt_lens", self.tgt_lens.len()),
+            ("examples", self.examples.len()),
+        ] {
+            if len != rows {
+                return bad(format!("{name} has {len} entries for {rows} rows"));
+            }
+        }
+        if let Some(r) = self.src_lens.iter().position(|&l| l == 0) {
+            return bad(format!("row {r} has an empty source"));
+        }
         for (name, len, want) in [
-            ("input_ids", self.input_ids.len(), b * s),
-            ("attention_mask", self.attention_mask.len(), b * s),
-            ("labels", self.labels.len(), b * t),
+            (
+                "input_ids",
+                self.input_ids.len(),
+                self.src_lens.iter().sum(),
+            ),
+            (
+                "labels",
+                self.labels.len(),
+                self.tgt_lens.iter().sum::<usize>(),
+            ),
         ] {
             if len != want {
-                return bad(format!("{name} has {len} entries, expected {want}"));
+                return bad(format!(
+                    "{name} has {len} entries, the row lengths add up to {want}"
+                ));
             }
         }
         let vocab = config.vocab_size;
@@ -78,9 +182,6 @@ impl Batch {
             return bad(format!(
                 "input id {id} is outside the vocabulary of {vocab}"
             ));
-        }
-        if let Some(m) = self.attention_mask.iter().find(|&&m| m > 1) {
-            return bad(format!("attention_mask value {m} is not 0 or 1"));
         }
         if let Some(l) = self
             .labels
@@ -94,13 +195,19 @@ impl Batch {
         Ok(())
     }
 
-    /// Decoder inputs: labels shifted right behind `decoder_start_token_id`,
-    /// with `-100` replaced by the pad id (Hugging Face's `_shift_right`).
+    /// Decoder inputs: each row's labels shifted right behind
+    /// `decoder_start_token_id`, with `-100` replaced by the pad id
+    /// (Hugging Face's `_shift_right`).
     pub fn decoder_input_ids(&self, config: &T5Config) -> Vec<u32> {
         let mut out = Vec::with_capacity(self.labels.len());
-        for row in self.labels.chunks(self.tgt_len) {
+        let targets = self.targets();
+        for b in 0..targets.count() {
+            let row = &self.labels[targets.range(b)];
+            if row.is_empty() {
+                continue;
+            }
             out.push(config.decoder_start_token_id);
-            out.extend(row[..self.tgt_len - 1].iter().map(|&l| {
+            out.extend(row[..row.len() - 1].iter().map(|&l| {
                 if l == IGNORE_INDEX {
                     config.pad_token_id
                 } else {
@@ -115,11 +222,11 @@ impl Batch {
 /// Results of an evaluation forward pass.
 #[derive(Debug, Clone)]
 pub struct ForwardOutput {
-    /// `[batch, src_len, d_model]`, the encoder's final normed states.
+    /// `[source tokens, d_model]`, the encoder's final normed states.
     pub encoder_output: Vec<f32>,
-    /// `[batch, tgt_len, d_model]`, the decoder's final normed states (before any head scaling).
+    /// `[target tokens, d_model]`, the decoder's final normed states (before any head scaling).
     pub decoder_output: Vec<f32>,
-    /// `[batch, tgt_len, vocab]`.
+    /// `[target tokens, vocab]`.
     pub logits: Vec<f32>,
     /// Summed loss and counted tokens (`loss.mean()` is Hugging Face's loss).
     pub loss: CrossEntropy,
@@ -165,9 +272,17 @@ pub struct T5Model {
 }
 
 /// Position buckets and the gathered bias of one stack, per offset `j - i`.
-struct PositionBias {
+pub(crate) struct PositionBias {
     buckets: Vec<usize>,
     bias: Vec<f32>,
+}
+
+/// One stack's packed sequences: their layout, each token's identity (for
+/// dropout) and the position bias for their longest sequence.
+pub(crate) struct Side {
+    pub(crate) seqs: Seqs,
+    tokens: Vec<u64>,
+    bias: PositionBias,
 }
 
 /// The decoder's input and the encoder's output, shared by forward and backward.
@@ -176,7 +291,7 @@ pub(crate) struct Encoded {
     /// `hidden` rounded for the cross-attention matmuls (`None` in f32).
     rounded: Option<Operand>,
     cache: Option<StackCache>,
-    bias: PositionBias,
+    pub(crate) side: Side,
 }
 
 impl Encoded {
@@ -319,8 +434,9 @@ impl T5Model {
         }
     }
 
-    /// The offset buckets and relative bias of a stack for `len` queries
-    /// and keys (`[heads, 2·len - 1]`, what the fused attention reads).
+    /// The offset buckets and relative bias of a stack for sequences of at
+    /// most `len` tokens (`[heads, 2·len - 1]`, what the fused attention
+    /// reads).
     fn position_bias(&self, decoder: bool, len: usize) -> PositionBias {
         let c = &self.config;
         let buckets = offset_buckets(
@@ -338,61 +454,49 @@ impl T5Model {
         PositionBias { buckets, bias }
     }
 
+    /// A stack's view of packed sequences of examples `examples`.
+    pub(crate) fn side(&self, decoder: bool, seqs: Seqs, examples: &[u64]) -> Side {
+        let tokens = token_ids(examples, &seqs);
+        let bias = self.position_bias(decoder, seqs.max_len());
+        Side { seqs, tokens, bias }
+    }
+
     fn context<'a>(
         &'a self,
-        batch: &'a Batch,
-        decoder: Option<&'a Encoded>,
-        bias: &'a PositionBias,
+        side: &'a Side,
+        encoder: Option<&'a Encoded>,
         dropout: DropoutPlan,
     ) -> StackContext<'a> {
-        let (len, self_mask, encoder) = match decoder {
-            None => (
-                batch.src_len,
-                KeyMask {
-                    valid: Some(&batch.attention_mask),
-                    causal: false,
-                },
-                None,
-            ),
-            Some(enc) => (
-                batch.tgt_len,
-                KeyMask {
-                    valid: None,
-                    causal: true,
-                },
-                Some(EncoderView {
-                    hidden: enc.operand(),
-                    len: batch.src_len,
-                    valid: &batch.attention_mask,
-                }),
-            ),
-        };
         StackContext {
             config: &self.config,
             params: &self.params,
             precision: self.precision,
-            batch: batch.batch_size,
-            len,
-            self_mask,
-            bias: &bias.bias,
-            encoder,
+            seqs: &side.seqs,
+            tokens: &side.tokens,
+            causal: encoder.is_some(),
+            bias: &side.bias.bias,
+            encoder: encoder.map(|enc| EncoderView {
+                hidden: enc.operand(),
+                seqs: &enc.side.seqs,
+            }),
             dropout,
         }
     }
 
+    /// Runs the encoder on a batch's sources.
     pub(crate) fn encode(
         &self,
         batch: &Batch,
         dropout: DropoutPlan,
         keep: Keep,
     ) -> Result<Encoded, ModelError> {
-        let bias = self.position_bias(false, batch.src_len);
-        let cx = self.context(batch, None, &bias, dropout);
+        let side = self.side(false, batch.sources(), &batch.examples);
+        let cx = self.context(&side, None, dropout);
         let (hidden, cache) = stack_forward(
             &cx,
             self.stack_ref(false),
             &batch.input_ids,
-            &bias.buckets,
+            &side.bias.buckets,
             keep,
         )?;
         let rounded = (self.precision != Precision::F32)
@@ -401,8 +505,29 @@ impl T5Model {
             hidden,
             rounded,
             cache,
-            bias,
+            side,
         })
+    }
+
+    /// Runs the decoder on a batch's targets (teacher forcing).
+    fn decode_targets(
+        &self,
+        batch: &Batch,
+        enc: &Encoded,
+        dropout: DropoutPlan,
+        keep: Keep,
+    ) -> Result<(Side, Vec<f32>, Option<StackCache>), ModelError> {
+        let side = self.side(true, batch.targets(), &batch.examples);
+        let dec_ids = batch.decoder_input_ids(&self.config);
+        let cx = self.context(&side, Some(enc), dropout);
+        let (out, cache) = stack_forward(
+            &cx,
+            self.stack_ref(true),
+            &dec_ids,
+            &side.bias.buckets,
+            keep,
+        )?;
+        Ok((side, out, cache))
     }
 
     /// Whether the decoder output is scaled by `d_model^-0.5` before the
@@ -451,26 +576,38 @@ impl T5Model {
     pub fn forward(&self, batch: &Batch) -> Result<ForwardOutput, ModelError> {
         batch.validate(&self.config)?;
         let enc = self.encode(batch, DropoutPlan::OFF, Keep::Nothing)?;
-        let dec_ids = batch.decoder_input_ids(&self.config);
-        let bias = self.position_bias(true, batch.tgt_len);
-        let cx = self.context(batch, Some(&enc), &bias, DropoutPlan::OFF);
-        let (decoder_output, _) = stack_forward(
-            &cx,
-            self.stack_ref(true),
-            &dec_ids,
-            &bias.buckets,
-            Keep::Nothing,
-        )?;
-        let rows = batch.batch_size * batch.tgt_len;
-        let (logits, _) = self.head_forward(&decoder_output, rows)?;
-        let mut lse = vec![0.0; rows];
-        let loss = cross_entropy_forward(&mut lse, &logits, &batch.labels, self.config.vocab_size)?;
+        let (_, decoder_output, _) =
+            self.decode_targets(batch, &enc, DropoutPlan::OFF, Keep::Nothing)?;
+        let (logits, loss) = self.score(&decoder_output, &batch.labels)?;
         Ok(ForwardOutput {
             encoder_output: enc.hidden,
             decoder_output,
             logits,
             loss,
         })
+    }
+
+    /// The summed loss of a batch's labels given its encoder output.
+    pub(crate) fn target_loss(
+        &self,
+        batch: &Batch,
+        enc: &Encoded,
+    ) -> Result<CrossEntropy, ModelError> {
+        let (_, hidden, _) = self.decode_targets(batch, enc, DropoutPlan::OFF, Keep::Nothing)?;
+        Ok(self.score(&hidden, &batch.labels)?.1)
+    }
+
+    /// The logits of decoder states and their summed loss against `labels`.
+    pub(crate) fn score(
+        &self,
+        hidden: &[f32],
+        labels: &[i64],
+    ) -> Result<(Vec<f32>, CrossEntropy), ModelError> {
+        let rows = labels.len();
+        let (logits, _) = self.head_forward(hidden, rows)?;
+        let mut lse = vec![0.0; rows];
+        let loss = cross_entropy_forward(&mut lse, &logits, labels, self.config.vocab_size)?;
+        Ok((logits, loss))
     }
 
     /// Training step's forward and backward: adds the gradient of
@@ -493,17 +630,8 @@ impl T5Model {
             Keep::Everything
         };
         let enc = self.encode(batch, plan, keep)?;
-        let dec_ids = batch.decoder_input_ids(&self.config);
-        let dec_bias = self.position_bias(true, batch.tgt_len);
-        let dec_cx = self.context(batch, Some(&enc), &dec_bias, plan);
-        let (dec_out, dec_cache) = stack_forward(
-            &dec_cx,
-            self.stack_ref(true),
-            &dec_ids,
-            &dec_bias.buckets,
-            keep,
-        )?;
-        let rows = batch.batch_size * batch.tgt_len;
+        let (dec_side, dec_out, dec_cache) = self.decode_targets(batch, &enc, plan, keep)?;
+        let rows = batch.labels.len();
         let (mut logits, scaled) = self.head_forward(&dec_out, rows)?;
         let dec_out_len = dec_out.len();
         drop(dec_out);
@@ -532,6 +660,7 @@ impl T5Model {
         scale_inplace(&mut ddec, self.head_scale());
         let mut denc = vec![0.0; enc.hidden.len()];
         let dec_cache = dec_cache.expect("a training forward keeps its cache");
+        let dec_cx = self.context(&dec_side, Some(&enc), plan);
         stack_backward(
             &dec_cx,
             self.stack_ref(true),
@@ -540,7 +669,7 @@ impl T5Model {
             grads,
             Some(&mut denc),
         )?;
-        let enc_cx = self.context(batch, None, &enc.bias, plan);
+        let enc_cx = self.context(&enc.side, None, plan);
         let enc_cache = enc
             .cache
             .as_ref()

@@ -43,7 +43,6 @@ pub struct StackCache {
     final_norm: NormCache,
 }
 
-/// Site of the stack-level dropouts (after the embedding, after the final norm).
 /// Gathers the embedding rows of `tokens` from `table` (in its storage
 /// type) into `out` as f32.
 pub(crate) fn embed(
@@ -64,6 +63,7 @@ pub(crate) fn embed(
     }
 }
 
+/// Site of the stack-level dropouts (after the embedding, after the final norm).
 fn stack_site(stack: u64, which: u64) -> Site {
     Site {
         stack,
@@ -91,8 +91,9 @@ pub struct StackRef<'a> {
     pub embedding: ParamId,
 }
 
-/// Runs the stack on `tokens` (`[batch, len]`); returns the output hidden
-/// states `[batch, len, d_model]` and, unless `keep` is `Nothing`, the cache.
+/// Runs the stack on `tokens` (the packed sequences of `cx.seqs`); returns
+/// the output hidden states `[tokens, d_model]` and, unless `keep` is
+/// `Nothing`, the cache.
 /// `buckets` are the position buckets `cx.bias` was gathered with.
 pub fn stack_forward(
     cx: &StackContext<'_>,
@@ -104,7 +105,8 @@ pub fn stack_forward(
     let d = cx.config.d_model;
     let mut x = vec![0.0; tokens.len() * d];
     embed(&mut x, cx.params.view(stack.embedding), tokens, d)?;
-    cx.dropout.apply(&mut x, stack_site(stack.number, 0), 0)?;
+    cx.dropout
+        .apply(&mut x, cx.tokens, stack_site(stack.number, 0), 0)?;
     let mut blocks = Vec::new();
     for (i, sublayers) in stack.ids.blocks.iter().enumerate() {
         let input = (keep == Keep::BlockInputs).then(|| x.clone());
@@ -118,7 +120,8 @@ pub fn stack_forward(
     let eps = cx.config.layer_norm_epsilon as f32;
     let final_norm = norm_forward(&x, &cx.params.widened(stack.ids.final_norm), eps)?;
     let mut out = final_norm.n.clone();
-    cx.dropout.apply(&mut out, stack_site(stack.number, 1), 0)?;
+    cx.dropout
+        .apply(&mut out, cx.tokens, stack_site(stack.number, 1), 0)?;
     let cache = (keep != Keep::Nothing).then(|| StackCache {
         tokens: tokens.to_vec(),
         buckets: buckets.to_vec(),
@@ -155,7 +158,7 @@ pub fn stack_backward(
 ) -> Result<()> {
     let d = cx.config.d_model;
     cx.dropout
-        .apply(&mut dout, stack_site(stack.number, 1), 0)?;
+        .apply(&mut dout, cx.tokens, stack_site(stack.number, 1), 0)?;
     let mut dx = vec![0.0; dout.len()];
     let final_w = cx.params.widened(stack.ids.final_norm);
     norm_backward(
@@ -198,6 +201,7 @@ pub fn stack_backward(
         &cache.buckets,
         heads,
     );
-    cx.dropout.apply(&mut dx, stack_site(stack.number, 0), 0)?;
+    cx.dropout
+        .apply(&mut dx, cx.tokens, stack_site(stack.number, 0), 0)?;
     embedding::embedding_backward(grads.get_mut(stack.embedding), &dx, &cache.tokens, d)
 }

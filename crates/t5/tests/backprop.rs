@@ -40,7 +40,7 @@ fn tiny_config(seed: u64) -> T5Config {
     T5Config::from_json(&json, "tiny").expect("valid tiny config")
 }
 
-/// A padded batch: row 0 full, later rows shorter; some labels -100.
+/// A batch from a padded layout: row 0 full, later rows shorter; some labels -100.
 fn tiny_batch(config: &T5Config, seed: u64) -> Batch {
     let (b, s, t) = (2, 5, 4);
     let mut state = seed | 1;
@@ -50,11 +50,11 @@ fn tiny_batch(config: &T5Config, seed: u64) -> Batch {
         state ^= state << 17;
         (state % n as u64) as usize
     };
-    let input_ids = (0..b * s)
+    let input_ids: Vec<u32> = (0..b * s)
         .map(|_| 2 + next(config.vocab_size - 2) as u32)
         .collect();
-    let attention_mask = (0..b * s).map(|i| u8::from(i < s || i % s < 3)).collect();
-    let labels = (0..b * t)
+    let attention_mask: Vec<u8> = (0..b * s).map(|i| u8::from(i < s || i % s < 3)).collect();
+    let labels: Vec<i64> = (0..b * t)
         .map(|i| {
             if i >= t && i % t == t - 1 {
                 -100
@@ -63,14 +63,7 @@ fn tiny_batch(config: &T5Config, seed: u64) -> Batch {
             }
         })
         .collect();
-    Batch {
-        batch_size: b,
-        src_len: s,
-        tgt_len: t,
-        input_ids,
-        attention_mask,
-        labels,
-    }
+    Batch::from_padded(&input_ids, &attention_mask, &labels, b).expect("right padding")
 }
 
 fn tiny_model(seed: u64) -> T5Model {
@@ -200,12 +193,24 @@ fn bad_batches_are_errors() {
         .to_string()
         .contains("label -5"));
     let mut batch = tiny_batch(model.config(), 5);
-    batch.attention_mask.pop();
+    batch.src_lens[0] += 1;
     assert!(model
         .forward(&batch)
         .unwrap_err()
         .to_string()
-        .contains("attention_mask"));
+        .contains("input_ids"));
+    let mut batch = tiny_batch(model.config(), 5);
+    batch.src_lens[1] = 0;
+    assert!(model
+        .forward(&batch)
+        .unwrap_err()
+        .to_string()
+        .contains("empty source"));
+    let left_padded = Batch::from_padded(&[0, 5, 6], &[0, 1, 1], &[7], 1);
+    assert!(left_padded
+        .unwrap_err()
+        .to_string()
+        .contains("only right padding"));
 }
 
 #[test]
@@ -217,29 +222,15 @@ fn cached_generation_equals_greedy_full_forward() {
         }
         let batch = tiny_batch(model.config(), seed);
         let max_new = 6;
-        let rows = model
-            .generate(
-                &batch.input_ids,
-                &batch.attention_mask,
-                batch.batch_size,
-                max_new,
-            )
-            .expect("generate");
+        let sources = batch.source_rows();
+        let rows = model.generate(&sources, max_new).expect("generate");
         let c = model.config().clone();
         for (b, row) in rows.iter().enumerate() {
             assert_eq!(row[0], c.decoder_start_token_id);
-            let s = batch.src_len;
             // Re-decode this row alone from scratch at every step.
             for t in 1..row.len() {
                 let labels: Vec<i64> = row[1..=t].iter().map(|&x| i64::from(x)).collect();
-                let one = Batch {
-                    batch_size: 1,
-                    src_len: s,
-                    tgt_len: t,
-                    input_ids: batch.input_ids[b * s..(b + 1) * s].to_vec(),
-                    attention_mask: batch.attention_mask[b * s..(b + 1) * s].to_vec(),
-                    labels,
-                };
+                let one = Batch::new([(0, sources[b], &labels[..])]);
                 let logits = model.forward(&one).expect("forward").logits;
                 let last = &logits[(t - 1) * c.vocab_size..];
                 let best = (0..c.vocab_size).fold(0, |i, j| if last[j] > last[i] { j } else { i });
@@ -253,4 +244,88 @@ fn cached_generation_equals_greedy_full_forward() {
             }
         }
     }
+}
+
+/// A packed batch computes what its rows compute alone: the same loss, the
+/// same logits at every position and the same gradients (summed over the
+/// rows), with dropout on, because every mask is keyed by the example and
+/// position of its token rather than by where the row sits. Rows of very
+/// different lengths, a one-token row, and a batch of one.
+#[test]
+fn a_packed_batch_computes_what_its_rows_compute_alone() {
+    let model = tiny_model(11);
+    let c = model.config().clone();
+    let source = |n: usize, salt: usize| -> Vec<u32> {
+        (0..n)
+            .map(|i| 2 + ((i * 31 + salt * 7) % (c.vocab_size - 2)) as u32)
+            .collect()
+    };
+    let target = |n: usize, salt: usize| -> Vec<i64> {
+        (0..n)
+            .map(|i| ((i * 13 + salt) % c.vocab_size) as i64)
+            .collect()
+    };
+    let rows: Vec<(u64, Vec<u32>, Vec<i64>)> = vec![
+        (40, source(23, 1), target(3, 1)),
+        (7, source(1, 2), target(1, 2)),
+        (12, source(9, 3), target(6, 3)),
+    ];
+    let batch = Batch::new(rows.iter().map(|(e, s, t)| (*e, &s[..], &t[..])));
+    let mut opts = TrainOptions::from_config(&c);
+    opts.dropout = 0.3;
+    opts.seed = 99;
+    let total = batch.labels.len() as f32;
+    opts.loss_divisor = Some(total);
+    let mut together = model.new_gradients();
+    let loss = model
+        .forward_backward(&batch, &mut together, &opts)
+        .expect("batch");
+    let mut alone = model.new_gradients();
+    let mut sum = 0.0;
+    for (e, s, t) in &rows {
+        let one = Batch::new([(*e, &s[..], &t[..])]);
+        sum += model
+            .forward_backward(&one, &mut alone, &opts)
+            .expect("row")
+            .sum;
+    }
+    assert!(
+        (loss.sum - sum).abs() <= 1e-5 * sum.abs(),
+        "{} vs {sum}",
+        loss.sum
+    );
+    for ((entry, a), (_, b)) in together.iter().zip(alone.iter()) {
+        let scale = b.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+        let err = a
+            .iter()
+            .zip(b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale;
+        assert!(err <= 1e-5, "{}: relative error {err:.2e}", entry.name);
+    }
+    // Evaluation logits too, and a batch of one row is a batch.
+    let out = model.forward(&batch).expect("forward");
+    let mut at = 0;
+    for (e, s, t) in &rows {
+        let one = model
+            .forward(&Batch::new([(*e, &s[..], &t[..])]))
+            .expect("row");
+        let n = one.logits.len();
+        let scale = one.logits.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+        let err = out.logits[at..at + n]
+            .iter()
+            .zip(&one.logits)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale;
+        assert!(err <= 1e-5, "example {e}: logits differ by {err:.2e}");
+        at += n;
+    }
+    // A different example id draws different masks.
+    let mut other = batch.clone();
+    other.examples[0] += 1;
+    let mut g = model.new_gradients();
+    let moved = model
+        .forward_backward(&other, &mut g, &opts)
+        .expect("batch");
+    assert_ne!(moved.sum, loss.sum);
 }

@@ -25,22 +25,29 @@ fn model(name: &str) -> (T5Model, Fixture) {
     (model, fx)
 }
 
+/// The fixture's padded batch as tessera runs it: real tokens only.
 fn batch(fx: &Fixture) -> Batch {
-    let shape = |n: &str| fx.tensor(n).expect("tensor").shape().to_vec();
-    let (src, tgt) = (shape("input_ids"), shape("labels"));
-    Batch {
-        batch_size: src[0],
-        src_len: src[1],
-        tgt_len: tgt[1],
-        input_ids: ids(&fx.i64s("input_ids").expect("input_ids")),
-        attention_mask: fx
-            .i64s("attention_mask")
-            .expect("mask")
-            .iter()
-            .map(|&m| m as u8)
-            .collect(),
-        labels: fx.i64s("labels").expect("labels"),
-    }
+    let rows = fx.tensor("input_ids").expect("tensor").shape()[0];
+    let mask: Vec<u8> = fx
+        .i64s("attention_mask")
+        .expect("mask")
+        .iter()
+        .map(|&m| m as u8)
+        .collect();
+    let input_ids = ids(&fx.i64s("input_ids").expect("input_ids"));
+    let labels = fx.i64s("labels").expect("labels");
+    Batch::from_padded(&input_ids, &mask, &labels, rows).expect("a right-padded batch")
+}
+
+/// The real positions of a padded `[rows, len, width]` reference: each
+/// row's first `lens[row]` positions, packed as tessera's outputs are.
+fn real<T: Copy>(padded: &[T], lens: &[usize], width: usize) -> Vec<T> {
+    let len = padded.len() / width / lens.len();
+    lens.iter()
+        .enumerate()
+        .flat_map(|(b, &n)| &padded[b * len * width..(b * len + n) * width])
+        .copied()
+        .collect()
 }
 
 fn tolerance(fx: &Fixture, what: &str) -> f64 {
@@ -111,16 +118,27 @@ fn forward_matches_transformers() {
         let dec = ids(&fx.i64s("decoder_input_ids").expect("decoder ids"));
         assert_eq!(
             batch.decoder_input_ids(model.config()),
-            dec,
+            real(&dec, &batch.tgt_lens, 1),
             "{name}: shift right"
         );
         let out = model.forward(&batch).expect("forward");
-        for (what, got) in [
-            ("encoder_output", &out.encoder_output),
-            ("decoder_output", &out.decoder_output),
-            ("logits", &out.logits),
+        let c = model.config();
+        for (what, got, lens, width) in [
+            (
+                "encoder_output",
+                &out.encoder_output,
+                &batch.src_lens,
+                c.d_model,
+            ),
+            (
+                "decoder_output",
+                &out.decoder_output,
+                &batch.tgt_lens,
+                c.d_model,
+            ),
+            ("logits", &out.logits, &batch.tgt_lens, c.vocab_size),
         ] {
-            let want = fx.f32s(what).expect("reference");
+            let want = real(&fx.f32s(what).expect("reference"), lens, width);
             let c = check_close(&format!("{name}/{what}"), got, &want, tolerance(&fx, what))
                 .unwrap_or_else(|e| panic!("{e}"));
             eprintln!("{name} {what}: rel err {:.2e}", c.rel_error);
@@ -205,11 +223,17 @@ fn sixteen_bit_passes_match_autocast() {
             c.rel_error
         };
         let out = model.forward(&batch).expect("forward");
-        for (what, got) in [
-            ("encoder_output", &out.encoder_output),
-            ("logits", &out.logits),
+        let c = model.config();
+        for (what, got, lens, width) in [
+            (
+                "encoder_output",
+                &out.encoder_output,
+                &batch.src_lens,
+                c.d_model,
+            ),
+            ("logits", &out.logits, &batch.tgt_lens, c.vocab_size),
         ] {
-            let err = close(what, got, &want(what), tol(what));
+            let err = close(what, got, &real(&want(what), lens, width), tol(what));
             eprintln!(
                 "{case} {what}: rel err {err:.2e} (tolerance {:.2e})",
                 tol(what)
@@ -272,10 +296,7 @@ fn sixteen_bit_weights_compute_what_rounded_master_weights_do() {
             g
         };
         assert!(grads(&stored) == grads(&rounded), "{precision} gradients");
-        let generate = |m: &T5Model| {
-            m.generate(&batch.input_ids, &batch.attention_mask, batch.batch_size, 4)
-                .expect("generate")
-        };
+        let generate = |m: &T5Model| m.generate(&batch.source_rows(), 4).expect("generate");
         assert_eq!(
             generate(&stored),
             generate(&rounded),
@@ -305,102 +326,11 @@ fn greedy_generation_matches_transformers() {
         let max_new = fx
             .number(&format!("/cases/{name}/max_new_tokens"))
             .expect("meta") as usize;
+        let sources = Batch::from_padded(&input, &mask, &[], shape[0]).expect("sources");
         let got = model
-            .generate(&input, &mask, shape[0], max_new)
+            .generate(&sources.source_rows(), max_new)
             .expect("generate");
         let got: Vec<i64> = got.concat().iter().map(|&t| i64::from(t)).collect();
         assert_eq!(got, want, "{name}");
-    }
-}
-
-/// The attention core against `ops/attention.*` (bias, padding and causal
-/// masks, no 1/sqrt(d) scale), forward and every gradient, within the ops
-/// fixture's 1e-5.
-#[test]
-fn attention_core_matches_reference() {
-    use tessera_t5::attention::{
-        attention_backward, attention_forward, unfused_backward, unfused_forward, Attention,
-        AttentionShape, Bias, KeyMask, ProbDropout, Qkv,
-    };
-    let fx = load("ops").expect("ops fixture");
-    let off = ProbDropout::OFF;
-    let cases: Vec<String> = fx
-        .meta_at("/cases/attention")
-        .expect("attention cases")
-        .as_object()
-        .expect("object")
-        .keys()
-        .cloned()
-        .collect();
-    assert!(cases.len() >= 4, "{cases:?}");
-    for case in &cases {
-        let meta = |k: &str| {
-            fx.number(&format!("/cases/attention/{case}/{k}"))
-                .expect("meta") as usize
-        };
-        let causal = fx
-            .meta_at(&format!("/cases/attention/{case}/causal"))
-            .expect("meta")
-            .as_bool()
-            .expect("bool");
-        let (b, h, lq, lk, dk) = (
-            meta("batch"),
-            meta("heads"),
-            meta("query_len"),
-            meta("key_len"),
-            meta("d_kv"),
-        );
-        let shape = AttentionShape::dense(b, h, lq, lk, dk);
-        let t = |name: &str| {
-            fx.f32s(&format!("attention.{case}.{name}"))
-                .expect("tensor")
-        };
-        let lengths = fx
-            .i64s(&format!("attention.{case}.key_lengths"))
-            .expect("lengths");
-        let valid: Vec<u8> = lengths
-            .iter()
-            .flat_map(|&n| (0..lk).map(move |j| u8::from((j as i64) < n)))
-            .collect();
-        let (q, k, v, bias) = (t("q"), t("k"), t("v"), t("bias"));
-        let qkv = Qkv {
-            q: &q,
-            k: &k,
-            v: &v,
-        };
-        let mask = KeyMask {
-            valid: Some(&valid),
-            causal,
-        };
-        let a = Attention {
-            shape,
-            qkv,
-            bias: Some(Bias::Dense(&bias)),
-            mask,
-            dropout: off,
-        };
-        let tol = |k: &str| fx.number(&format!("/tolerances/{k}")).expect("tolerance");
-        let close = |what: &str, got: &[f32], key: &str| {
-            check_close(&format!("attention.{case}.{what}"), got, &t(what), tol(key))
-                .unwrap_or_else(|e| panic!("{e}"));
-        };
-        // The path the model takes, then the unfused reference path.
-        let mut out = vec![0.0; shape.q_len_elems()];
-        let cache = attention_forward(&a, &mut out).expect("forward");
-        close("out", &out, "forward");
-        let mut dbias = vec![0.0; bias.len()];
-        let g = attention_backward(&a, &cache, &t("grad_out"), Some(&mut dbias)).expect("backward");
-        close("grad_q", &g.dq, "backward");
-        close("grad_k", &g.dk, "backward");
-        close("grad_v", &g.dv, "backward");
-        close("grad_bias", &dbias, "backward");
-        let probs = unfused_forward(&a, &mut out).expect("unfused forward");
-        close("out", &out, "forward");
-        let mut dbias = vec![0.0; bias.len()];
-        let g = unfused_backward(&a, &probs, &t("grad_out"), Some(&mut dbias)).expect("backward");
-        close("grad_q", &g.dq, "backward");
-        close("grad_k", &g.dk, "backward");
-        close("grad_v", &g.dv, "backward");
-        close("grad_bias", &dbias, "backward");
     }
 }

@@ -1,7 +1,7 @@
 //! Finite-difference checks of each sublayer's backward on its own: the
 //! gradient with respect to its input `x`, to the encoder output (cross-
-//! attention) and to the position bias, for encoder self-attention (padding
-//! mask), decoder self-attention (causal), cross-attention and the
+//! attention) and to the position bias, for encoder self-attention (two
+//! sequences of different lengths), decoder self-attention (causal), cross-attention and the
 //! feed-forward block, on random tiny configs, with dropout on or off.
 //!
 //! The probe is `L = Σ g ⊙ sublayer(x)` for a fixed random `g`. Central
@@ -10,9 +10,10 @@
 //! and skip probes whose one-sided differences disagree (a ReLU kink).
 
 use proptest::prelude::*;
-use tessera_t5::attention::KeyMask;
+use tessera_t5::attention::Seqs;
 use tessera_t5::layers::{
-    sublayer_backward, sublayer_forward, DropoutPlan, EncoderView, GradSinks, Site, StackContext,
+    sublayer_backward, sublayer_forward, token_ids, DropoutPlan, EncoderView, GradSinks, Site,
+    StackContext,
 };
 use tessera_t5::precision::OperandRef;
 use tessera_t5::{SublayerIds, SublayerKind, T5Config, T5Model};
@@ -40,9 +41,10 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-const BATCH: usize = 2;
+/// Tokens of the two query sequences, and of the two source sequences.
+const LENS: [usize; 2] = [4, 2];
+const SRC_LENS: [usize; 2] = [5, 3];
 const LEN: usize = 4;
-const SRC: usize = 5;
 
 /// Inputs of one probe.
 struct Probe {
@@ -62,28 +64,27 @@ impl Probe {
     }
 }
 
-/// Padding of the encoder output (row 1 has 3 real tokens) and of the
-/// encoder self-attention keys (row 1 has 2).
-struct Masks {
-    source: Vec<u8>,
-    keys: Vec<u8>,
+/// The query and source sequences, and the identities of the query tokens.
+struct Layout {
+    queries: Seqs,
+    sources: Seqs,
+    tokens: Vec<u64>,
 }
 
-fn masks() -> Masks {
-    Masks {
-        source: (0..BATCH * SRC)
-            .map(|i| u8::from(i < SRC || i % SRC < 3))
-            .collect(),
-        keys: (0..BATCH * LEN)
-            .map(|i| u8::from(i < LEN || i % LEN < 2))
-            .collect(),
+fn layout() -> Layout {
+    let queries = Seqs::new(LENS.to_vec());
+    let tokens = token_ids(&[3, 8], &queries);
+    Layout {
+        queries,
+        sources: Seqs::new(SRC_LENS.to_vec()),
+        tokens,
     }
 }
 
 fn context<'a>(
     model: &'a T5Model,
     p: &'a Probe,
-    m: &'a Masks,
+    m: &'a Layout,
     plan: DropoutPlan,
     decoder: bool,
 ) -> StackContext<'a> {
@@ -91,17 +92,13 @@ fn context<'a>(
         config: model.config(),
         params: model.params(),
         precision: model.precision(),
-        batch: BATCH,
-        len: LEN,
-        self_mask: KeyMask {
-            valid: (!decoder).then_some(&m.keys[..]),
-            causal: decoder,
-        },
+        seqs: &m.queries,
+        tokens: &m.tokens,
+        causal: decoder,
         bias: &p.bias,
         encoder: Some(EncoderView {
             hidden: OperandRef::F32(&p.enc),
-            len: SRC,
-            valid: &m.source,
+            seqs: &m.sources,
         }),
         dropout: plan,
     }
@@ -121,7 +118,7 @@ fn probe_loss(
     plan: DropoutPlan,
     decoder: bool,
 ) -> f64 {
-    let m = masks();
+    let m = layout();
     let cx = context(model, p, &m, plan, decoder);
     let mut x = p.x.clone();
     sublayer_forward(&cx, SITE, ids, &mut x).expect("forward");
@@ -141,13 +138,14 @@ proptest! {
         let block = &model.ids().decoder.blocks[0];
         let cases = [(model.ids().encoder.blocks[0][0], false), (block[0], true), (block[1], true), (block[2], true)];
         for (ids, decoder) in cases {
+            let (rows, src) = (LENS.iter().sum::<usize>(), SRC_LENS.iter().sum::<usize>());
             let mut p = Probe {
-                x: random(BATCH * LEN * d, seed ^ 1),
-                enc: random(BATCH * SRC * d, seed ^ 2),
+                x: random(rows * d, seed ^ 1),
+                enc: random(src * d, seed ^ 2),
                 bias: random(h * (2 * LEN - 1), seed ^ 3),
-                g: random(BATCH * LEN * d, seed ^ 4),
+                g: random(rows * d, seed ^ 4),
             };
-            let m = masks();
+            let m = layout();
             let cx = context(&model, &p, &m, plan, decoder);
             let mut x = p.x.clone();
             let cache = sublayer_forward(&cx, SITE, &ids, &mut x).expect("forward");

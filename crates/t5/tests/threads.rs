@@ -13,24 +13,20 @@ fn training_pass_is_bit_identical_across_thread_counts() {
         "tie_word_embeddings": false, "dropout_rate": 0.1}"#;
     let model = T5Model::init(T5Config::from_json(json, "threads").expect("config"), 5);
     let (b, s, t) = (4, 80, 12);
-    let batch = Batch {
-        batch_size: b,
-        src_len: s,
-        tgt_len: t,
-        input_ids: (0..b * s).map(|i| (i * 37 % 298) as u32 + 2).collect(),
-        attention_mask: (0..b * s)
-            .map(|i| u8::from(i % s < s - i / s * 7))
-            .collect(),
-        labels: (0..b * t)
-            .map(|i| {
-                if i % t > 9 {
-                    -100
-                } else {
-                    (i * 11 % 300) as i64
-                }
-            })
-            .collect(),
-    };
+    let input_ids: Vec<u32> = (0..b * s).map(|i| (i * 37 % 298) as u32 + 2).collect();
+    let mask: Vec<u8> = (0..b * s)
+        .map(|i| u8::from(i % s < s - i / s * 7))
+        .collect();
+    let labels: Vec<i64> = (0..b * t)
+        .map(|i| {
+            if i % t > 9 {
+                -100
+            } else {
+                (i * 11 % 300) as i64
+            }
+        })
+        .collect();
+    let batch = Batch::from_padded(&input_ids, &mask, &labels, b).expect("batch");
     let mut opts = TrainOptions::from_config(model.config());
     opts.seed = 3;
     let run = |threads: usize| {
@@ -39,9 +35,7 @@ fn training_pass_is_bit_identical_across_thread_counts() {
         let loss = model
             .forward_backward(&batch, &mut grads, &opts)
             .expect("pass");
-        let tokens = model
-            .generate(&batch.input_ids, &batch.attention_mask, b, 4)
-            .expect("generate");
+        let tokens = model.generate(&batch.source_rows(), 4).expect("generate");
         (loss, grads, tokens)
     };
     let (loss1, grads1, tokens1) = run(1);

@@ -5,20 +5,21 @@
 //!
 //! The loss is the sum of the token losses of every labelled example divided
 //! by the number of target tokens of the whole set (not a mean of batch
-//! means), so it does not depend on the batch size. Loss batches are the
-//! labelled rows in file order, padded to their longest row; generation
-//! batches are sorted by length (see [`crate::generation`]) and the
-//! predictions come back in row order.
+//! means), so it does not depend on the batch size. Batches are the rows in
+//! file order, packed (no padding); the encoder runs once per batch and
+//! serves both the teacher-forced loss and the greedy generation
+//! ([`T5Model::score_and_generate`]).
 //!
 //! [`Evaluator`] tokenizes a dataset once, so a trainer can score the same
 //! validation set every few steps; [`evaluate`] is the one-shot form.
 
-use crate::error::Result;
-use crate::generation::{decode_all, generate_ids, GenerateOptions};
+use crate::error::{Result, TrainError};
+use crate::generation::{
+    check_options, decode_all, generated as generated_tokens, GenerateOptions,
+};
 use serde::{Deserialize, Serialize};
 use tessera_glue::{
-    encode_dataset, parse_answer, Dataset, EncodedDataset, Label, Lengths, Padding, Summary,
-    TextTokenizer,
+    encode_dataset, parse_answer, Dataset, EncodedDataset, Label, Lengths, Summary, TextTokenizer,
 };
 use tessera_t5::{CrossEntropy, T5Model};
 
@@ -110,24 +111,27 @@ impl Evaluator {
 
     /// Generates an answer for every example, scores them and computes the loss.
     pub fn run(&self, model: &T5Model) -> Result<EvalReport> {
-        let prompts: Vec<&[u32]> = self
-            .data
-            .examples
-            .iter()
-            .map(|e| e.input_ids.as_slice())
-            .collect();
-        let generate = GenerateOptions {
+        check_options(GenerateOptions {
             max_new_tokens: self.options.max_new_tokens,
             batch_size: self.options.batch_size,
-        };
-        let ids = generate_ids(model, &prompts, self.data.pad_id, generate)?;
+        })?;
+        let all: Vec<usize> = (0..self.data.len()).collect();
+        let mut ids = Vec::with_capacity(all.len());
+        let mut loss = CrossEntropy { sum: 0.0, count: 0 };
+        for rows in all.chunks(self.options.batch_size) {
+            let batch = model_batch(&self.data, rows)?;
+            let (part, generated) =
+                model.score_and_generate(&batch, self.options.max_new_tokens)?;
+            loss.sum += part.sum;
+            loss.count += part.count;
+            ids.extend(generated.iter().map(|row| generated_tokens(model, row)));
+        }
         let generations = decode_all(&self.tokenizer, &ids)?;
         let answers: Vec<_> = generations
             .iter()
             .map(|g| parse_answer(self.data.task, g))
             .collect();
         let summary = tessera_glue::evaluate(self.data.task, &self.labels, &answers)?;
-        let loss = target_loss(model, &self.data, self.options.batch_size)?;
         Ok(EvalReport {
             summary,
             loss: (loss.count > 0).then(|| loss.sum / loss.count as f64),
@@ -160,24 +164,37 @@ pub fn target_loss(
         .collect();
     let mut total = CrossEntropy { sum: 0.0, count: 0 };
     for rows in labelled.chunks(batch_size.max(1)) {
-        let batch = tessera_glue::Batch::collate(data, rows, Padding::Dynamic)?;
-        let out = model.forward(&model_batch(&batch))?;
+        let out = model.forward(&model_batch(data, rows)?)?;
         total.sum += out.loss.sum;
         total.count += out.loss.count;
     }
     Ok(total)
 }
 
-/// The model's view of a data batch (labels widened to `i64`).
-pub fn model_batch(batch: &tessera_glue::Batch) -> tessera_t5::Batch {
-    tessera_t5::Batch {
-        batch_size: batch.batch_size(),
-        src_len: batch.source_len,
-        tgt_len: batch.target_len,
-        input_ids: batch.input_ids.clone(),
-        attention_mask: batch.attention_mask.clone(),
-        labels: batch.labels.iter().map(|&l| i64::from(l)).collect(),
-    }
+/// The model's batch of rows `rows` of `data`: their real tokens, packed,
+/// each row keyed by its index in `data` (its dropout masks follow it).
+pub fn model_batch(data: &EncodedDataset, rows: &[usize]) -> Result<tessera_t5::Batch> {
+    let labels = rows
+        .iter()
+        .map(|&r| {
+            let e = data.examples.get(r).ok_or_else(|| {
+                TrainError::setting(
+                    "row",
+                    format!("row {r} is out of range ({} rows)", data.len()),
+                )
+            })?;
+            Ok(e.labels.iter().map(|&l| i64::from(l)).collect::<Vec<_>>())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(tessera_t5::Batch::new(rows.iter().zip(&labels).map(
+        |(&r, l)| {
+            (
+                r as u64,
+                data.examples[r].input_ids.as_slice(),
+                l.as_slice(),
+            )
+        },
+    )))
 }
 
 #[cfg(test)]
@@ -248,8 +265,10 @@ mod tests {
         data.examples[1].labels = vec![12, 13, 14, 15, 1];
         let per_row: Vec<CrossEntropy> = (0..2)
             .map(|r| {
-                let batch = tessera_glue::Batch::collate(&data, &[r], Padding::Dynamic).unwrap();
-                model.forward(&model_batch(&batch)).unwrap().loss
+                model
+                    .forward(&model_batch(&data, &[r]).unwrap())
+                    .unwrap()
+                    .loss
             })
             .collect();
         assert_eq!((per_row[0].count, per_row[1].count), (2, 5));

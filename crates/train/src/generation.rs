@@ -1,8 +1,9 @@
-//! Greedy generation of text for many prompts at once: the shared engine of
-//! evaluation ([`crate::eval`]) and of `cargo xtask generate`.
+//! Greedy generation of text for many prompts at once: the engine of
+//! `cargo xtask generate` (evaluation generates from the encoder pass it
+//! scores with, see [`crate::eval`]).
 //!
-//! Prompts are sorted by length and cut into batches of similar lengths, so
-//! that little time goes into padding; the texts come back in prompt order.
+//! Prompts are decoded `batch_size` at a time in their own order: batches
+//! are packed (no padding), so sorting by length would gain nothing.
 
 use crate::error::{Result, TrainError};
 use tessera_glue::TextTokenizer;
@@ -17,42 +18,39 @@ pub struct GenerateOptions {
     pub batch_size: usize,
 }
 
-/// The generated token ids (after the decoder start token) of each prompt, in
-/// prompt order; `prompts` are token ids with `</s>`, as
-/// [`TextTokenizer::encode`] makes them.
+/// The generated token ids of each prompt, after the decoder start token
+/// and up to its `</s>` (no padding), in prompt order; `prompts` are token
+/// ids with `</s>`, as [`TextTokenizer::encode`] makes them.
 pub fn generate_ids(
     model: &T5Model,
     prompts: &[&[u32]],
-    pad_id: u32,
     options: GenerateOptions,
 ) -> Result<Vec<Vec<u32>>> {
     check_options(options)?;
-    let mut order: Vec<usize> = (0..prompts.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
-    let mut out = vec![Vec::new(); prompts.len()];
-    for rows in order.chunks(options.batch_size) {
-        let src_len = rows.iter().map(|&r| prompts[r].len()).max().unwrap_or(0);
-        if src_len == 0 {
-            return Err(TrainError::setting(
-                "prompt",
-                "an empty prompt cannot be encoded",
-            ));
-        }
-        let mut ids = Vec::with_capacity(rows.len() * src_len);
-        let mut mask = Vec::with_capacity(rows.len() * src_len);
-        for &r in rows {
-            let p = prompts[r];
-            ids.extend_from_slice(p);
-            ids.extend(std::iter::repeat_n(pad_id, src_len - p.len()));
-            mask.extend(std::iter::repeat_n(1u8, p.len()));
-            mask.extend(std::iter::repeat_n(0u8, src_len - p.len()));
-        }
-        let generated = model.generate(&ids, &mask, rows.len(), options.max_new_tokens)?;
-        for (&r, row) in rows.iter().zip(generated) {
-            out[r] = row.get(1..).unwrap_or_default().to_vec();
-        }
+    if prompts.iter().any(|p| p.is_empty()) {
+        return Err(TrainError::setting(
+            "prompt",
+            "an empty prompt cannot be encoded",
+        ));
+    }
+    let mut out = Vec::with_capacity(prompts.len());
+    for batch in prompts.chunks(options.batch_size) {
+        let rows = model.generate(batch, options.max_new_tokens)?;
+        out.extend(rows.iter().map(|row| generated(model, row)));
     }
     Ok(out)
+}
+
+/// The tokens of a generated row after the decoder start token, up to and
+/// including its `</s>`.
+pub(crate) fn generated(model: &T5Model, row: &[u32]) -> Vec<u32> {
+    let tokens = row.get(1..).unwrap_or_default();
+    let eos = model.config().eos_token_id;
+    let end = tokens
+        .iter()
+        .position(|&t| t == eos)
+        .map_or(tokens.len(), |e| e + 1);
+    tokens[..end].to_vec()
 }
 
 /// The generated text of each prompt, without special tokens and trimmed, in
@@ -69,7 +67,7 @@ pub fn generate_texts(
         .map(|p| tokenizer.encode(p, max_source_length))
         .collect::<tessera_glue::Result<Vec<_>>>()?;
     let refs: Vec<&[u32]> = encoded.iter().map(Vec::as_slice).collect();
-    let ids = generate_ids(model, &refs, tokenizer.pad_id(), options)?;
+    let ids = generate_ids(model, &refs, options)?;
     decode_all(tokenizer, &ids)
 }
 
@@ -80,7 +78,7 @@ pub fn decode_all(tokenizer: &TextTokenizer, rows: &[Vec<u32>]) -> Result<Vec<St
         .collect()
 }
 
-fn check_options(options: GenerateOptions) -> Result<()> {
+pub(crate) fn check_options(options: GenerateOptions) -> Result<()> {
     if options.batch_size == 0 {
         return Err(TrainError::setting("--batch-size", "must be at least 1"));
     }
@@ -99,19 +97,19 @@ mod tests {
     use crate::testing::tiny_model;
 
     #[test]
-    fn batching_and_sorting_do_not_change_the_generated_ids() {
+    fn batching_does_not_change_the_generated_ids() {
         let model = tiny_model(64);
         let prompts: [&[u32]; 3] = [&[5, 6, 1], &[7, 8, 9, 10, 11, 1], &[12, 1]];
         let opts = |batch_size| GenerateOptions {
             max_new_tokens: 4,
             batch_size,
         };
-        let one_by_one = generate_ids(&model, &prompts, 0, opts(1)).unwrap();
+        let one_by_one = generate_ids(&model, &prompts, opts(1)).unwrap();
         for (p, row) in prompts.iter().zip(&one_by_one) {
-            let alone = model.generate(p, &vec![1; p.len()], 1, 4).unwrap();
-            assert_eq!(&alone[0][1..], &row[..]);
+            let alone = model.generate(&[p], 4).unwrap();
+            assert_eq!(generated(&model, &alone[0]), row[..]);
         }
-        let batched = generate_ids(&model, &prompts, 0, opts(3)).unwrap();
+        let batched = generate_ids(&model, &prompts, opts(3)).unwrap();
         assert_eq!(batched, one_by_one);
     }
 
@@ -121,7 +119,6 @@ mod tests {
         let err = generate_ids(
             &model,
             &[&[1]],
-            0,
             GenerateOptions {
                 max_new_tokens: 1,
                 batch_size: 0,
@@ -132,7 +129,6 @@ mod tests {
         let err = generate_ids(
             &model,
             &[&[]],
-            0,
             GenerateOptions {
                 max_new_tokens: 1,
                 batch_size: 1,

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tessera_glue::{Dataset, Loader, LoaderConfig, Order, TextTokenizer};
 use tessera_t5::{ParamStore, T5Model, TrainOptions};
+use tessera_tensor::ops::dropout::dropout_key;
 
 /// What one optimizer step measured.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -306,20 +307,25 @@ impl Trainer {
         let examples: usize = micro.iter().map(|b| b.batch_size()).sum();
         self.grads.zero();
         let mut loss_sum = 0.0f64;
-        for (index, batch) in micro.iter().enumerate() {
+        for batch in &micro {
+            // Masks are keyed by (run seed, step) here and by each token's
+            // example and position in the model, so they do not depend on
+            // how the global batch is cut into micro-batches.
             let opts = TrainOptions {
                 dropout: self
                     .config
                     .dropout
                     .unwrap_or(self.model.config().dropout_rate as f32),
-                seed: dropout_seed(self.config.seed, self.state.step, index as u64),
+                seed: dropout_key(self.config.seed, &[self.state.step]),
                 recompute_blocks: false,
                 loss_divisor: Some(target_tokens as f32),
                 loss_scale: self.state.loss_scaler.map_or(1.0, |s| s.scale),
             };
-            let loss = self
-                .model
-                .forward_backward(&model_batch(batch), &mut self.grads, &opts)?;
+            let loss = self.model.forward_backward(
+                &model_batch(self.loader.data(), &batch.rows)?,
+                &mut self.grads,
+                &opts,
+            )?;
             loss_sum += loss.sum;
         }
         let loss = (loss_sum / target_tokens.max(1) as f64) as f32;
@@ -448,14 +454,4 @@ impl<'a> EvalLine<'a> {
 
 fn due(step: u64, every: u64) -> bool {
     every > 0 && step.is_multiple_of(every)
-}
-
-/// The dropout seed of micro-batch `micro` of step `step`: a SplitMix64
-/// finaliser of the three, so neighbouring steps get unrelated masks.
-fn dropout_seed(seed: u64, step: u64, micro: u64) -> u64 {
-    let mut z =
-        seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ micro.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }

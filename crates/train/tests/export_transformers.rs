@@ -44,16 +44,10 @@ fn reference(model: &T5Model, stored_dtype: &str) -> serde_json::Value {
     let tokenizer = own_tokenizer().unwrap();
     let ids = tokenizer.encode(PROMPT, 512).unwrap();
     let labels = tokenizer.encode("entailment", 128).unwrap();
-    let batch = Batch {
-        batch_size: 1,
-        src_len: ids.len(),
-        tgt_len: labels.len(),
-        input_ids: ids.clone(),
-        attention_mask: vec![1; ids.len()],
-        labels: labels.iter().map(|&l| i64::from(l)).collect(),
-    };
+    let targets: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+    let batch = Batch::new([(0, &ids[..], &targets[..])]);
     let logits = model.forward(&batch).unwrap().logits;
-    let mut generated = model.generate(&ids, &vec![1; ids.len()], 1, 5).unwrap()[0].clone();
+    let mut generated = model.generate(&[&ids], 5).unwrap()[0].clone();
     if let Some(end) = generated.iter().skip(1).position(|&t| t == 1) {
         generated.truncate(end + 2);
     }

@@ -14,22 +14,17 @@ fn batch(fx: &Fixture, step: usize) -> Batch {
         (t.shape().to_vec(), fx.i64s(&name).expect("i64 tensor"))
     };
     let (src_shape, input_ids) = tensor("input_ids");
-    let (tgt_shape, labels) = tensor("labels");
-    Batch {
-        batch_size: src_shape[0],
-        src_len: src_shape[1],
-        tgt_len: tgt_shape[1],
-        input_ids: input_ids
-            .iter()
-            .map(|&v| u32::try_from(v).expect("small ids"))
-            .collect(),
-        attention_mask: tensor("attention_mask")
-            .1
-            .iter()
-            .map(|&m| m as u8)
-            .collect(),
-        labels,
-    }
+    let (_, labels) = tensor("labels");
+    let ids: Vec<u32> = input_ids
+        .iter()
+        .map(|&v| u32::try_from(v).expect("small ids"))
+        .collect();
+    let mask: Vec<u8> = tensor("attention_mask")
+        .1
+        .iter()
+        .map(|&m| m as u8)
+        .collect();
+    Batch::from_padded(&ids, &mask, &labels, src_shape[0]).expect("right padding")
 }
 
 fn setting(fx: &Fixture, key: &str) -> f32 {

@@ -2,6 +2,7 @@
 //! written as JSON.
 
 mod attention;
+mod eval;
 mod matmul;
 mod train;
 
@@ -18,6 +19,8 @@ pub enum BenchCommand {
     Train(train::Args),
     /// Fused T5 attention against the unfused path, forward and backward.
     Attention(attention::Args),
+    /// Evaluation by generation (loss + greedy answers) of a T5 on MNLI rows (PyTorch twin: fixtures/bench_eval.py).
+    Eval(eval::Args),
 }
 
 /// Runs one bench subcommand.
@@ -26,6 +29,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Matmul(args) => matmul::run(args),
         BenchCommand::Train(args) => train::run(args),
         BenchCommand::Attention(args) => attention::run(args),
+        BenchCommand::Eval(args) => eval::run(args),
     }
 }
 

@@ -17,7 +17,6 @@ use super::tile::{
     dot_in_order, dots, exp_shifted, matmul, transpose, vectorised, Dims, Isa, Strided,
 };
 use super::{Attention, AttentionGradsMut};
-use crate::ops::dropout::KeyedMask;
 use rayon::prelude::*;
 
 /// Query rows per step of the backward's inner loop.
@@ -27,10 +26,10 @@ const BLOCK_Q: usize = 48;
 /// against the stored rows: transposing K and V would cost more.
 const TRANSPOSE_MIN_Q: usize = 16;
 
-/// The gradients of one (batch, head): dQ, dK, dV.
+/// The gradients of one (sequence, head): dQ, dK, dV.
 type PairGrads<'g> = (&'g mut [f32], &'g mut [f32], &'g mut [f32]);
 
-/// The forward's output and log-sum-exp, and the output gradient, of one (batch, head).
+/// The forward's output and log-sum-exp, and the output gradient, of one (sequence, head).
 #[derive(Clone, Copy)]
 struct Saved<'a> {
     out: &'a [f32],
@@ -38,9 +37,9 @@ struct Saved<'a> {
     dout: &'a [f32],
 }
 
-/// Splits the work into tasks and runs them: one per (batch, head), or,
+/// Splits the work into tasks and runs them: one per (sequence, head), or,
 /// when the bias gradient is wanted, one per head running its sequences in
-/// batch order (so the sum over the batch has one fixed order).
+/// order (so the sum over the sequences has one fixed order).
 pub(super) fn run(
     isa: Isa,
     a: &Attention<'_>,
@@ -48,49 +47,56 @@ pub(super) fn run(
     dout: &[f32],
     g: AttentionGradsMut<'_>,
 ) {
-    let s = &a.shape;
-    let (q_elems, kv_elems) = (s.q_len * s.d_head, s.k_len * s.d_head);
-    if s.count() == 0 {
+    let d = a.d_head;
+    g.dq.fill(0.0);
+    g.dk.fill(0.0);
+    g.dv.fill(0.0);
+    if a.pairs() == 0 || d == 0 {
         return;
     }
-    if q_elems == 0 || kv_elems == 0 {
-        g.dq.fill(0.0);
-        g.dk.fill(0.0);
-        g.dv.fill(0.0);
-        return;
-    }
-    let pairs =
-        g.dq.chunks_mut(q_elems)
-            .zip(g.dk.chunks_mut(kv_elems))
-            .zip(g.dv.chunks_mut(kv_elems))
-            .map(|((dq, dk), dv)| (dq, dk, dv))
-            .enumerate();
+    let q_regions: Vec<(usize, usize)> = (0..a.pairs())
+        .map(|bh| (a.q_base(bh, d), a.q_len(bh) * d))
+        .collect();
+    let k_regions: Vec<(usize, usize)> = (0..a.pairs())
+        .map(|bh| (a.k_base(bh), a.k_len(bh) * d))
+        .collect();
+    let pairs = super::carve(g.dq, &q_regions)
+        .into_iter()
+        .zip(super::carve(g.dk, &k_regions))
+        .zip(super::carve(g.dv, &k_regions))
+        .map(|((dq, dk), dv)| (dq, dk, dv))
+        .enumerate();
     let groups = if g.dbias.is_some() {
-        s.heads
+        a.heads
     } else {
-        s.count()
+        a.pairs()
     };
     let mut tasks: Vec<Vec<(usize, PairGrads<'_>)>> = (0..groups).map(|_| Vec::new()).collect();
     for (bh, grads) in pairs {
         tasks[bh % groups].push((bh, grads));
     }
-    let saved = |bh: usize| Saved {
-        out: &out[bh * q_elems..(bh + 1) * q_elems],
-        lse: &lse[bh * s.q_len..(bh + 1) * s.q_len],
-        dout: &dout[bh * q_elems..(bh + 1) * q_elems],
+    let saved = |bh: usize| {
+        let (q, l) = (a.q_base(bh, d), a.q_base(bh, 1));
+        let n = a.q_len(bh);
+        Saved {
+            out: &out[q..q + n * d],
+            lse: &lse[l..l + n],
+            dout: &dout[q..q + n * d],
+        }
     };
-    let rows = BLOCK_Q.min(s.q_len);
-    let plane = a.bias_layout().len(s) / s.heads;
+    let max_q = a.queries.max_len();
+    let rows = BLOCK_Q.min(max_q);
+    let plane = a.bias_layout().len(a.bias_shape()) / a.heads;
     let mut dbias_planes: Vec<Option<&mut [f32]>> = match g.dbias {
-        Some(db) => db.chunks_mut(plane).map(Some).collect(),
-        None => (0..groups).map(|_| None).collect(),
+        Some(db) if plane > 0 => db.chunks_mut(plane).map(Some).collect(),
+        _ => (0..groups).map(|_| None).collect(),
     };
     crate::install(|| {
         tasks
             .into_par_iter()
             .zip(dbias_planes.par_iter_mut())
             .for_each_init(
-                || (Scratch::new(s.d_head, rows), vec![0.0f32; s.q_len]),
+                || (Scratch::new(d, rows), vec![0.0f32; max_q]),
                 |(scratch, dots), (task, dbias)| {
                     for (bh, grads) in task {
                         pair(
@@ -107,7 +113,7 @@ pub(super) fn run(
     });
 }
 
-/// The backward of (batch, head) `bh`; adds its bias gradient into `dbias`.
+/// The backward of pair `bh`; adds its bias gradient into `dbias`.
 fn pair(
     isa: Isa,
     a: &Attention<'_>,
@@ -116,7 +122,7 @@ fn pair(
     mut dbias: Option<&mut [f32]>,
     (sc, dd): (&mut Scratch, &mut Vec<f32>),
 ) {
-    let (d, lq, lk) = (a.shape.d_head, a.shape.q_len, a.shape.k_len);
+    let (d, lq, lk) = (a.d_head, a.q_len(bh), a.k_len(bh));
     let transposed_kv = lq >= TRANSPOSE_MIN_Q;
     for ((x, o), g) in dd
         .iter_mut()
@@ -131,16 +137,11 @@ fn pair(
             dots(isa, g, (o, d), std::slice::from_mut(x));
         }
     }
-    let drop = a.dropout_mask();
+    let dropping = a.dropout.p > 0.0;
     let layout = a.bias_layout();
-    dq.fill(0.0);
-    dk.fill(0.0);
-    dv.fill(0.0);
+    let bias_shape = a.bias_shape();
     for j0 in (0..lk).step_by(BLOCK_K) {
         let nk = BLOCK_K.min(lk - j0);
-        if !a.any_key_valid(bh, j0..j0 + nk) {
-            continue;
-        }
         let k_tile = a.kv_rows(a.qkv.k, bh, j0..j0 + nk);
         let v_tile = a.kv_rows(a.qkv.v, bh, j0..j0 + nk);
         if transposed_kv {
@@ -154,11 +155,7 @@ fn pair(
             &mut dv[j0 * d..(j0 + nk) * d],
         );
         // With causality, query blocks wholly before the tile see none of it.
-        let first = if a.mask.causal {
-            j0 / BLOCK_Q * BLOCK_Q
-        } else {
-            0
-        };
+        let first = if a.causal { j0 / BLOCK_Q * BLOCK_Q } else { 0 };
         for i0 in (first..lq).step_by(BLOCK_Q) {
             let rows = BLOCK_Q.min(lq - i0);
             score_tile(isa, a, (bh, i0, rows), (j0, nk), kt, &mut sc.s);
@@ -185,13 +182,12 @@ fn pair(
                     k: nk,
                 },
             );
-            let p_dropped = match drop {
-                None => &sc.s,
-                Some(_) => {
-                    sc.ds.copy_from_slice(&sc.s);
-                    drop_tile(a, drop, (bh, i0, rows), (j0, nk), &mut sc.ds);
-                    &sc.ds
-                }
+            let p_dropped = if dropping {
+                sc.ds.copy_from_slice(&sc.s);
+                drop_tile(a, (bh, i0, rows), (j0, nk), &mut sc.ds);
+                &sc.ds
+            } else {
+                &sc.s
             };
             matmul(
                 isa,
@@ -202,7 +198,9 @@ fn pair(
                 true,
             );
             product_nt(isa, d, (dout_i, v_tile), vt, &mut sc.ds);
-            drop_tile(a, drop, (bh, i0, rows), (j0, nk), &mut sc.ds);
+            if dropping {
+                drop_tile(a, (bh, i0, rows), (j0, nk), &mut sc.ds);
+            }
             // dS = P ∘ (dP - D), and its sum into dBias.
             vectorised(isa, || {
                 for r in 0..rows {
@@ -213,7 +211,7 @@ fn pair(
                         *g = p * (*g - di);
                     }
                     if let Some(db) = dbias.as_deref_mut() {
-                        let row = layout.row_start(&a.shape, i0 + r) + j0;
+                        let row = layout.row_start(bias_shape, i0 + r) + j0;
                         for (x, y) in db[row..row + nk].iter_mut().zip(ds.iter()) {
                             *x += y;
                         }
@@ -232,24 +230,15 @@ fn pair(
     }
 }
 
-/// Applies the dropout mask (if any) to a `rows × nk` tile of row stride `BLOCK_K`.
+/// Applies the dropout mask to a `rows × nk` tile of row stride `BLOCK_K`.
 fn drop_tile(
     a: &Attention<'_>,
-    drop: Option<KeyedMask>,
     (bh, i0, rows): (usize, usize, usize),
     (j0, nk): (usize, usize),
     tile: &mut [f32],
 ) {
-    if drop.is_some() {
-        for r in 0..rows {
-            a.drop_probs(
-                drop,
-                bh,
-                i0 + r,
-                j0,
-                &mut tile[r * BLOCK_K..r * BLOCK_K + nk],
-            );
-        }
+    for r in 0..rows {
+        a.drop_probs(bh, i0 + r, j0, &mut tile[r * BLOCK_K..r * BLOCK_K + nk]);
     }
 }
 

@@ -84,7 +84,7 @@ pub(super) fn score_tile(
 ) {
     let q = a.q_rows(bh, i0..i0 + rows);
     let k = a.kv_rows(a.qkv.k, bh, j0..j0 + nk);
-    product_nt(isa, a.shape.d_head, (q, k), kt, s);
+    product_nt(isa, a.d_head, (q, k), kt, s);
     vectorised(isa, || {
         for r in 0..rows {
             a.bias_and_mask(bh, i0 + r, j0, &mut s[r * BLOCK_K..r * BLOCK_K + nk]);
@@ -92,79 +92,97 @@ pub(super) fn score_tile(
     });
 }
 
-/// Runs every (batch, head, query block) task.
-pub(super) fn run(isa: Isa, a: &Attention<'_>, out: &mut [f32], lse: &mut [f32]) {
-    let s = &a.shape;
-    let (lq, d) = (s.q_len, s.d_head);
+/// Runs every (query block) task of the (sequence, head) pairs `pairs`.
+pub(super) fn run(isa: Isa, a: &Attention<'_>, pairs: &[usize], out: &mut [f32], lse: &mut [f32]) {
+    if pairs.is_empty() {
+        return;
+    }
+    let d = a.d_head;
+    let out_regions: Vec<(usize, usize)> = pairs
+        .iter()
+        .map(|&bh| (a.q_base(bh, d), a.q_len(bh) * d))
+        .collect();
+    let lse_regions: Vec<(usize, usize)> = pairs
+        .iter()
+        .map(|&bh| (a.q_base(bh, 1), a.q_len(bh)))
+        .collect();
     let mut tasks: Vec<Task<'_>> = Vec::new();
-    if lq > 0 && d > 0 {
-        for (bh, (o, l)) in out.chunks_mut(lq * d).zip(lse.chunks_mut(lq)).enumerate() {
-            for (blk, (ob, lb)) in o
-                .chunks_mut(BLOCK_Q * d)
-                .zip(l.chunks_mut(BLOCK_Q))
-                .enumerate()
-            {
-                tasks.push((bh, blk * BLOCK_Q, ob, lb));
-            }
+    let regions = super::carve(out, &out_regions)
+        .into_iter()
+        .zip(super::carve(lse, &lse_regions));
+    for (&bh, (o, l)) in pairs.iter().zip(regions) {
+        if d == 0 {
+            l.fill(f32::NEG_INFINITY);
+            continue;
         }
-    } else {
-        lse.fill(f32::NEG_INFINITY);
+        for (blk, (ob, lb)) in o
+            .chunks_mut(BLOCK_Q * d)
+            .zip(l.chunks_mut(BLOCK_Q))
+            .enumerate()
+        {
+            tasks.push((bh, blk * BLOCK_Q, ob, lb));
+        }
     }
     // Head-major order: a head's bias plane (shared by the batch) is then
     // read by consecutive tasks while it is still in cache, instead of once
     // per sequence after every other head's plane has passed through.
-    tasks.sort_by_key(|&(bh, i0, ..)| (bh % s.heads, bh / s.heads, i0));
-    let lk = s.k_len;
+    tasks.sort_by_key(|&(bh, i0, ..)| (bh % a.heads, bh / a.heads, i0));
     crate::install(|| {
-        let kt = transposed_keys(isa, a);
+        let (kt, offsets) = transposed_keys(isa, a);
         tasks.into_par_iter().for_each_init(
             || Scratch::new(d, BLOCK_Q),
             |scratch, task| {
-                let kt_bh = &kt[task.0 * d * lk..(task.0 + 1) * d * lk];
+                let kt_bh = &kt[offsets[task.0]..offsets[task.0 + 1]];
                 block(isa, a, task, kt_bh, scratch)
             },
         );
     });
 }
 
-/// `Kᵀ` of every (batch, head), `[count, d_head, k_len]`: every query block
-/// of a (batch, head) reads all of it, so it is transposed once, in
-/// parallel, straight into fresh memory (no zeroing pass before it).
-fn transposed_keys(isa: Isa, a: &Attention<'_>) -> Vec<f32> {
-    let s = &a.shape;
-    let (d, lk) = (s.d_head, s.k_len);
-    let n = s.count() * d * lk;
+/// `Kᵀ` of every (sequence, head) (`[d_head, k_len]` each, back to back,
+/// pair `bh` from `offsets[bh]`): every query block of a pair reads all of
+/// it, so it is transposed once, in parallel, straight into fresh memory
+/// (no zeroing pass before it).
+fn transposed_keys(isa: Isa, a: &Attention<'_>) -> (Vec<f32>, Vec<usize>) {
+    let d = a.d_head;
+    let offsets: Vec<usize> = std::iter::once(0)
+        .chain((0..a.pairs()).scan(0, |at, bh| {
+            *at += d * a.k_len(bh);
+            Some(*at)
+        }))
+        .collect();
+    let n = offsets[a.pairs()];
     let mut kt = Vec::with_capacity(n);
-    if n == 0 {
-        return kt;
+    let mut chunks: Vec<(usize, &mut [std::mem::MaybeUninit<f32>])> = Vec::new();
+    let mut rest = &mut kt.spare_capacity_mut()[..n];
+    for bh in 0..a.pairs() {
+        let (chunk, tail) = rest.split_at_mut(offsets[bh + 1] - offsets[bh]);
+        chunks.push((bh, chunk));
+        rest = tail;
     }
-    kt.spare_capacity_mut()[..n]
-        .par_chunks_mut(d * lk)
-        .enumerate()
-        .for_each(|(bh, t)| transpose(isa, a.kv_rows(a.qkv.k, bh, 0..lk), d, (t, lk)));
+    chunks.into_par_iter().for_each(|(bh, t)| {
+        let lk = a.k_len(bh);
+        transpose(isa, a.kv_rows(a.qkv.k, bh, 0..lk), d, (t, lk));
+    });
     // SAFETY: the chunks tile all `n` elements, and `transpose` writes
     // every `(p, j)` of its chunk for `p < d`, `j < lk`: all `d·lk` of them
     // (`kv_rows` returns exactly `lk` keys of `d` values).
     unsafe { kt.set_len(n) };
-    kt
+    (kt, offsets)
 }
 
 /// One block of query rows against all the keys it can see. Dropout
 /// applies after the running sum has taken each probability.
 fn block(isa: Isa, a: &Attention<'_>, (bh, i0, out, lse): Task<'_>, kt: &[f32], sc: &mut Scratch) {
-    let d = a.shape.d_head;
+    let d = a.d_head;
     let rows = lse.len();
     let mut m = [f32::NEG_INFINITY; BLOCK_Q];
     let mut l = [0.0f32; BLOCK_Q];
     out.fill(0.0);
-    let key_end = a.key_end(i0 + rows - 1).min(a.valid_end(bh));
-    let drop = a.dropout_mask();
+    let key_end = a.key_end(bh, i0 + rows - 1);
     for j0 in (0..key_end).step_by(BLOCK_K) {
         let nk = BLOCK_K.min(key_end - j0);
-        if !a.any_key_valid(bh, j0..j0 + nk) {
-            continue;
-        }
-        let kt_tile = (&kt[j0..], a.shape.k_len);
+        let kt_tile = (&kt[j0..], a.k_len(bh));
         score_tile(isa, a, (bh, i0, rows), (j0, nk), Some(kt_tile), &mut sc.s);
         for r in 0..rows {
             let row = &mut sc.s[r * BLOCK_K..r * BLOCK_K + nk];
@@ -180,7 +198,7 @@ fn block(isa: Isa, a: &Attention<'_>, (bh, i0, out, lse): Task<'_>, kt: &[f32], 
                 out[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= alpha);
             }
             m[r] = m_new;
-            a.drop_probs(drop, bh, i0 + r, j0, row);
+            a.drop_probs(bh, i0 + r, j0, row);
         }
         let p = Strided {
             data: &sc.s,

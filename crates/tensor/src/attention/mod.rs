@@ -1,33 +1,41 @@
-//! Fused T5 attention: `O = softmax(Q·Kᵀ + bias[h] + mask) · V` per (batch,
-//! head), forward and backward, without materialising the `L_q × L_k`
-//! probabilities.
+//! Fused T5 attention over sequences of different lengths:
+//! `O = softmax(Q·Kᵀ + bias[h] + mask) · V` per (sequence, head), forward
+//! and backward, without materialising the `L_q × L_k` probabilities and
+//! without a padded position anywhere.
 //!
 //! T5's attention is not the textbook one: there is no `1/sqrt(d)` scale, a
-//! per-head relative-position bias is shared by every sequence of the batch,
-//! padded keys are masked and the decoder's self-attention is causal. The
-//! bias is either dense (`[heads, L_q, L_k]`, any bias) or, since T5's
-//! depends only on the offset `j - i`, one row of `L_q + L_k - 1` offsets per
-//! head ([`Bias::Relative`]): a few KiB the kernels read from cache instead
-//! of a plane per head that streams from memory for every sequence. Masks are given as per-key validity and a causal
-//! flag ([`KeyMask`]), never as dense tensors.
+//! per-head relative-position bias is shared by every sequence, and the
+//! decoder's self-attention is causal. Each sequence has its own number of
+//! queries and keys ([`SeqRows`]): queries are packed back to back (the
+//! real tokens of a batch, nothing else); keys are packed too, or sit in a
+//! cache with room to grow (generation). The bias is either dense
+//! (`[heads, max_q, max_k]`, any bias) or, since T5's depends only on the
+//! offset `j - i`, one row of offsets per head ([`Bias::Relative`]) whose
+//! origin is fixed by the longest query sequence, so every sequence reads
+//! the same entry for the same offset: a few KiB the kernels read from
+//! cache, and one gradient entry per offset.
 //!
 //! * [`forward`] walks the keys in tiles with an online softmax (running
 //!   maximum and sum), so it holds one tile of scores per thread, and keeps
-//!   each row's log-sum-exp for the backward. Rayon tasks are (batch, head,
-//!   block of query rows). A few query rows per (batch, head) go to the
-//!   single-row kernel that [`decode`] uses instead.
+//!   each row's log-sum-exp for the backward. Rayon tasks are (sequence,
+//!   head, block of query rows). Calls whose sequences have a few query
+//!   rows go to the single-row kernel that [`decode`] uses instead.
 //! * [`backward`] is FlashAttention-2's: the probabilities are recomputed
 //!   tile by tile from Q, K and the log-sum-exp, with `D = rowsum(dO ∘ O)`
 //!   standing in for the softmax's row dot product. It produces dQ, dK, dV
-//!   and the bias gradient summed over the batch. Each (batch, head) is one
-//!   sequential task; with a bias gradient, one task per head runs its
-//!   sequences in batch order, so the sum over the batch has a fixed order.
-//! * [`decode`] is generation's kernel: one query row per (batch, head)
-//!   against a KV cache (K/V matrices `kv_stride` apart, room to grow) or
-//!   against the encoder's cached keys and values.
+//!   and the bias gradient summed over the sequences. Each (sequence, head)
+//!   is one sequential task; with a bias gradient, one task per head runs
+//!   its sequences in order, so the sum over them has a fixed order.
+//! * [`decode`] is generation's kernel: one query row per (sequence, head)
+//!   against a KV cache or against the encoder's cached keys and values.
 //!
-//! A row whose keys are all masked (a padded sequence of length 0, say) has
-//! output 0, log-sum-exp `-inf` and zero gradients: never NaN.
+//! A row with no key (a sequence of no keys) has output 0, log-sum-exp
+//! `-inf` and zero gradients: never NaN.
+//!
+//! Dropout on the probabilities is keyed by the identity of each query
+//! token ([`ProbDropout::rows`]), the head and the key position, never by
+//! where the row sits in a buffer: the same token draws the same mask in
+//! any batch, packed or alone.
 //!
 //! Scores, softmax and accumulation are f32. The tile products and the
 //! softmax's row operations run on AVX2 + FMA where the CPU has them (see
@@ -39,102 +47,173 @@ mod backward;
 mod forward;
 mod rows;
 mod tile;
+pub mod unfused;
 
 #[cfg(test)]
 mod tests;
 
 use crate::error::{shape_err, Result};
-use crate::ops::dropout::{check_probability, KeyedMask};
+use crate::ops::dropout::{check_probability, dropout_key, KeyedMask};
 use tile::Isa;
 
-/// Sizes of one attention call.
+/// Where the rows of each sequence lie in a head-layout buffer: sequence
+/// `b` holds a `[heads, rows_b, d_head]` block starting at row `starts[b]`
+/// (in units of `heads · d_head` elements), of which each head uses its
+/// first `lens[b]` rows. Packed sequences (`capacity: None`) have
+/// `rows_b = lens[b]` and follow one another; a KV cache reserves
+/// `capacity` rows per sequence and head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttentionShape {
-    /// Sequences.
-    pub batch: usize,
-    /// Heads.
-    pub heads: usize,
-    /// Query positions.
-    pub q_len: usize,
-    /// Key positions attended to.
-    pub k_len: usize,
-    /// Width of one head.
-    pub d_head: usize,
-    /// Elements between consecutive (batch, head) K/V matrices: `k_len * d_head`
-    /// for dense K/V, more for a KV cache with room to grow.
-    pub kv_stride: usize,
+pub struct SeqRows<'a> {
+    /// First row of each sequence.
+    pub starts: &'a [usize],
+    /// Rows in use of each sequence.
+    pub lens: &'a [usize],
+    /// Rows reserved per head (`None`: exactly `lens[b]`, packed).
+    pub capacity: Option<usize>,
 }
 
-impl AttentionShape {
-    /// Dense K/V of `k_len` positions.
-    pub fn dense(batch: usize, heads: usize, q_len: usize, k_len: usize, d_head: usize) -> Self {
-        AttentionShape {
-            batch,
-            heads,
-            q_len,
-            k_len,
-            d_head,
-            kv_stride: k_len * d_head,
-        }
-    }
-
-    /// Number of (batch, head) pairs.
+impl SeqRows<'_> {
+    /// Number of sequences.
     pub fn count(&self) -> usize {
-        self.batch * self.heads
+        self.lens.len()
     }
 
-    /// Elements of the probabilities `[batch, heads, q_len, k_len]`.
-    pub fn probs_len(&self) -> usize {
-        self.count() * self.q_len * self.k_len
+    /// The longest sequence (0 for none).
+    pub fn max_len(&self) -> usize {
+        self.lens.iter().copied().max().unwrap_or(0)
     }
 
-    /// Elements of Q or the output `[batch, heads, q_len, d_head]`.
-    pub fn q_len_elems(&self) -> usize {
-        self.count() * self.q_len * self.d_head
+    /// Rows in use over all sequences.
+    pub fn total(&self) -> usize {
+        self.lens.iter().sum()
     }
 
-    /// Elements of dense K or V `[batch, heads, k_len, d_head]`.
-    pub fn kv_len_elems(&self) -> usize {
-        self.count() * self.k_len * self.d_head
+    /// Rows each head of sequence `b` has in the buffer.
+    fn reserved(&self, b: usize) -> usize {
+        self.capacity.unwrap_or(self.lens[b])
     }
 
-    /// Elements of the bias `[heads, q_len, k_len]`.
-    pub fn bias_len(&self) -> usize {
-        self.heads * self.q_len * self.k_len
+    /// Element offset of row 0 of (sequence `b`, head `h`).
+    fn base(&self, b: usize, h: usize, heads: usize, width: usize) -> usize {
+        (self.starts[b] * heads + h * self.reserved(b)) * width
     }
 
-    /// Elements of a relative bias `[heads, q_len + k_len - 1]`.
-    pub fn relative_bias_len(&self) -> usize {
-        self.heads * self.offsets()
+    /// Elements a buffer of this layout holds (`width` per row and head).
+    fn elems(&self, heads: usize, width: usize) -> usize {
+        (0..self.count())
+            .map(|b| (self.starts[b] + self.reserved(b)) * heads * width)
+            .max()
+            .unwrap_or(0)
     }
 
-    /// Distinct offsets `j - i`: `q_len + k_len - 1` (0 with no queries or keys).
-    fn offsets(&self) -> usize {
-        if self.q_len == 0 || self.k_len == 0 {
-            0
-        } else {
-            self.q_len + self.k_len - 1
+    /// Fails unless lengths and starts agree, each sequence's rows fit its
+    /// capacity and no two sequences overlap.
+    fn check(&self, op: &'static str, what: &str) -> Result<()> {
+        let bad = |m: String| Err(shape_err(op, format!("{what}: {m}")));
+        if self.starts.len() != self.lens.len() {
+            return bad(format!(
+                "{} starts for {} sequences",
+                self.starts.len(),
+                self.lens.len()
+            ));
         }
+        if let Some(c) = self.capacity {
+            if let Some(&l) = self.lens.iter().find(|&&l| l > c) {
+                return bad(format!("a sequence of {l} rows exceeds the capacity {c}"));
+            }
+        }
+        let mut spans: Vec<(usize, usize)> = (0..self.count())
+            .map(|b| (self.starts[b], self.starts[b] + self.reserved(b)))
+            .filter(|(s, e)| s < e)
+            .collect();
+        spans.sort_unstable();
+        if spans.windows(2).any(|w| w[1].0 < w[0].1) {
+            return bad("two sequences overlap".into());
+        }
+        Ok(())
     }
 }
 
-/// An additive bias on the scores, shared by every sequence of the batch.
+/// Sequence lengths with the packed starts they imply: the owner of a
+/// packed [`SeqRows`] (the `cu_seqlens` of FlashAttention's varlen API).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Seqs {
+    starts: Vec<usize>,
+    lens: Vec<usize>,
+}
+
+impl Seqs {
+    /// Packed sequences of these lengths, in order.
+    pub fn new(lens: Vec<usize>) -> Seqs {
+        let starts = lens
+            .iter()
+            .scan(0, |at, &l| {
+                let s = *at;
+                *at += l;
+                Some(s)
+            })
+            .collect();
+        Seqs { starts, lens }
+    }
+
+    /// The packed layout.
+    pub fn rows(&self) -> SeqRows<'_> {
+        SeqRows {
+            starts: &self.starts,
+            lens: &self.lens,
+            capacity: None,
+        }
+    }
+
+    /// Each sequence's length.
+    pub fn lens(&self) -> &[usize] {
+        &self.lens
+    }
+
+    /// Each sequence's first row.
+    pub fn starts(&self) -> &[usize] {
+        &self.starts
+    }
+
+    /// Number of sequences.
+    pub fn count(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Rows over all sequences.
+    pub fn total(&self) -> usize {
+        self.lens.iter().sum()
+    }
+
+    /// The longest sequence (0 for none).
+    pub fn max_len(&self) -> usize {
+        self.lens.iter().copied().max().unwrap_or(0)
+    }
+
+    /// The row range of sequence `b`.
+    pub fn range(&self, b: usize) -> std::ops::Range<usize> {
+        self.starts[b]..self.starts[b] + self.lens[b]
+    }
+}
+
+/// An additive bias on the scores, shared by every sequence.
 #[derive(Debug, Clone, Copy)]
 pub enum Bias<'a> {
-    /// `[heads, q_len, k_len]`: any bias.
+    /// `[heads, max_q, max_k]`: any bias, query `i` against key `j` of any
+    /// sequence reading element `(h, i, j)`.
     Dense(&'a [f32]),
-    /// `[heads, q_len + k_len - 1]`: a bias that depends only on the offset
-    /// `j - i` (T5's relative position bias), query `i` against key `j`
-    /// reading element `j - i + q_len - 1` of its head's row.
+    /// `[heads, max_q + max_k - 1]`: a bias that depends only on the offset
+    /// `j - i` (T5's relative position bias), query `i` against key `j` of
+    /// any sequence reading element `j - i + max_q - 1` of its head's row.
     Relative(&'a [f32]),
 }
 
 /// How a bias (and its gradient) is laid out; see [`Bias`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BiasLayout {
-    /// `[heads, q_len, k_len]`.
+    /// `[heads, max_q, max_k]`.
     Dense,
-    /// `[heads, q_len + k_len - 1]`.
+    /// `[heads, max_q + max_k - 1]`.
     Relative,
 }
 
@@ -153,125 +232,149 @@ impl<'a> Bias<'a> {
             Bias::Dense(v) | Bias::Relative(v) => v,
         }
     }
+}
 
-    /// The bias as a dense `[heads, q_len, k_len]` array (for reference
-    /// paths that take only dense biases). Panics if the bias does not have
-    /// its layout's length for `shape` (the kernels return an error instead).
-    pub fn to_dense(&self, shape: &AttentionShape) -> Vec<f32> {
-        let layout = self.layout();
-        let values = self.values();
-        assert_eq!(values.len(), layout.len(shape), "bias length");
-        let plane = layout.len(shape) / shape.heads.max(1);
-        let mut dense = Vec::with_capacity(shape.bias_len());
-        for h in 0..shape.heads {
-            for i in 0..shape.q_len {
-                let at = h * plane + layout.row_start(shape, i);
-                dense.extend_from_slice(&values[at..at + shape.k_len]);
-            }
-        }
-        dense
-    }
+/// The bias extents of a call: heads and the longest query and key sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BiasShape {
+    /// Heads.
+    pub heads: usize,
+    /// The longest query sequence.
+    pub max_q: usize,
+    /// The longest key sequence.
+    pub max_k: usize,
 }
 
 impl BiasLayout {
-    /// Elements of a bias of this layout for `shape`.
-    pub fn len(self, shape: &AttentionShape) -> usize {
+    /// Elements of a bias of this layout.
+    pub fn len(self, shape: BiasShape) -> usize {
+        shape.heads * self.plane(shape)
+    }
+
+    /// Elements per head.
+    fn plane(self, s: BiasShape) -> usize {
         match self {
-            BiasLayout::Dense => shape.bias_len(),
-            BiasLayout::Relative => shape.relative_bias_len(),
+            BiasLayout::Dense => s.max_q * s.max_k,
+            BiasLayout::Relative if s.max_q == 0 || s.max_k == 0 => 0,
+            BiasLayout::Relative => s.max_q + s.max_k - 1,
         }
     }
 
     /// Where element (head `h`, query `i`, key `j`) is stored.
-    pub fn index(self, shape: &AttentionShape, h: usize, i: usize, j: usize) -> usize {
-        h * (self.len(shape) / shape.heads) + self.row_start(shape, i) + j
+    pub fn index(self, shape: BiasShape, h: usize, i: usize, j: usize) -> usize {
+        h * self.plane(shape) + self.row_start(shape, i) + j
     }
 
     /// Where the element of query `i` and key 0 sits within one head's
     /// plane (elements of keys `j` follow at `+ j` in both layouts).
-    fn row_start(self, shape: &AttentionShape, i: usize) -> usize {
+    fn row_start(self, shape: BiasShape, i: usize) -> usize {
         match self {
-            BiasLayout::Dense => i * shape.k_len,
-            BiasLayout::Relative => shape.q_len - 1 - i,
+            BiasLayout::Dense => i * shape.max_k,
+            BiasLayout::Relative => shape.max_q - 1 - i,
         }
     }
 }
 
-/// Which keys each query may see.
-#[derive(Debug, Clone, Copy)]
-pub struct KeyMask<'a> {
-    /// Per `[batch, k_len]`: 1 for a real token, 0 for padding (`None`: all real).
-    pub valid: Option<&'a [u8]>,
-    /// Mask keys after the query (key `j` is hidden from query `i` when `j > i`).
-    pub causal: bool,
-}
-
-/// Queries, keys and values of one attention call, in the head layout.
+/// Queries, keys and values of one attention call, in the head layout of
+/// their [`SeqRows`].
 #[derive(Debug, Clone, Copy)]
 pub struct Qkv<'a> {
-    /// `[batch, heads, q_len, d_head]`.
+    /// Laid out as the call's queries.
     pub q: &'a [f32],
-    /// `[batch, heads, k_len, d_head]`, matrices `kv_stride` apart.
+    /// Laid out as the call's keys.
     pub k: &'a [f32],
     /// Same layout as `k`.
     pub v: &'a [f32],
 }
 
-/// Dropout on the attention probabilities, with the stateless keyed mask
-/// of [`crate::ops::dropout`]: element `(b, h, i, j)` of the probabilities
-/// `[batch, heads, q_len, k_len]` is kept exactly when `dropout_inplace`
-/// with the same `(p, key)` would keep it, so the fused and unfused paths
-/// drop the same probabilities.
+/// Dropout on the attention probabilities: the probability of query `i`
+/// against key `j` in head `h` is kept or dropped by a mask keyed by
+/// `(key, rows[i], h)` at position `j`, where `rows[i]` identifies the
+/// query's token (say, example and position). The mask is then the same
+/// for the same token wherever it sits.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProbDropout {
+pub struct ProbDropout<'a> {
     /// Drop probability, in `[0, 1)` (0 = off).
     pub p: f32,
     /// Mask key (see [`crate::ops::dropout::dropout_key`]).
     pub key: u64,
+    /// The identity of each query row, in packed query order (needed
+    /// when `p > 0`).
+    pub rows: &'a [u64],
 }
 
-impl ProbDropout {
+impl ProbDropout<'_> {
     /// No dropout.
-    pub const OFF: ProbDropout = ProbDropout { p: 0.0, key: 0 };
+    pub const OFF: ProbDropout<'static> = ProbDropout {
+        p: 0.0,
+        key: 0,
+        rows: &[],
+    };
+
+    /// The mask of query row `row` (packed index) in head `h`, scaled as
+    /// [`crate::ops::dropout::dropout_inplace`] scales; `None` when off.
+    fn mask(&self, row: usize, h: usize) -> Option<KeyedMask> {
+        if self.p == 0.0 {
+            return None;
+        }
+        KeyedMask::new(self.p, dropout_key(self.key, &[self.rows[row], h as u64]))
+    }
+
+    /// Multiplies `x`, the probabilities of query row `row` of head `h`
+    /// against keys `j0..j0 + x.len()`, by the mask.
+    pub fn apply_row(&self, row: usize, h: usize, j0: usize, x: &mut [f32]) {
+        if let Some(m) = self.mask(row, h) {
+            m.apply(x, j0);
+        }
+    }
 }
 
 /// Everything that defines one attention call: sizes, inputs, bias, mask
 /// and probability dropout.
 #[derive(Debug, Clone, Copy)]
 pub struct Attention<'a> {
-    /// Sizes.
-    pub shape: AttentionShape,
+    /// Heads.
+    pub heads: usize,
+    /// Width of one head.
+    pub d_head: usize,
+    /// The query rows of each sequence (packed).
+    pub queries: SeqRows<'a>,
+    /// The key (and value) rows of each sequence.
+    pub keys: SeqRows<'a>,
     /// Queries, keys and values.
     pub qkv: Qkv<'a>,
     /// The additive position bias, if any.
     pub bias: Option<Bias<'a>>,
-    /// Padding and causality.
-    pub mask: KeyMask<'a>,
+    /// Mask keys after the query (key `j` is hidden from query `i` when `j > i`).
+    pub causal: bool,
     /// Dropout on the probabilities (after the softmax, before `· V`).
-    pub dropout: ProbDropout,
+    pub dropout: ProbDropout<'a>,
 }
 
-/// The gradients [`backward`] writes (dense layouts, overwritten).
+/// The gradients [`backward`] writes (overwritten; in the layouts of Q and K).
 #[derive(Debug)]
 pub struct AttentionGradsMut<'a> {
-    /// `[batch, heads, q_len, d_head]`.
+    /// Laid out as the queries.
     pub dq: &'a mut [f32],
-    /// `[batch, heads, k_len, d_head]`.
+    /// Laid out as the keys (rows beyond a sequence's length are 0).
     pub dk: &'a mut [f32],
-    /// `[batch, heads, k_len, d_head]`.
+    /// Laid out as the keys.
     pub dv: &'a mut [f32],
-    /// The bias gradient summed over the batch is added here when given,
-    /// in the layout of the call's bias (dense when it has none).
+    /// The bias gradient summed over the sequences is added here when
+    /// given, in the layout of the call's bias (dense when it has none).
     pub dbias: Option<&'a mut [f32]>,
 }
 
-/// Query rows per (batch, head) up to which [`forward`] uses the
-/// single-row kernel: below this, a tile of queries is mostly empty.
+/// Query rows up to which [`forward`] runs a sequence on the single-row
+/// kernel: below this, a tile of queries is mostly empty. The choice is
+/// made per sequence, so a sequence's result does not depend on what it
+/// is batched with.
 const ROW_KERNEL_MAX_Q: usize = 8;
 
-/// `out = dropout(softmax(Q·Kᵀ + bias + mask)) · V` (`[batch, heads, q_len, d_head]`)
-/// and each row's log-sum-exp of the masked scores (`[batch, heads, q_len]`,
-/// `-inf` for a row with no visible key), which [`backward`] needs.
+/// `out = dropout(softmax(Q·Kᵀ + bias + mask)) · V` (laid out as the
+/// queries) and each row's log-sum-exp of the masked scores (laid out as
+/// the queries with one element per row and head, `-inf` for a row with no
+/// visible key), which [`backward`] needs.
 pub fn forward(a: &Attention<'_>, out: &mut [f32], lse: &mut [f32]) -> Result<()> {
     forward_with(Isa::best(), a, out, lse)
 }
@@ -279,36 +382,36 @@ pub fn forward(a: &Attention<'_>, out: &mut [f32], lse: &mut [f32]) -> Result<()
 fn forward_with(isa: Isa, a: &Attention<'_>, out: &mut [f32], lse: &mut [f32]) -> Result<()> {
     let op = "attention_forward";
     check_inputs(op, a)?;
-    let s = &a.shape;
-    check(op, "out", out.len(), s.q_len_elems())?;
-    check(op, "lse", lse.len(), s.count() * s.q_len)?;
-    if a.shape.q_len <= ROW_KERNEL_MAX_Q {
-        rows::run(isa, a, out, Some(lse));
-    } else {
-        forward::run(isa, a, out, lse);
-    }
+    check(op, "out", out.len(), a.q_elems())?;
+    check(op, "lse", lse.len(), a.lse_elems())?;
+    let (few, many): (Vec<usize>, Vec<usize>) =
+        (0..a.pairs()).partition(|&bh| a.q_len(bh) <= ROW_KERNEL_MAX_Q);
+    rows::run(isa, a, &few, out, Some(lse));
+    forward::run(isa, a, &many, out, lse);
     Ok(())
 }
 
 /// `out = softmax(Q·Kᵀ + bias + mask) · V` for the few query rows of a
-/// generation step (typically one per (batch, head)), against a KV cache or
-/// the encoder's keys and values. Keeps no log-sum-exp; dropout must be off.
+/// generation step (typically one per (sequence, head)), against a KV
+/// cache or the encoder's keys and values. Keeps no log-sum-exp; dropout
+/// must be off.
 pub fn decode(a: &Attention<'_>, out: &mut [f32]) -> Result<()> {
     let op = "attention_decode";
     check_inputs(op, a)?;
-    check(op, "out", out.len(), a.shape.q_len_elems())?;
+    check(op, "out", out.len(), a.q_elems())?;
     if a.dropout.p != 0.0 {
         return Err(crate::TensorError::Setting(
             "attention_decode runs without dropout, but p is not 0".into(),
         ));
     }
-    rows::run(Isa::best(), a, out, None);
+    let all: Vec<usize> = (0..a.pairs()).collect();
+    rows::run(Isa::best(), a, &all, out, None);
     Ok(())
 }
 
 /// Gradients of [`forward`] from the output `out`, its log-sum-exp `lse`
 /// and the output gradient `dout`: overwrites dQ, dK and dV and adds the
-/// bias gradient (summed over the batch) into `grads.dbias` when given.
+/// bias gradient (summed over the sequences) into `grads.dbias` when given.
 pub fn backward(
     a: &Attention<'_>,
     (out, lse): (&[f32], &[f32]),
@@ -327,15 +430,14 @@ fn backward_with(
 ) -> Result<()> {
     let op = "attention_backward";
     check_inputs(op, a)?;
-    let s = &a.shape;
-    check(op, "out", out.len(), s.q_len_elems())?;
-    check(op, "lse", lse.len(), s.count() * s.q_len)?;
-    check(op, "dout", dout.len(), s.q_len_elems())?;
-    check(op, "dq", grads.dq.len(), s.q_len_elems())?;
-    check(op, "dk", grads.dk.len(), s.kv_len_elems())?;
-    check(op, "dv", grads.dv.len(), s.kv_len_elems())?;
+    check(op, "out", out.len(), a.q_elems())?;
+    check(op, "lse", lse.len(), a.lse_elems())?;
+    check(op, "dout", dout.len(), a.q_elems())?;
+    check(op, "dq", grads.dq.len(), a.q_elems())?;
+    check(op, "dk", grads.dk.len(), a.kv_elems())?;
+    check(op, "dv", grads.dv.len(), a.kv_elems())?;
     if let Some(db) = &grads.dbias {
-        check(op, "dbias", db.len(), a.bias_layout().len(s))?;
+        check(op, "dbias", db.len(), a.bias_layout().len(a.bias_shape()))?;
     }
     backward::run(isa, a, (out, lse), dout, grads);
     Ok(())
@@ -352,38 +454,48 @@ fn check(op: &'static str, what: &str, len: usize, expected: usize) -> Result<()
     }
 }
 
-/// Checks Q, K, V, the bias and the mask against the shape.
+/// Checks the sequences, Q, K, V, the bias and the dropout against each other.
 fn check_inputs(op: &'static str, a: &Attention<'_>) -> Result<()> {
-    let s = &a.shape;
-    check(op, "q", a.qkv.q.len(), s.q_len_elems())?;
-    if s.kv_stride < s.k_len * s.d_head {
+    let (q, k) = (&a.queries, &a.keys);
+    q.check(op, "queries")?;
+    k.check(op, "keys")?;
+    let packed = q.capacity.is_none()
+        && (0..q.count()).all(|b| q.starts[b] == q.lens[..b].iter().sum::<usize>());
+    if !packed {
+        return Err(shape_err(op, "queries must be packed in order"));
+    }
+    if q.count() != k.count() {
         return Err(shape_err(
             op,
             format!(
-                "K/V stride {} is less than {} keys of {}",
-                s.kv_stride, s.k_len, s.d_head
+                "{} query sequences but {} key sequences",
+                q.count(),
+                k.count()
             ),
         ));
     }
-    let kv_need = match s.count() {
-        0 => 0,
-        n => (n - 1) * s.kv_stride + s.k_len * s.d_head,
-    };
+    check(op, "q", a.qkv.q.len(), a.q_elems())?;
     for (what, len) in [("k", a.qkv.k.len()), ("v", a.qkv.v.len())] {
-        if len < kv_need {
+        if len < a.kv_elems() {
             return Err(shape_err(
                 op,
-                format!("{what} has {len} elements, needs at least {kv_need}"),
+                format!("{what} has {len} elements, needs at least {}", a.kv_elems()),
             ));
         }
     }
     if let Some(bias) = a.bias {
-        check(op, "bias", bias.values().len(), bias.layout().len(s))?;
+        check(
+            op,
+            "bias",
+            bias.values().len(),
+            bias.layout().len(a.bias_shape()),
+        )?;
     }
-    if let Some(valid) = a.mask.valid {
-        check(op, "key mask", valid.len(), s.batch * s.k_len)?;
+    check_probability(a.dropout.p)?;
+    if a.dropout.p > 0.0 {
+        check(op, "dropout rows", a.dropout.rows.len(), q.total())?;
     }
-    check_probability(a.dropout.p)
+    Ok(())
 }
 
 impl<'a> Attention<'a> {
@@ -392,106 +504,131 @@ impl<'a> Attention<'a> {
         self.bias.map_or(BiasLayout::Dense, |b| b.layout())
     }
 
-    /// Rows `rows` of the query matrix of (batch, head) `bh`.
+    /// The extents the bias is laid out for.
+    pub fn bias_shape(&self) -> BiasShape {
+        BiasShape {
+            heads: self.heads,
+            max_q: self.queries.max_len(),
+            max_k: self.keys.max_len(),
+        }
+    }
+
+    /// Elements of Q, the output and their gradients.
+    pub fn q_elems(&self) -> usize {
+        self.queries.total() * self.heads * self.d_head
+    }
+
+    /// Elements of the log-sum-exps.
+    pub fn lse_elems(&self) -> usize {
+        self.queries.total() * self.heads
+    }
+
+    /// Elements of K, V and their gradients.
+    pub fn kv_elems(&self) -> usize {
+        self.keys.elems(self.heads, self.d_head)
+    }
+
+    /// (Sequence, head) pairs.
+    fn pairs(&self) -> usize {
+        self.queries.count() * self.heads
+    }
+
+    /// The sequence and head of pair `bh`.
+    fn split(&self, bh: usize) -> (usize, usize) {
+        (bh / self.heads, bh % self.heads)
+    }
+
+    /// Query rows of pair `bh`.
+    fn q_len(&self, bh: usize) -> usize {
+        self.queries.lens[bh / self.heads]
+    }
+
+    /// Key rows of pair `bh`.
+    fn k_len(&self, bh: usize) -> usize {
+        self.keys.lens[bh / self.heads]
+    }
+
+    /// Element offset of query row 0 of pair `bh` (`width` per row).
+    fn q_base(&self, bh: usize, width: usize) -> usize {
+        let (b, h) = self.split(bh);
+        self.queries.base(b, h, self.heads, width)
+    }
+
+    /// Packed index of query row `i` of pair `bh`'s sequence.
+    fn q_row(&self, bh: usize, i: usize) -> usize {
+        self.queries.starts[bh / self.heads] + i
+    }
+
+    /// Rows `rows` of the query matrix of pair `bh`.
     fn q_rows(&self, bh: usize, rows: std::ops::Range<usize>) -> &'a [f32] {
-        let (d, base) = (self.shape.d_head, bh * self.shape.q_len * self.shape.d_head);
+        let (d, base) = (self.d_head, self.q_base(bh, self.d_head));
         &self.qkv.q[base + rows.start * d..base + rows.end * d]
     }
 
-    /// The key (or value, `of = qkv.v`) matrix of (batch, head) `bh`, rows `keys`.
+    /// Element offset of key row 0 of pair `bh`.
+    fn k_base(&self, bh: usize) -> usize {
+        let (b, h) = self.split(bh);
+        self.keys.base(b, h, self.heads, self.d_head)
+    }
+
+    /// The key (or value, `of = qkv.v`) matrix of pair `bh`, rows `keys`.
     fn kv_rows(&self, of: &'a [f32], bh: usize, keys: std::ops::Range<usize>) -> &'a [f32] {
-        let (d, base) = (self.shape.d_head, bh * self.shape.kv_stride);
+        let (d, base) = (self.d_head, self.k_base(bh));
         &of[base + keys.start * d..base + keys.end * d]
     }
 
-    /// Adds the bias and masks the scores of query `i` of (batch, head)
-    /// `bh` against keys `j0..j0 + row.len()`: a hidden key's score is `-inf`.
+    /// Adds the bias and masks the scores of query `i` of pair `bh` against
+    /// keys `j0..j0 + row.len()`: a hidden key's score is `-inf`.
     #[inline(always)]
     fn bias_and_mask(&self, bh: usize, i: usize, j0: usize, row: &mut [f32]) {
-        let s = &self.shape;
-        let (b, h) = (bh / s.heads, bh % s.heads);
-        let j1 = j0 + row.len();
-        let bias = self.bias.map(|bias| {
-            let at = bias.layout().index(s, h, i, j0);
-            &bias.values()[at..at + row.len()]
-        });
-        let valid = self
-            .mask
-            .valid
-            .map(|v| &v[b * s.k_len + j0..b * s.k_len + j1]);
-        // One pass per case, each a branch-free loop the compiler vectorises
-        // (a padded key adds -inf; scores are finite, so the sum is -inf).
-        match (bias, valid) {
-            (Some(bias), Some(valid)) => {
-                for ((x, y), &v) in row.iter_mut().zip(bias).zip(valid) {
-                    *x = (*x + y) + key_mask(v);
-                }
-            }
-            (Some(bias), None) => row.iter_mut().zip(bias).for_each(|(x, y)| *x += y),
-            (None, Some(valid)) => {
-                for (x, &v) in row.iter_mut().zip(valid) {
-                    *x += key_mask(v);
-                }
-            }
-            (None, None) => {}
+        if let Some(bias) = self.bias {
+            let at = bias
+                .layout()
+                .index(self.bias_shape(), bh % self.heads, i, j0);
+            let bias = &bias.values()[at..at + row.len()];
+            // A branch-free loop the compiler vectorises.
+            row.iter_mut().zip(bias).for_each(|(x, y)| *x += y);
         }
-        if self.mask.causal && i + 1 < j1 {
+        let j1 = j0 + row.len();
+        if self.causal && i + 1 < j1 {
             row[(i + 1).saturating_sub(j0)..].fill(f32::NEG_INFINITY);
         }
     }
 
-    /// Applies the dropout mask to the probabilities of query `i` of
-    /// (batch, head) `bh` against keys `j0..j0 + row.len()`.
-    fn drop_probs(&self, mask: Option<KeyedMask>, bh: usize, i: usize, j0: usize, row: &mut [f32]) {
-        if let Some(m) = mask {
-            m.apply(row, (bh * self.shape.q_len + i) * self.shape.k_len + j0);
-        }
+    /// Applies the dropout mask to the probabilities of query `i` of pair
+    /// `bh` against keys `j0..j0 + row.len()`.
+    fn drop_probs(&self, bh: usize, i: usize, j0: usize, row: &mut [f32]) {
+        self.dropout
+            .apply_row(self.q_row(bh, i), bh % self.heads, j0, row);
     }
 
-    /// The dropout mask, `None` when dropout is off.
-    fn dropout_mask(&self) -> Option<KeyedMask> {
-        KeyedMask::new(self.dropout.p, self.dropout.key)
-    }
-
-    /// Whether any of keys `keys` of (batch, head) `bh` is a real token
-    /// (a tile of padding contributes nothing and is skipped).
-    fn any_key_valid(&self, bh: usize, keys: std::ops::Range<usize>) -> bool {
-        let at = bh / self.shape.heads * self.shape.k_len;
-        self.mask
-            .valid
-            .is_none_or(|v| v[at + keys.start..at + keys.end].iter().any(|&x| x != 0))
-    }
-
-    /// One past the last real key of (batch, head) `bh`'s sequence: keys
-    /// from there on are padding, and skipping them changes no result (a
-    /// masked key's probability is exactly 0).
-    fn valid_end(&self, bh: usize) -> usize {
-        let (k_len, b) = (self.shape.k_len, bh / self.shape.heads);
-        self.mask.valid.map_or(k_len, |v| {
-            let keys = &v[b * k_len..(b + 1) * k_len];
-            keys.iter()
-                .rposition(|&x| x != 0)
-                .map_or(0, |last| last + 1)
-        })
-    }
-
-    /// Keys query `i` can see at all, as an end bound (causality only).
-    fn key_end(&self, i: usize) -> usize {
-        if self.mask.causal {
-            (i + 1).min(self.shape.k_len)
+    /// Keys query `i` of pair `bh` can see at all, as an end bound.
+    fn key_end(&self, bh: usize, i: usize) -> usize {
+        let k_len = self.k_len(bh);
+        if self.causal {
+            (i + 1).min(k_len)
         } else {
-            self.shape.k_len
+            k_len
         }
     }
 }
 
-/// What a key's validity flag adds to its score: 0 for a real key, -inf
-/// for padding (a select, so the loops using it vectorise).
-#[inline(always)]
-fn key_mask(valid: u8) -> f32 {
-    if valid == 0 {
-        f32::NEG_INFINITY
-    } else {
-        0.0
+/// Splits `buf` into the disjoint regions `(start, len)` (in any order),
+/// returned in the order given. Panics if two overlap or one runs past the
+/// end (the callers' layouts were checked against both).
+fn carve<'b>(mut buf: &'b mut [f32], regions: &[(usize, usize)]) -> Vec<&'b mut [f32]> {
+    let mut order: Vec<usize> = (0..regions.len()).collect();
+    order.sort_by_key(|&r| regions[r].0);
+    let mut out: Vec<Option<&'b mut [f32]>> = (0..regions.len()).map(|_| None).collect();
+    let mut at = 0;
+    for r in order {
+        let (start, len) = regions[r];
+        let rest = std::mem::take(&mut buf);
+        let (_, tail) = rest.split_at_mut(start - at);
+        let (region, tail) = tail.split_at_mut(len);
+        out[r] = Some(region);
+        buf = tail;
+        at = start + len;
     }
+    out.into_iter().map(|r| r.expect("every region")).collect()
 }

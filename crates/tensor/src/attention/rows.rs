@@ -3,7 +3,7 @@
 //! scores against all its keys are one vector (`O(L_k)` scratch), so the
 //! softmax is exact in one pass, the scores are dot products straight from
 //! the stored keys (no transposed tile) and the output is a weighted sum of
-//! value rows. Tasks are (batch, head) pairs, grouped so that each task has
+//! value rows. Tasks are (sequence, head) pairs, grouped so that each task has
 //! enough work to be worth a rayon split.
 
 use super::tile::{dots, exp_shifted, row_max, weighted_rows, Isa};
@@ -13,39 +13,49 @@ use rayon::prelude::*;
 /// Multiply-adds below which (batch, head) pairs share a task.
 const MIN_TASK_FLOPS: usize = 1 << 15;
 
-/// Runs every query row; writes the log-sum-exps when `lse` is given.
-pub(super) fn run(isa: Isa, a: &Attention<'_>, out: &mut [f32], lse: Option<&mut [f32]>) {
-    let s = &a.shape;
-    let (lq, d) = (s.q_len, s.d_head);
-    if lq == 0 || d == 0 {
-        if let Some(l) = lse {
-            l.fill(f32::NEG_INFINITY);
-        }
-        return;
-    }
-    let per_pair = (2 * lq * s.k_len * d).max(1);
-    let min_len = MIN_TASK_FLOPS.div_ceil(per_pair);
-    let mut none = Vec::new();
+/// Runs every query row of the (sequence, head) pairs `pairs`; writes the
+/// log-sum-exps when `lse` is given.
+pub(super) fn run(
+    isa: Isa,
+    a: &Attention<'_>,
+    pairs: &[usize],
+    out: &mut [f32],
+    lse: Option<&mut [f32]>,
+) {
+    let d = a.d_head;
+    let out_regions: Vec<(usize, usize)> = pairs
+        .iter()
+        .map(|&bh| (a.q_base(bh, d), a.q_len(bh) * d))
+        .collect();
     let lse_chunks: Vec<Option<&mut [f32]>> = match lse {
-        Some(l) => l.chunks_mut(lq).map(Some).collect(),
-        None => {
-            none.resize_with(s.count(), || None);
-            none
+        Some(l) => {
+            let regions: Vec<(usize, usize)> = pairs
+                .iter()
+                .map(|&bh| (a.q_base(bh, 1), a.q_len(bh)))
+                .collect();
+            super::carve(l, &regions).into_iter().map(Some).collect()
         }
+        None => pairs.iter().map(|_| None).collect(),
     };
+    let work: usize = pairs
+        .iter()
+        .map(|&bh| 2 * a.q_len(bh) * a.k_len(bh) * d)
+        .sum();
+    let min_len = (MIN_TASK_FLOPS * pairs.len()).div_ceil(work.max(1)).max(1);
+    let tasks: Vec<_> = pairs
+        .iter()
+        .copied()
+        .zip(super::carve(out, &out_regions).into_iter().zip(lse_chunks))
+        .collect();
     crate::install(|| {
-        out.par_chunks_mut(lq * d)
-            .zip(lse_chunks)
-            .enumerate()
-            .with_min_len(min_len)
-            .for_each_init(
-                || vec![0.0f32; s.k_len],
-                |scores, (bh, (o, l))| pair(isa, a, bh, (o, l), scores),
-            );
+        tasks.into_par_iter().with_min_len(min_len).for_each_init(
+            || vec![0.0f32; a.keys.max_len()],
+            |scores, (bh, (o, l))| pair(isa, a, bh, (o, l), scores),
+        );
     });
 }
 
-/// All query rows of (batch, head) `bh`.
+/// All query rows of pair `bh`.
 fn pair(
     isa: Isa,
     a: &Attention<'_>,
@@ -53,10 +63,15 @@ fn pair(
     (out, mut lse): (&mut [f32], Option<&mut [f32]>),
     scores: &mut [f32],
 ) {
-    let d = a.shape.d_head;
-    let valid_end = a.valid_end(bh);
+    let d = a.d_head;
+    if d == 0 {
+        if let Some(l) = lse.as_deref_mut() {
+            l.fill(f32::NEG_INFINITY);
+        }
+        return;
+    }
     for (i, o) in out.chunks_exact_mut(d).enumerate() {
-        let n = a.key_end(i).min(valid_end);
+        let n = a.key_end(bh, i);
         let s = &mut scores[..n];
         dots(
             isa,
@@ -71,7 +86,7 @@ fn pair(
             f32::NEG_INFINITY
         } else {
             let sum = exp_shifted(isa, s, m);
-            a.drop_probs(a.dropout_mask(), bh, i, 0, s);
+            a.drop_probs(bh, i, 0, s);
             weighted_rows(isa, s, (a.kv_rows(a.qkv.v, bh, 0..n), d), o);
             let inv = 1.0 / sum;
             o.iter_mut().for_each(|x| *x *= inv);

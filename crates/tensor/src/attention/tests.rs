@@ -5,18 +5,25 @@
 use super::*;
 use proptest::prelude::*;
 
-/// A random attention problem with owned buffers.
+/// A random attention problem with owned buffers: packed queries, keys
+/// packed or in a cache with room to grow.
 #[derive(Debug, Clone)]
 struct Case {
-    shape: AttentionShape,
+    heads: usize,
+    d: usize,
+    queries: Seqs,
+    k_starts: Vec<usize>,
+    k_lens: Vec<usize>,
+    capacity: Option<usize>,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
     bias: Option<Vec<f32>>,
     layout: BiasLayout,
-    valid: Option<Vec<u8>>,
     causal: bool,
-    dropout: ProbDropout,
+    p: f32,
+    key: u64,
+    rows: Vec<u64>,
     dout: Vec<f32>,
 }
 
@@ -29,58 +36,86 @@ fn noise(state: &mut u64) -> f32 {
 }
 
 impl Case {
-    /// `lengths[b]` valid keys for sequence b (`None`: no padding mask);
-    /// K/V matrices `extra * d` elements further apart than dense.
+    /// Sequences of `q_lens` queries and `k_lens` keys; keys packed, or
+    /// `capacity` rows apart per head when given; a dense bias if `with_bias`.
     fn new(
-        shape: AttentionShape,
-        (lengths, causal, with_bias): (Option<Vec<usize>>, bool, bool),
+        (heads, d): (usize, usize),
+        (q_lens, k_lens, capacity): (Vec<usize>, Vec<usize>, Option<usize>),
+        (causal, with_bias): (bool, bool),
         seed: u64,
     ) -> Case {
         let mut st = seed;
         let mut fill =
             |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| noise(&mut st) * scale).collect() };
-        let s = shape;
-        let kv = s.count().saturating_sub(1) * s.kv_stride + s.k_len * s.d_head;
-        let valid = lengths.map(|ls| {
-            ls.iter()
-                .flat_map(|&n| (0..s.k_len).map(move |j| u8::from(j < n)))
-                .collect()
-        });
-        Case {
-            shape,
-            q: fill(s.q_len_elems(), 0.8),
-            k: fill(kv, 0.8),
-            v: fill(kv, 1.0),
-            bias: with_bias.then(|| fill(s.bias_len(), 2.0)),
+        let queries = Seqs::new(q_lens);
+        let k_starts = match capacity {
+            Some(c) => (0..k_lens.len()).map(|b| b * c).collect(),
+            None => Seqs::new(k_lens.clone()).starts().to_vec(),
+        };
+        let mut case = Case {
+            heads,
+            d,
+            queries,
+            k_starts,
+            k_lens,
+            capacity,
+            q: Vec::new(),
+            k: Vec::new(),
+            v: Vec::new(),
+            bias: None,
             layout: BiasLayout::Dense,
-            valid,
             causal,
-            dropout: ProbDropout::OFF,
-            dout: fill(s.q_len_elems(), 1.0),
-        }
+            p: 0.0,
+            key: 0,
+            rows: Vec::new(),
+            dout: Vec::new(),
+        };
+        let (q, kv) = (case.attention().q_elems(), case.attention().kv_elems());
+        let bias_len = BiasLayout::Dense.len(case.attention().bias_shape());
+        case.q = fill(q, 0.8);
+        case.k = fill(kv, 0.8);
+        case.v = fill(kv, 1.0);
+        case.bias = with_bias.then(|| fill(bias_len, 2.0));
+        case.dout = fill(q, 1.0);
+        case.rows = (0..case.queries.total() as u64)
+            .map(|r| r * 7 + 3)
+            .collect();
+        case
     }
 
-    /// The same case with a random relative bias (`[heads, q_len + k_len - 1]`) instead.
+    /// The same case with a random relative bias (`[heads, max_q + max_k - 1]`) instead.
     fn relative(mut self, seed: u64) -> Case {
         let mut st = seed;
-        let n = self.shape.relative_bias_len();
+        let n = BiasLayout::Relative.len(self.attention().bias_shape());
         self.bias = Some((0..n).map(|_| noise(&mut st) * 2.0).collect());
         self.layout = BiasLayout::Relative;
         self
     }
 
-    /// Where bias element (h, i, j) is stored.
+    /// The same case with dropout `p` on the probabilities.
+    fn dropped(mut self, p: f32, key: u64) -> Case {
+        (self.p, self.key) = (p, key);
+        self
+    }
+
     fn bias_index(&self, h: usize, i: usize, j: usize) -> usize {
-        let s = &self.shape;
-        match self.layout {
-            BiasLayout::Dense => (h * s.q_len + i) * s.k_len + j,
-            BiasLayout::Relative => h * (s.q_len + s.k_len - 1) + j + s.q_len - 1 - i,
+        self.layout.index(self.attention().bias_shape(), h, i, j)
+    }
+
+    fn keys(&self) -> SeqRows<'_> {
+        SeqRows {
+            starts: &self.k_starts,
+            lens: &self.k_lens,
+            capacity: self.capacity,
         }
     }
 
     fn attention(&self) -> Attention<'_> {
         Attention {
-            shape: self.shape,
+            heads: self.heads,
+            d_head: self.d,
+            queries: self.queries.rows(),
+            keys: self.keys(),
             qkv: Qkv {
                 q: &self.q,
                 k: &self.k,
@@ -90,12 +125,24 @@ impl Case {
                 BiasLayout::Dense => Bias::Dense(v),
                 BiasLayout::Relative => Bias::Relative(v),
             }),
-            mask: KeyMask {
-                valid: self.valid.as_deref(),
-                causal: self.causal,
+            causal: self.causal,
+            dropout: ProbDropout {
+                p: self.p,
+                key: self.key,
+                rows: &self.rows,
             },
-            dropout: self.dropout,
         }
+    }
+
+    /// The bias as a dense `[heads, max_q, max_k]` array.
+    fn dense_bias(&self) -> Option<Vec<f32>> {
+        let s = self.attention().bias_shape();
+        self.bias.as_ref().map(|b| {
+            (0..s.heads)
+                .flat_map(|h| (0..s.max_q).flat_map(move |i| (0..s.max_k).map(move |j| (h, i, j))))
+                .map(|(h, i, j)| b[self.bias_index(h, i, j)])
+                .collect()
+        })
     }
 }
 
@@ -111,17 +158,16 @@ struct Results {
 }
 
 fn run_fused(isa: Isa, c: &Case) -> Results {
-    let s = c.shape;
     let a = c.attention();
-    let mut out = vec![f32::NAN; s.q_len_elems()];
-    let mut lse = vec![f32::NAN; s.count() * s.q_len];
+    let mut out = vec![f32::NAN; a.q_elems()];
+    let mut lse = vec![f32::NAN; a.lse_elems()];
     forward_with(isa, &a, &mut out, &mut lse).expect("forward");
     let (mut dq, mut dk, mut dv) = (
-        vec![f32::NAN; s.q_len_elems()],
-        vec![f32::NAN; s.kv_len_elems()],
-        vec![f32::NAN; s.kv_len_elems()],
+        vec![f32::NAN; a.q_elems()],
+        vec![f32::NAN; a.kv_elems()],
+        vec![f32::NAN; a.kv_elems()],
     );
-    let mut dbias = vec![0.0; c.layout.len(&s)];
+    let mut dbias = vec![0.0; c.layout.len(a.bias_shape())];
     let grads = AttentionGradsMut {
         dq: &mut dq,
         dk: &mut dk,
@@ -139,29 +185,27 @@ fn run_fused(isa: Isa, c: &Case) -> Results {
     }
 }
 
-/// The reference in f64: dense scores, softmax, products, textbook backward.
+/// The reference in f64: dense scores, softmax, products, textbook backward,
+/// one (sequence, head) at a time.
 fn reference(c: &Case) -> [Vec<f64>; 6] {
-    let s = c.shape;
-    let (lq, lk, d) = (s.q_len, s.k_len, s.d_head);
-    let mut out = vec![0.0; s.q_len_elems()];
-    let mut lse = vec![f64::NEG_INFINITY; s.count() * lq];
-    let mut dq = vec![0.0; s.q_len_elems()];
-    let (mut dk, mut dv) = (vec![0.0; s.kv_len_elems()], vec![0.0; s.kv_len_elems()]);
-    let mut dbias = vec![0.0; c.layout.len(&s)];
+    let a = c.attention();
+    let d = c.d;
+    let mut out = vec![0.0; a.q_elems()];
+    let mut lse = vec![f64::NEG_INFINITY; a.lse_elems()];
+    let mut dq = vec![0.0; a.q_elems()];
+    let (mut dk, mut dv) = (vec![0.0; a.kv_elems()], vec![0.0; a.kv_elems()]);
+    let mut dbias = vec![0.0; c.layout.len(a.bias_shape())];
     let f = |x: f32| f64::from(x);
-    // The dropout mask times its scale, from the unfused dropout op.
-    let mut kept = vec![1.0f32; s.probs_len()];
-    crate::ops::dropout::dropout_inplace(&mut kept, c.dropout.p, c.dropout.key).expect("p");
-    for bh in 0..s.count() {
-        let (b, h) = (bh / s.heads, bh % s.heads);
-        let q = |i: usize, p: usize| f(c.q[(bh * lq + i) * d + p]);
-        let k = |j: usize, p: usize| f(c.k[bh * s.kv_stride + j * d + p]);
-        let v = |j: usize, p: usize| f(c.v[bh * s.kv_stride + j * d + p]);
-        let go = |i: usize, p: usize| f(c.dout[(bh * lq + i) * d + p]);
+    for bh in 0..a.pairs() {
+        let h = bh % c.heads;
+        let (lq, lk) = (a.q_len(bh), a.k_len(bh));
+        let (qb, kb, lb) = (a.q_base(bh, d), a.k_base(bh), a.q_base(bh, 1));
+        let q = |i: usize, p: usize| f(c.q[qb + i * d + p]);
+        let k = |j: usize, p: usize| f(c.k[kb + j * d + p]);
+        let v = |j: usize, p: usize| f(c.v[kb + j * d + p]);
+        let go = |i: usize, p: usize| f(c.dout[qb + i * d + p]);
         for i in 0..lq {
-            let visible = |j: usize| {
-                c.valid.as_ref().is_none_or(|m| m[b * lk + j] == 1) && !(c.causal && j > i)
-            };
+            let visible = |j: usize| !(c.causal && j > i);
             let score: Vec<f64> = (0..lk)
                 .map(|j| {
                     let bias = c
@@ -188,21 +232,26 @@ fn reference(c: &Case) -> [Vec<f64>; 6] {
                 })
                 .collect();
             let total: f64 = e.iter().sum();
-            lse[bh * lq + i] = max + total.ln();
+            lse[lb + i] = max + total.ln();
             let p: Vec<f64> = e.iter().map(|x| x / total).collect();
-            let m = |j: usize| f(kept[(bh * lq + i) * lk + j]);
+            // The dropout mask times its scale for this row.
+            let mut kept = vec![1.0f32; lk];
+            a.drop_probs(bh, i, 0, &mut kept);
+            let m = |j: usize| f(kept[j]);
             let dp: Vec<f64> = (0..lk)
                 .map(|j| (0..d).map(|x| go(i, x) * v(j, x)).sum::<f64>() * m(j))
                 .collect();
             let dot: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
             for j in 0..lk {
                 let ds = p[j] * (dp[j] - dot);
-                dbias[c.bias_index(h, i, j)] += ds;
+                if c.bias.is_some() || c.layout == BiasLayout::Dense {
+                    dbias[c.bias_index(h, i, j)] += ds;
+                }
                 for x in 0..d {
-                    out[(bh * lq + i) * d + x] += p[j] * m(j) * v(j, x);
-                    dv[(bh * lk + j) * d + x] += p[j] * m(j) * go(i, x);
-                    dq[(bh * lq + i) * d + x] += ds * k(j, x);
-                    dk[(bh * lk + j) * d + x] += ds * q(i, x);
+                    out[qb + i * d + x] += p[j] * m(j) * v(j, x);
+                    dv[kb + j * d + x] += p[j] * m(j) * go(i, x);
+                    dq[qb + i * d + x] += ds * k(j, x);
+                    dk[kb + j * d + x] += ds * q(i, x);
                 }
             }
         }
@@ -238,37 +287,39 @@ fn check_against_reference(c: &Case) {
             let e = rel_err(g, w);
             assert!(
                 e < 2e-5,
-                "{isa:?} {name}: relative error {e:.2e} for {:?}",
-                c.shape
+                "{isa:?} {name}: relative error {e:.2e} for queries {:?} keys {:?}",
+                c.queries.lens(),
+                c.k_lens
             );
         }
     }
 }
 
 fn case_strategy() -> impl Strategy<Value = Case> {
-    (
-        1usize..=3,
-        1usize..=3,
-        1usize..=80,
-        1usize..=80,
-        1usize..=20,
-        0usize..=2,
-    )
-        .prop_flat_map(|(batch, heads, lq, lk, d, extra)| {
-            let lengths = proptest::collection::vec(0..=lk, batch);
+    (1usize..=4, 1usize..=3, 1usize..=20)
+        .prop_flat_map(|(seqs, heads, d)| {
+            let lens = proptest::collection::vec(0usize..=80, seqs);
             (
-                Just((batch, heads, lq, lk, d, extra)),
-                proptest::option::of(lengths),
-                any::<(bool, bool, bool, u64)>(),
+                Just((heads, d)),
+                lens.clone(),
+                proptest::option::of(lens),
+                proptest::option::of(0usize..=3),
+                any::<(bool, bool, bool, bool, u64)>(),
             )
         })
         .prop_map(
-            |((batch, heads, lq, lk, d, extra), lengths, (causal, bias, relative, seed))| {
-                let mut shape = AttentionShape::dense(batch, heads, lq, lk, d);
-                shape.kv_stride += extra * d;
-                let case = Case::new(shape, (lengths, causal, bias), seed);
-                if bias && relative {
+            |((heads, d), q_lens, k_lens, extra, (causal, bias, relative, drop, seed))| {
+                // Self-attention (keys = queries) or keys of their own lengths.
+                let k_lens = k_lens.unwrap_or_else(|| q_lens.clone());
+                let capacity = extra.map(|e| k_lens.iter().copied().max().unwrap_or(0) + e);
+                let case = Case::new((heads, d), (q_lens, k_lens, capacity), (causal, bias), seed);
+                let case = if bias && relative {
                     case.relative(seed ^ 1)
+                } else {
+                    case
+                };
+                if drop {
+                    case.dropped(0.2, seed ^ 2)
                 } else {
                     case
                 }
@@ -289,8 +340,13 @@ proptest! {
 fn t5_head_width_and_tile_edges_match_reference() {
     // d = 64 as in Flan-T5; 70 and 131 keys leave partial tiles of 6 and 3.
     for (lq, lk, causal) in [(70, 70, true), (9, 131, false), (131, 1, false)] {
-        let shape = AttentionShape::dense(2, 2, lq, lk, 64);
-        check_against_reference(&Case::new(shape, (Some(vec![lk, lk / 2]), causal, true), 7));
+        let c = Case::new(
+            (2, 64),
+            (vec![lq, lq / 2 + 1], vec![lk, lk / 2 + 1], None),
+            (causal, true),
+            7,
+        );
+        check_against_reference(&c.relative(8));
     }
 }
 
@@ -302,20 +358,21 @@ fn a_relative_bias_equals_its_dense_expansion() {
         (131, 60, false),
         (1, 17, false),
     ] {
-        let shape = AttentionShape::dense(2, 3, lq, lk, 16);
-        let rel = Case::new(shape, (Some(vec![lk, lk / 2]), causal, true), 13).relative(14);
+        let lens = (vec![lq, lq / 2 + 1], vec![lk, lk / 2 + 1], None);
+        let rel = Case::new((3, 16), lens, (causal, true), 13).relative(14);
         let mut dense = rel.clone();
         dense.layout = BiasLayout::Dense;
-        dense.bias = Some(rel.attention().bias.expect("a bias").to_dense(&shape));
-        // `to_dense` puts every element (h, i, j) where the dense layout expects it.
-        for (h, i, j) in
-            (0..3).flat_map(|h| (0..lq).flat_map(move |i| (0..lk).map(move |j| (h, i, j))))
-        {
-            assert_eq!(
-                dense.bias.as_ref().unwrap()[dense.bias_index(h, i, j)],
-                rel.bias.as_ref().unwrap()[rel.bias_index(h, i, j)]
-            );
-        }
+        dense.bias = rel.dense_bias();
+        let shape = rel.attention().bias_shape();
+        let all = |f: &mut dyn FnMut(usize, usize, usize)| {
+            for h in 0..shape.heads {
+                for i in 0..shape.max_q {
+                    for j in 0..shape.max_k {
+                        f(h, i, j);
+                    }
+                }
+            }
+        };
         let (r, d) = (run_fused(Isa::best(), &rel), run_fused(Isa::best(), &dense));
         // Same scores, so the same forward and input gradients, bit for bit.
         assert_eq!(
@@ -323,40 +380,94 @@ fn a_relative_bias_equals_its_dense_expansion() {
             (&d.out, &d.lse, &d.dq, &d.dk, &d.dv)
         );
         // The relative gradient sums the dense one along each diagonal.
-        let mut diagonals = vec![0.0f64; shape.relative_bias_len()];
-        for (h, i, j) in
-            (0..3).flat_map(|h| (0..lq).flat_map(move |i| (0..lk).map(move |j| (h, i, j))))
-        {
+        let mut diagonals = vec![0.0f64; BiasLayout::Relative.len(shape)];
+        all(&mut |h, i, j| {
             diagonals[rel.bias_index(h, i, j)] += f64::from(d.dbias[dense.bias_index(h, i, j)]);
-        }
+        });
         assert!(rel_err(&r.dbias, &diagonals) < 1e-5, "{lq}x{lk}");
         check_against_reference(&rel);
     }
 }
 
 #[test]
-fn all_padding_rows_are_zero_not_nan() {
+fn a_sequence_without_keys_is_zero_not_nan() {
     for lq in [3, 40] {
-        let shape = AttentionShape::dense(2, 2, lq, 5, 8);
-        let c = Case::new(shape, (Some(vec![0, 5]), false, true), 3);
+        let c = Case::new((2, 8), (vec![lq, lq], vec![0, 5], None), (false, true), 3);
         let r = run_fused(Isa::best(), &c);
-        let half = shape.q_len_elems() / 2;
+        let half = r.out.len() / 2;
         assert!(r.out[..half].iter().all(|&x| x == 0.0));
         assert!(r.lse[..2 * lq].iter().all(|&x| x == f32::NEG_INFINITY));
         assert!(r.dq[..half].iter().all(|&x| x == 0.0));
-        assert!(r.dk[..shape.kv_len_elems() / 2].iter().all(|&x| x == 0.0));
         check_against_reference(&c);
     }
 }
 
 #[test]
+fn each_sequence_is_computed_as_if_alone() {
+    // Packing sequences together changes no bit of any one of them.
+    let lens = [5usize, 1, 70, 12];
+    let both = Case::new(
+        (2, 16),
+        (lens.to_vec(), lens.to_vec(), None),
+        (true, false),
+        4,
+    );
+    let all = run_fused(Isa::best(), &both);
+    let mut at = 0;
+    for (b, &n) in lens.iter().enumerate() {
+        let mut one = Case::new((2, 16), (vec![n], vec![n], None), (true, false), 0);
+        let span = both.queries.starts()[b] * 2 * 16..(both.queries.starts()[b] + n) * 2 * 16;
+        one.q = both.q[span.clone()].to_vec();
+        one.k = both.k[span.clone()].to_vec();
+        one.v = both.v[span.clone()].to_vec();
+        one.dout = both.dout[span.clone()].to_vec();
+        let r = run_fused(Isa::best(), &one);
+        assert_eq!(r.out, all.out[span.clone()], "sequence {b}");
+        assert_eq!(r.dk, all.dk[span.clone()], "sequence {b}");
+        at += n;
+    }
+    assert_eq!(at, both.queries.total());
+}
+
+#[test]
+fn dropout_depends_on_the_row_identity_not_its_place() {
+    let c = Case::new(
+        (2, 8),
+        (vec![20, 20], vec![20, 20], None),
+        (false, false),
+        6,
+    )
+    .dropped(0.3, 77);
+    let mut swapped = c.clone();
+    let half = c.q.len() / 2;
+    for buf in [
+        &mut swapped.q,
+        &mut swapped.k,
+        &mut swapped.v,
+        &mut swapped.dout,
+    ] {
+        buf.rotate_left(half);
+    }
+    swapped.rows.rotate_left(20);
+    let (r, s) = (run_fused(Isa::best(), &c), run_fused(Isa::best(), &swapped));
+    let mut back = s.out.clone();
+    back.rotate_right(half);
+    assert_eq!(r.out, back);
+    check_against_reference(&c);
+}
+
+#[test]
 fn decode_agrees_with_forward_on_a_kv_cache() {
-    // One query per (batch, head) against 9 of 16 cached positions.
-    let mut shape = AttentionShape::dense(3, 2, 1, 9, 16);
-    shape.kv_stride = 16 * 16;
-    let c = Case::new(shape, (Some(vec![9, 4, 1]), false, true), 11);
+    // One query per (sequence, head) against 9, 4 and 1 of 16 cached positions.
+    let c = Case::new(
+        (2, 16),
+        (vec![1, 1, 1], vec![9, 4, 1], Some(16)),
+        (false, true),
+        11,
+    )
+    .relative(12);
     let r = run_fused(Isa::best(), &c);
-    let mut out = vec![0.0; shape.q_len_elems()];
+    let mut out = vec![0.0; r.out.len()];
     decode(&c.attention(), &mut out).expect("decode");
     assert_eq!(out, r.out);
     check_against_reference(&c);
@@ -364,9 +475,14 @@ fn decode_agrees_with_forward_on_a_kv_cache() {
 
 #[test]
 fn one_and_two_threads_agree_bit_for_bit() {
-    let shape = AttentionShape::dense(2, 3, 100, 90, 64);
-    let mut c = Case::new(shape, (Some(vec![90, 37]), true, true), 5);
-    c.dropout = ProbDropout { p: 0.1, key: 9 };
+    let c = Case::new(
+        (3, 64),
+        (vec![100, 37], vec![100, 37], None),
+        (true, true),
+        5,
+    )
+    .relative(6)
+    .dropped(0.1, 9);
     crate::set_num_threads(1).expect("threads");
     let one = run_fused(Isa::best(), &c);
     crate::set_num_threads(2).expect("threads");
@@ -376,7 +492,7 @@ fn one_and_two_threads_agree_bit_for_bit() {
 
 #[test]
 fn wrong_buffer_sizes_are_errors() {
-    let c = Case::new(AttentionShape::dense(1, 2, 3, 4, 5), (None, false, true), 1);
+    let c = Case::new((2, 5), (vec![3], vec![4], None), (false, true), 1);
     let mut out = vec![0.0; 29];
     let mut lse = vec![0.0; 6];
     let e = forward(&c.attention(), &mut out, &mut lse).expect_err("short out");
@@ -385,15 +501,26 @@ fn wrong_buffer_sizes_are_errors() {
         "{e}"
     );
     let mut bad = c.attention();
-    bad.mask.valid = Some(&[1, 1]);
+    bad.keys.lens = &[4, 4];
     assert!(decode(&bad, &mut [0.0; 30]).is_err());
+    let mut over = c.attention();
+    over.keys.capacity = Some(2);
+    assert!(decode(&over, &mut [0.0; 30]).is_err());
     let mut dropped = c.attention();
     dropped.dropout.p = 1.0;
     let e = forward(&dropped, &mut [0.0; 30], &mut lse).expect_err("p = 1");
     assert!(e.to_string().contains("not in [0, 1)"), "{e}");
+    let mut unnamed = c.attention();
+    unnamed.dropout = ProbDropout {
+        p: 0.5,
+        key: 1,
+        rows: &[],
+    };
+    assert!(forward(&unnamed, &mut [0.0; 30], &mut lse).is_err());
 }
 
-/// The PyTorch references of `fixtures/data/ops` (float64 results), within their 1e-5.
+/// The PyTorch references of `fixtures/data/ops` (float64 results), within
+/// their 1e-5: padded keys are a cache whose rows past each length are unused.
 #[test]
 fn fused_matches_attention_fixtures() {
     let fx = tessera_fixtures::load("ops").expect("ops fixture");
@@ -403,36 +530,31 @@ fn fused_matches_attention_fixtures() {
     assert!(cases.len() >= 4);
     for (name, meta) in cases {
         let n = |k: &str| meta[k].as_u64().expect("size") as usize;
-        let shape = AttentionShape::dense(
-            n("batch"),
-            n("heads"),
-            n("query_len"),
-            n("key_len"),
-            n("d_kv"),
-        );
+        let (batch, heads, lq, lk) = (n("batch"), n("heads"), n("query_len"), n("key_len"));
         let t = |what: &str| {
             fx.f32s(&format!("attention.{name}.{what}"))
                 .expect("tensor")
         };
-        let lengths = fx
+        let lengths: Vec<usize> = fx
             .i64s(&format!("attention.{name}.key_lengths"))
-            .expect("lengths");
-        let valid: Vec<u8> = lengths
+            .expect("lengths")
             .iter()
-            .flat_map(|&l| (0..shape.k_len).map(move |j| u8::from((j as i64) < l)))
+            .map(|&l| l as usize)
             .collect();
-        let c = Case {
-            shape,
-            q: t("q"),
-            k: t("k"),
-            v: t("v"),
-            bias: Some(t("bias")),
-            layout: BiasLayout::Dense,
-            valid: Some(valid),
-            causal: meta["causal"].as_bool().expect("bool"),
-            dropout: ProbDropout::OFF,
-            dout: t("grad_out"),
+        let max_k = lengths.iter().copied().max().unwrap_or(0);
+        // The fixture's bias is [heads, lq, lk]; the call's is [heads, lq, max_k].
+        let full_bias = t("bias");
+        let cut = |b: &[f32]| -> Vec<f32> {
+            b.chunks(lk).flat_map(|row| row[..max_k].to_vec()).collect()
         };
+        let mut c = Case::new(
+            (heads, n("d_kv")),
+            (vec![lq; batch], lengths, Some(lk)),
+            (meta["causal"].as_bool().expect("bool"), false),
+            0,
+        );
+        (c.q, c.k, c.v, c.dout) = (t("q"), t("k"), t("v"), t("grad_out"));
+        c.bias = Some(cut(&full_bias));
         for isa in Isa::available() {
             let r = run_fused(isa, &c);
             for (what, got) in [
@@ -440,11 +562,72 @@ fn fused_matches_attention_fixtures() {
                 ("grad_q", &r.dq),
                 ("grad_k", &r.dk),
                 ("grad_v", &r.dv),
-                ("grad_bias", &r.dbias),
             ] {
                 tessera_fixtures::check_close(&format!("{name}.{what}"), got, &t(what), tol)
                     .unwrap_or_else(|e| panic!("{isa:?}: {e}"));
             }
+            let want_bias = cut(&t("grad_bias"));
+            tessera_fixtures::check_close(&format!("{name}.grad_bias"), &r.dbias, &want_bias, tol)
+                .unwrap_or_else(|e| panic!("{isa:?}: {e}"));
+        }
+        let u = run_unfused(&c);
+        for (what, got) in [
+            ("out", &u.out),
+            ("grad_q", &u.dq),
+            ("grad_k", &u.dk),
+            ("grad_v", &u.dv),
+        ] {
+            tessera_fixtures::check_close(&format!("{name}.{what} (unfused)"), got, &t(what), tol)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let want_bias = cut(&t("grad_bias"));
+        tessera_fixtures::check_close(
+            &format!("{name}.grad_bias (unfused)"),
+            &u.dbias,
+            &want_bias,
+            tol,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+fn run_unfused(c: &Case) -> Results {
+    let a = c.attention();
+    let mut out = vec![f32::NAN; a.q_elems()];
+    let probs = unfused::forward(&a, &mut out).expect("forward");
+    let (mut dq, mut dk, mut dv) = (
+        vec![f32::NAN; a.q_elems()],
+        vec![f32::NAN; a.kv_elems()],
+        vec![f32::NAN; a.kv_elems()],
+    );
+    let mut dbias = vec![0.0; c.layout.len(a.bias_shape())];
+    let grads = AttentionGradsMut {
+        dq: &mut dq,
+        dk: &mut dk,
+        dv: &mut dv,
+        dbias: Some(&mut dbias),
+    };
+    unfused::backward(&a, &probs, &c.dout, grads).expect("backward");
+    Results {
+        out,
+        lse: Vec::new(),
+        dq,
+        dk,
+        dv,
+        dbias,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn unfused_matches_f64_reference(c in case_strategy()) {
+        let want = reference(&c);
+        let got = run_unfused(&c);
+        for (name, g, w) in [("out", &got.out, &want[0]), ("dq", &got.dq, &want[2]), ("dk", &got.dk, &want[3]), ("dv", &got.dv, &want[4]), ("dbias", &got.dbias, &want[5])] {
+            let e = rel_err(g, w);
+            prop_assert!(e < 2e-5, "unfused {}: relative error {:.2e}", name, e);
         }
     }
 }

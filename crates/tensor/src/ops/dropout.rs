@@ -94,6 +94,39 @@ pub fn dropout_inplace(x: &mut [f32], p: f32, key: u64) -> Result<()> {
     Ok(())
 }
 
+/// Dropout on the rows of `x` (`rows.len()` rows of equal width), each row
+/// masked by `(key, rows[r])` at its feature positions: a row's mask
+/// depends on its identity (a token's example and position, say), not on
+/// where it sits in `x`, so the same token draws the same mask in any
+/// batch. Forward and backward alike; `p = 0` leaves `x` unchanged.
+pub fn dropout_rows(x: &mut [f32], p: f32, key: u64, rows: &[u64]) -> Result<()> {
+    check_probability(p)?;
+    if p == 0.0 || x.is_empty() {
+        return Ok(());
+    }
+    if rows.is_empty() || !x.len().is_multiple_of(rows.len()) {
+        return Err(TensorError::Setting(format!(
+            "dropout over {} rows of a tensor of {} elements",
+            rows.len(),
+            x.len()
+        )));
+    }
+    let width = x.len() / rows.len();
+    let per_task = PARALLEL_MIN_ELEMS.div_ceil(width).max(1);
+    crate::install(|| {
+        x.par_chunks_mut(width * per_task)
+            .zip(rows.par_chunks(per_task))
+            .for_each(|(chunk, ids)| {
+                for (row, &id) in chunk.chunks_mut(width).zip(ids) {
+                    if let Some(mask) = KeyedMask::new(p, dropout_key(key, &[id])) {
+                        mask.apply(row, 0);
+                    }
+                }
+            });
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +148,19 @@ mod tests {
         dropout_inplace(&mut c, 0.25, dropout_key(7, &[1, 2, 4])).unwrap();
         assert_ne!(a, c);
         assert!(dropout_inplace(&mut c, 1.0, key).is_err());
+    }
+
+    #[test]
+    fn row_masks_follow_the_row_identity() {
+        let mut a = vec![1.0f32; 6 * 100];
+        dropout_rows(&mut a, 0.5, 3, &[10, 11, 12, 13, 14, 15]).unwrap();
+        let mut b = vec![1.0f32; 2 * 100];
+        dropout_rows(&mut b, 0.5, 3, &[13, 11]).unwrap();
+        assert_eq!(&b[..100], &a[300..400]);
+        assert_eq!(&b[100..], &a[100..200]);
+        assert_ne!(&a[..100], &a[100..200]);
+        let dropped = a.iter().filter(|&&v| v == 0.0).count();
+        assert!((200..400).contains(&dropped), "{dropped}");
+        assert!(dropout_rows(&mut a, 0.5, 3, &[1; 7]).is_err());
     }
 }

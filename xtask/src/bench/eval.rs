@@ -1,0 +1,124 @@
+//! `cargo xtask bench eval`: the speed of evaluation by generation.
+//!
+//! The same work as `fixtures/bench_eval.py` (its PyTorch twin, which runs
+//! `model(..., labels=...)` for the loss and `generate()` as
+//! `Seq2SeqTrainer` with `predict_with_generate` does): a preset initialised
+//! from a seed (or a model folder), the first `--rows` rows of an MNLI file
+//! in file order, `--batch-size` at a time, the teacher-forced loss of each
+//! row's label word and the greedy generation of `--max-new-tokens` tokens.
+//! tessera runs the encoder once per batch for both, on the real tokens
+//! only. One untimed warm-up batch, then the whole set timed.
+
+use crate::output;
+use anyhow::{bail, Result};
+use clap::Args as ClapArgs;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+use tessera_glue::{read_file, ReadOptions, Task};
+use tessera_t5::Precision;
+use tessera_train::eval::{EvalOptions, Evaluator};
+use tessera_train::model_source::{load_model_and_tokenizer, ModelSpec};
+
+/// Flags of `cargo xtask bench eval`.
+#[derive(ClapArgs)]
+pub struct Args {
+    /// A preset (flan-t5-small, …) initialised from --seed, or a model folder.
+    #[arg(long)]
+    model: String,
+    /// tokenizer.json (default: the model folder's).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// An MNLI file (TSV, JSONL, Parquet).
+    #[arg(long)]
+    data: PathBuf,
+    /// Rows evaluated (the first ones of the file).
+    #[arg(long, default_value_t = 512)]
+    rows: usize,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Tokens generated per row.
+    #[arg(long, default_value_t = 5)]
+    max_new_tokens: usize,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Seed of a preset's initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Number format of the matmuls: f32, bf16 or fp16.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+    /// Also write the result here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// What `bench eval` prints and writes.
+#[derive(Serialize)]
+struct Report {
+    model: String,
+    precision: Precision,
+    rows: usize,
+    batch_size: usize,
+    max_new_tokens: usize,
+    threads: usize,
+    source_tokens: usize,
+    seconds: f64,
+    examples_per_s: f64,
+    source_tokens_per_s: f64,
+    loss: Option<f64>,
+}
+
+/// Runs `cargo xtask bench eval`.
+pub fn run(args: Args) -> Result<()> {
+    if args.rows == 0 || args.batch_size == 0 {
+        bail!("--rows and --batch-size must be at least 1");
+    }
+    tessera_tensor::set_num_threads(args.threads)?;
+    let mut data = read_file(&args.data, Task::mnli(), ReadOptions::default())?;
+    data.examples.truncate(args.rows);
+    let spec = ModelSpec::parse(&args.model)?;
+    let (loaded, tokenizer) =
+        load_model_and_tokenizer(&spec, args.tokenizer.as_deref(), args.seed)?;
+    let mut model = loaded.model;
+    model.set_precision(args.precision);
+    let options = EvalOptions {
+        max_new_tokens: args.max_new_tokens,
+        batch_size: args.batch_size,
+        max_source_length: tessera_glue::tokenize::DEFAULT_MAX_SOURCE_LENGTH,
+    };
+    let mut warmup = data.clone();
+    warmup.examples.truncate(args.batch_size);
+    Evaluator::new(&tokenizer, &warmup, options)?.run(&model)?;
+    let evaluator = Evaluator::new(&tokenizer, &data, options)?;
+    let source_tokens: usize = evaluator
+        .data()
+        .examples
+        .iter()
+        .map(|e| e.input_ids.len())
+        .sum();
+    let start = Instant::now();
+    let report = evaluator.run(&model)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let rows = data.examples.len();
+    let result = Report {
+        model: args.model,
+        precision: args.precision,
+        rows,
+        batch_size: args.batch_size,
+        max_new_tokens: args.max_new_tokens,
+        threads: tessera_tensor::num_threads(),
+        source_tokens,
+        seconds,
+        examples_per_s: rows as f64 / seconds,
+        source_tokens_per_s: source_tokens as f64 / seconds,
+        loss: report.loss,
+    };
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    if let Some(path) = &args.json {
+        output::write_json(path, &result)?;
+    }
+    Ok(())
+}
