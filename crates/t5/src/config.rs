@@ -252,6 +252,44 @@ impl T5Config {
         self.num_heads * self.d_kv
     }
 
+    /// The useful FLOPs of one forward pass over sequences of these source
+    /// and target lengths (a multiply-add counts 2): encoder layers and the
+    /// cross-attention key/value projections per real source token, decoder
+    /// layers and the LM head per real target token, attention per real
+    /// (query, key) pair; the embedding gather, norms and element-wise work
+    /// count nothing. A training step is 3× this (forward and backward);
+    /// divided by time and a measured matmul peak, it is the model FLOP
+    /// utilisation (MFU).
+    pub fn forward_flops(&self, src_lens: &[usize], tgt_lens: &[usize]) -> f64 {
+        let (d, inner, ff) = (
+            self.d_model as f64,
+            self.inner_dim() as f64,
+            self.d_ff as f64,
+        );
+        let ff_mats = if self.feed_forward().is_gated() {
+            3.0
+        } else {
+            2.0
+        };
+        let projections = 4.0 * d * inner;
+        let feed_forward = ff_mats * d * ff;
+        let (enc, dec) = (self.num_layers as f64, self.decoder_layers() as f64);
+        let src: f64 = src_lens.iter().map(|&l| l as f64).sum();
+        let tgt: f64 = tgt_lens.iter().map(|&l| l as f64).sum();
+        let per_src = enc * (projections + feed_forward) + dec * 2.0 * d * inner;
+        let per_tgt =
+            dec * (projections + 2.0 * d * inner + feed_forward) + d * self.vocab_size as f64;
+        // Q·Kᵀ and P·V: 2·inner multiply-adds per (query, key) pair.
+        let pairs_enc: f64 = src_lens.iter().map(|&l| (l * l) as f64).sum();
+        let pairs_dec: f64 = src_lens
+            .iter()
+            .zip(tgt_lens)
+            .map(|(&s, &t)| (t * (t + 1) / 2 + t * s) as f64)
+            .sum();
+        let attention = 2.0 * inner * (enc * pairs_enc + dec * pairs_dec);
+        2.0 * (src * per_src + tgt * per_tgt + attention)
+    }
+
     /// The published shapes of a Flan-T5 size: `flan-t5-small`, `-base`,
     /// `-large`, `-xl`, `-xxl` (a `google/` prefix is accepted); or
     /// [`TINY_PRESET`], a Flan-T5-shaped model small enough to train from
@@ -344,6 +382,21 @@ impl T5Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forward_flops_count_each_real_token_once() {
+        let c = T5Config::preset("flan-t5-small").unwrap();
+        let one = c.forward_flops(&[10], &[3]);
+        // Two rows are the sum of the rows alone, whatever they are batched with.
+        let both = c.forward_flops(&[10, 4], &[3, 2]);
+        assert_eq!(both, one + c.forward_flops(&[4], &[2]));
+        // One source token, no target: 8 encoder layers of Q, K, V, O
+        // (512 × 384) and gated FF (3 × 512 × 1024), the decoder's cross K/V
+        // projections, and one (query, key) pair per layer.
+        let layer = 4.0 * 512.0 * 384.0 + 3.0 * 512.0 * 1024.0;
+        let want = 2.0 * (8.0 * layer + 8.0 * 2.0 * 512.0 * 384.0 + 2.0 * 384.0 * 8.0);
+        assert_eq!(c.forward_flops(&[1], &[0]), want);
+    }
 
     #[test]
     fn presets_have_the_published_sizes() {

@@ -449,3 +449,57 @@ fn rounding_while_packing_equals_a_product_of_rounded_copies() {
         }
     }
 }
+
+/// Subnormal inputs count as zero on every kernel and thread count (the
+/// flush that keeps Intel cores off their microcode assists), and the
+/// caller's floating-point mode is left as it was.
+#[test]
+fn subnormal_inputs_count_as_zero_and_the_fp_mode_is_restored() {
+    let (m, n, k) = (37, 45, 300);
+    let mut st = 3;
+    let b: Vec<f32> = (0..k * n).map(|_| noise(&mut st)).collect();
+    let mut a: Vec<f32> = (0..m * k).map(|_| noise(&mut st)).collect();
+    // Every third row of A subnormal (a product of those alone would be a
+    // subnormal, not zero, unflushed): the product must equal A with those
+    // rows zeroed.
+    let mut zeroed = a.clone();
+    for (i, (x, z)) in a.iter_mut().zip(&mut zeroed).enumerate() {
+        if (i / k) % 3 == 0 {
+            *x = f32::MIN_POSITIVE * 0.15 * (1.0 + (i % 5) as f32);
+            *z = 0.0;
+        }
+    }
+    let tiny = f32::MIN_POSITIVE / 3.0;
+    let before = std::hint::black_box(tiny) * 0.5;
+    for kern in available(false) {
+        for threads in [1, 2] {
+            let run = |a: &[f32]| {
+                let mut c = vec![0.0f32; m * n];
+                run_batch_with(
+                    kern,
+                    threads,
+                    &Problem {
+                        m,
+                        n,
+                        k,
+                        alpha: 1.0,
+                        beta: 0.0,
+                    },
+                    Operand::new(a, (k, 1), 0, DType::F32),
+                    Operand::new(&b, (n, 1), 0, DType::F32),
+                    Output {
+                        data: &mut c,
+                        ld: n,
+                        count: 1,
+                        stride: 0,
+                    },
+                );
+                c
+            };
+            assert_eq!(run(&a), run(&zeroed), "{} on {threads} threads", kern.name);
+        }
+    }
+    // Subnormal arithmetic outside the gemm is untouched.
+    let after = std::hint::black_box(tiny) * 0.5;
+    assert!(after > 0.0 && after == before, "{after} vs {before}");
+}
