@@ -261,33 +261,46 @@ impl T5Config {
     /// divided by time and a measured matmul peak, it is the model FLOP
     /// utilisation (MFU).
     pub fn forward_flops(&self, src_lens: &[usize], tgt_lens: &[usize]) -> f64 {
-        let (d, inner, ff) = (
-            self.d_model as f64,
-            self.inner_dim() as f64,
-            self.d_ff as f64,
-        );
-        let ff_mats = if self.feed_forward().is_gated() {
-            3.0
-        } else {
-            2.0
-        };
-        let projections = 4.0 * d * inner;
-        let feed_forward = ff_mats * d * ff;
+        self.encoder_flops(src_lens) + self.decoder_flops(src_lens, tgt_lens)
+    }
+
+    /// The encoder's share of [`T5Config::forward_flops`], with the
+    /// decoder's cross-attention key/value projections (once per source).
+    pub fn encoder_flops(&self, src_lens: &[usize]) -> f64 {
+        let (d, inner) = (self.d_model as f64, self.inner_dim() as f64);
         let (enc, dec) = (self.num_layers as f64, self.decoder_layers() as f64);
         let src: f64 = src_lens.iter().map(|&l| l as f64).sum();
-        let tgt: f64 = tgt_lens.iter().map(|&l| l as f64).sum();
-        let per_src = enc * (projections + feed_forward) + dec * 2.0 * d * inner;
-        let per_tgt =
-            dec * (projections + 2.0 * d * inner + feed_forward) + d * self.vocab_size as f64;
+        let per_src = enc * (4.0 * d * inner + self.feed_forward_macs()) + dec * 2.0 * d * inner;
         // Q·Kᵀ and P·V: 2·inner multiply-adds per (query, key) pair.
-        let pairs_enc: f64 = src_lens.iter().map(|&l| (l * l) as f64).sum();
-        let pairs_dec: f64 = src_lens
+        let pairs: f64 = src_lens.iter().map(|&l| (l * l) as f64).sum();
+        2.0 * (src * per_src + enc * 2.0 * inner * pairs)
+    }
+
+    /// The decoder's share of [`T5Config::forward_flops`] for `tgt_lens`
+    /// positions against sources of `src_lens` tokens (also what greedy
+    /// generation of that many tokens does, with a KV cache).
+    pub fn decoder_flops(&self, src_lens: &[usize], tgt_lens: &[usize]) -> f64 {
+        let (d, inner) = (self.d_model as f64, self.inner_dim() as f64);
+        let dec = self.decoder_layers() as f64;
+        let tgt: f64 = tgt_lens.iter().map(|&l| l as f64).sum();
+        let per_tgt =
+            dec * (6.0 * d * inner + self.feed_forward_macs()) + d * self.vocab_size as f64;
+        let pairs: f64 = src_lens
             .iter()
             .zip(tgt_lens)
             .map(|(&s, &t)| (t * (t + 1) / 2 + t * s) as f64)
             .sum();
-        let attention = 2.0 * inner * (enc * pairs_enc + dec * pairs_dec);
-        2.0 * (src * per_src + tgt * per_tgt + attention)
+        2.0 * (tgt * per_tgt + dec * 2.0 * inner * pairs)
+    }
+
+    /// Multiply-adds of one feed-forward block per token.
+    fn feed_forward_macs(&self) -> f64 {
+        let mats = if self.feed_forward().is_gated() {
+            3.0
+        } else {
+            2.0
+        };
+        mats * self.d_model as f64 * self.d_ff as f64
     }
 
     /// The published shapes of a Flan-T5 size: `flan-t5-small`, `-base`,

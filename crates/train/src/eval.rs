@@ -62,6 +62,10 @@ pub struct EvalReport {
     pub predictions: Vec<i64>,
     /// The generated text of each row (special tokens removed, trimmed).
     pub generations: Vec<String>,
+    /// Tokens generated for each row (with its `</s>`): the decoder
+    /// positions generation ran, for counting its FLOPs.
+    #[serde(skip)]
+    pub generated_tokens: Vec<usize>,
 }
 
 impl EvalReport {
@@ -138,6 +142,7 @@ impl Evaluator {
             target_tokens: loss.count,
             predictions: answers.iter().map(|a| a.class_id()).collect(),
             generations,
+            generated_tokens: ids.iter().map(Vec::len).collect(),
         })
     }
 }

@@ -18,7 +18,7 @@ use crate::config::RunConfig;
 use crate::eval::{model_batch, EvalOptions, EvalReport, Evaluator};
 use crate::metrics::{MetricsLog, METRICS_FILE};
 use crate::model_source::check_fits;
-use crate::optim::{clip_grad_norm, Optimizer};
+use crate::optim::{clip, Optimizer};
 use crate::{Result, TrainError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +42,11 @@ pub struct StepReport {
     pub examples: usize,
     /// Target tokens in the global batch.
     pub target_tokens: usize,
+    /// Source tokens in the global batch (real tokens: batches carry no padding).
+    pub source_tokens: usize,
+    /// Useful FLOPs of the step: 3× the forward's
+    /// ([`tessera_t5::T5Config::forward_flops`]), for model FLOP utilisation.
+    pub flops: f64,
     /// Training rows per second of wall time of this step.
     pub examples_per_s: f64,
     /// Wall time of this step in seconds.
@@ -262,7 +267,13 @@ impl Trainer {
     /// `skipped`; the step count does not advance).
     pub fn train_step(&mut self) -> Result<StepReport> {
         let start = Instant::now();
-        let (loss, examples, target_tokens) = self.accumulate_gradients()?;
+        let Accumulated {
+            loss,
+            examples,
+            target_tokens,
+            source_tokens,
+            flops,
+        } = self.accumulate_gradients()?;
         let step = self.state.step + 1;
         let loss_scale = self.state.loss_scaler.map(|s| s.scale);
         let update = match self.unscale_gradients() {
@@ -288,6 +299,8 @@ impl Trainer {
             grad_norm,
             examples,
             target_tokens,
+            source_tokens,
+            flops,
             examples_per_s: examples as f64 / seconds,
             seconds,
             loss_scale,
@@ -297,14 +310,26 @@ impl Trainer {
     }
 
     /// Forward and backward of the step's `grad_accum` micro-batches into
-    /// the zeroed gradients; returns the mean token loss, the rows and the
-    /// target tokens of the global batch.
-    fn accumulate_gradients(&mut self) -> Result<(f32, usize, usize)> {
+    /// the zeroed gradients.
+    fn accumulate_gradients(&mut self) -> Result<Accumulated> {
         let micro = (0..self.config.grad_accum)
-            .map(|_| self.loader.next_batch())
-            .collect::<tessera_glue::Result<Vec<_>>>()?;
-        let target_tokens: usize = micro.iter().map(|b| b.target_tokens()).sum();
-        let examples: usize = micro.iter().map(|b| b.batch_size()).sum();
+            .map(|_| {
+                let rows = self.loader.next_batch()?.rows;
+                model_batch(self.loader.data(), &rows)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let target_tokens: usize = micro
+            .iter()
+            .flat_map(|b| &b.labels)
+            .filter(|&&l| l != i64::from(tessera_glue::IGNORE_INDEX))
+            .count();
+        let config = self.model.config();
+        let flops = micro
+            .iter()
+            .map(|b| 3.0 * config.forward_flops(&b.src_lens, &b.tgt_lens))
+            .sum();
+        let examples = micro.iter().map(tessera_t5::Batch::rows).sum();
+        let source_tokens = micro.iter().map(|b| b.input_ids.len()).sum();
         self.grads.zero();
         let mut loss_sum = 0.0f64;
         for batch in &micro {
@@ -321,15 +346,16 @@ impl Trainer {
                 loss_divisor: Some(target_tokens as f32),
                 loss_scale: self.state.loss_scaler.map_or(1.0, |s| s.scale),
             };
-            let loss = self.model.forward_backward(
-                &model_batch(self.loader.data(), &batch.rows)?,
-                &mut self.grads,
-                &opts,
-            )?;
+            let loss = self.model.forward_backward(batch, &mut self.grads, &opts)?;
             loss_sum += loss.sum;
         }
-        let loss = (loss_sum / target_tokens.max(1) as f64) as f32;
-        Ok((loss, examples, target_tokens))
+        Ok(Accumulated {
+            loss: (loss_sum / target_tokens.max(1) as f64) as f32,
+            examples,
+            target_tokens,
+            source_tokens,
+            flops,
+        })
     }
 
     /// fp16: divides the gradients by the loss scale and updates the scaler;
@@ -345,7 +371,8 @@ impl Trainer {
     /// Clips the gradients and applies the optimizer: update `step`.
     /// Returns the learning rate and the gradient norm before clipping.
     fn update_weights(&mut self, step: u64, loss: f32) -> Result<(f32, f32)> {
-        let grad_norm = clip_grad_norm(&mut self.grads, self.config.max_grad_norm);
+        let clipped = clip(&self.grads, self.config.max_grad_norm);
+        let grad_norm = clipped.norm;
         if !(loss.is_finite() && grad_norm.is_finite()) {
             return Err(TrainError::Diverged {
                 step,
@@ -355,7 +382,7 @@ impl Trainer {
         }
         let lr = self.config.schedule().lr(self.config.lr, self.state.step);
         self.optimizer
-            .step(self.model.params_mut(), &self.grads, lr);
+            .step_scaled(self.model.params_mut(), &mut self.grads, lr, clipped.scale);
         self.state.step = step;
         Ok((lr, grad_norm))
     }
@@ -423,6 +450,16 @@ impl Trainer {
         // Resumed at (or past) the last step: the newest checkpoint is the result.
         self.save_checkpoint().map(Outcome::Finished)
     }
+}
+
+/// What the micro-batches of one step added up to.
+struct Accumulated {
+    /// Mean cross-entropy per target token over the global batch.
+    loss: f32,
+    examples: usize,
+    target_tokens: usize,
+    source_tokens: usize,
+    flops: f64,
 }
 
 /// An evaluation line of `metrics.jsonl`: the scores and the loss, without

@@ -7,7 +7,11 @@
 //! in file order, `--batch-size` at a time, the teacher-forced loss of each
 //! row's label word and the greedy generation of `--max-new-tokens` tokens.
 //! tessera runs the encoder once per batch for both, on the real tokens
-//! only. One untimed warm-up batch, then the whole set timed.
+//! only. One untimed warm-up batch, then the whole set timed. Model FLOP
+//! utilisation is the useful FLOPs ([`tessera_t5::T5Config::forward_flops`]
+//! for the loss, `decoder_flops` for the generated tokens) per second over
+//! the matmul suite's geometric mean in the same precision, measured first
+//! in the same run.
 
 use crate::output;
 use anyhow::{bail, Result};
@@ -65,10 +69,17 @@ struct Report {
     max_new_tokens: usize,
     threads: usize,
     source_tokens: usize,
+    generated_tokens: usize,
     seconds: f64,
     examples_per_s: f64,
     source_tokens_per_s: f64,
     loss: Option<f64>,
+    /// Useful FLOPs: the loss's forward, and the decoder over every generated token.
+    flops: f64,
+    /// The matmul peak (suite geometric mean in this precision), this run.
+    peak_gflops: f64,
+    /// Model FLOP utilisation: `flops / seconds / peak`.
+    mfu: f64,
 }
 
 /// Runs `cargo xtask bench eval`.
@@ -93,16 +104,17 @@ pub fn run(args: Args) -> Result<()> {
     warmup.examples.truncate(args.batch_size);
     Evaluator::new(&tokenizer, &warmup, options)?.run(&model)?;
     let evaluator = Evaluator::new(&tokenizer, &data, options)?;
-    let source_tokens: usize = evaluator
-        .data()
-        .examples
-        .iter()
-        .map(|e| e.input_ids.len())
-        .sum();
+    let examples = &evaluator.data().examples;
+    let src_lens: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
+    let tgt_lens: Vec<usize> = examples.iter().map(|e| e.labels.len()).collect();
+    let peak = super::matmul::peak_gflops(args.precision.dtype());
     let start = Instant::now();
     let report = evaluator.run(&model)?;
     let seconds = start.elapsed().as_secs_f64();
     let rows = data.examples.len();
+    let c = model.config();
+    let flops = c.forward_flops(&src_lens, &tgt_lens)
+        + c.decoder_flops(&src_lens, &report.generated_tokens);
     let result = Report {
         model: args.model,
         precision: args.precision,
@@ -110,11 +122,15 @@ pub fn run(args: Args) -> Result<()> {
         batch_size: args.batch_size,
         max_new_tokens: args.max_new_tokens,
         threads: tessera_tensor::num_threads(),
-        source_tokens,
+        source_tokens: src_lens.iter().sum(),
+        generated_tokens: report.generated_tokens.iter().sum(),
         seconds,
         examples_per_s: rows as f64 / seconds,
-        source_tokens_per_s: source_tokens as f64 / seconds,
+        source_tokens_per_s: src_lens.iter().sum::<usize>() as f64 / seconds,
         loss: report.loss,
+        flops,
+        peak_gflops: peak,
+        mfu: flops / seconds / 1e9 / peak,
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
     if let Some(path) = &args.json {

@@ -112,7 +112,7 @@ fn measure(args: &Args, dtypes: &[DType]) -> Vec<Row> {
                 contenders(args, dtypes, shape, ops).into_iter().unzip();
             let times = best_times(min, &mut list);
             for (((implementation, _), t), dtype) in list.iter().zip(times).zip(kinds) {
-                let row = Row {
+                rows.push(Row {
                     m: shape.m,
                     k: shape.k,
                     n: shape.n,
@@ -121,12 +121,7 @@ fn measure(args: &Args, dtypes: &[DType]) -> Vec<Row> {
                     implementation,
                     threads: args.threads,
                     gflops: gflops(shape.flops(), t),
-                };
-                println!(
-                    "{:>5} {:>5} {:>6}  {:<3} {:<5} {:<15} {:>8.1}",
-                    row.m, row.k, row.n, row.op, row.dtype, row.implementation, row.gflops
-                );
-                rows.push(row);
+                });
             }
         }
     }
@@ -193,6 +188,22 @@ fn geomean(xs: &[f64]) -> f64 {
     (xs.iter().map(|x| x.ln()).sum::<f64>() / xs.len().max(1) as f64).exp()
 }
 
+/// The matmul peak that model FLOP utilisation is a fraction of: the
+/// geometric mean of tessera's GFLOP/s over the suite in `dtype`, on the
+/// threads set now, timed briefly (`bench train` and `bench eval` measure
+/// it in the same run as the model).
+pub fn peak_gflops(dtype: DType) -> f64 {
+    let args = Args {
+        threads: tessera_tensor::num_threads(),
+        dtype: Vec::new(),
+        baselines: false,
+        min_time: 0.15,
+        json: None,
+    };
+    let g: Vec<f64> = measure(&args, &[dtype]).iter().map(|r| r.gflops).collect();
+    geomean(&g)
+}
+
 /// Runs the suite and prints one row per case and implementation.
 pub fn run(args: Args) -> Result<()> {
     let dtypes = args
@@ -216,6 +227,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!("    m     k      n  op  dtype impl               GFLOP/s");
     let rows = measure(&args, &dtypes);
+    for row in &rows {
+        println!(
+            "{:>5} {:>5} {:>6}  {:<3} {:<5} {:<15} {:>8.1}",
+            row.m, row.k, row.n, row.op, row.dtype, row.implementation, row.gflops
+        );
+    }
     print_summary(&rows);
     if let Some(path) = &args.json {
         write_json(

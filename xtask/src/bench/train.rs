@@ -2,10 +2,13 @@
 //!
 //! The same work as `fixtures/bench_train.py` (its PyTorch twin): a preset
 //! initialised from a seed (or a model folder), rows of an MNLI file in
-//! file order `batch-size` at a time, each batch padded to its longest row,
+//! file order `batch-size` at a time (the twin pads each to its longest row),
 //! mean token cross-entropy, clipping at 1.0, AdamW (lr 5e-6, ε 1e-6,
 //! weight decay 0.01 except layer norms), dropout 0; 2 warm-up steps, then
-//! `--steps` timed steps.
+//! `--steps` timed steps. Batches carry only real tokens; model FLOP
+//! utilisation is the steps' useful FLOPs (`StepReport::flops`) per second
+//! over the matmul suite's geometric mean in the same precision, measured
+//! first in the same run.
 
 use crate::output;
 use anyhow::Result;
@@ -75,6 +78,18 @@ struct Report {
     ms_per_step: f64,
     step_ms: Vec<f64>,
     losses: Vec<f32>,
+    /// Real source tokens of each timed step.
+    source_tokens: Vec<usize>,
+    /// Real target tokens of each timed step.
+    target_tokens: Vec<usize>,
+    /// Source tokens per second over the timed steps.
+    source_tokens_per_s: f64,
+    /// Useful FLOPs of the timed steps (3× the forward's).
+    flops: f64,
+    /// The matmul peak (suite geometric mean in this precision), this run.
+    peak_gflops: f64,
+    /// Model FLOP utilisation over the timed steps: `flops / time / peak`.
+    mfu: f64,
 }
 
 /// Runs `cargo xtask bench train`.
@@ -104,16 +119,20 @@ pub fn run(args: Args) -> Result<()> {
     let config = RunConfig::resolve(&[settings.parse()?, layer])?;
     let (train, _) = tessera_train::data::load(&config)?;
     let mut trainer = tessera_train::fresh_trainer(config, &train, None)?;
-    let mut step_ms = Vec::new();
-    let mut losses = Vec::new();
+    let peak = super::matmul::peak_gflops(args.precision.dtype());
+    let (mut step_ms, mut losses, mut timed) = (Vec::new(), Vec::new(), Vec::new());
     for step in 0..WARMUP_STEPS + args.steps {
         let r = trainer.train_step()?;
         losses.push(r.loss);
         if step >= WARMUP_STEPS {
             step_ms.push(r.seconds * 1e3);
+            timed.push(r);
         }
     }
     let ms_per_step = step_ms.iter().sum::<f64>() / step_ms.len().max(1) as f64;
+    let seconds: f64 = timed.iter().map(|r| r.seconds).sum();
+    let flops: f64 = timed.iter().map(|r| r.flops).sum();
+    let source_tokens: Vec<usize> = timed.iter().map(|r| r.source_tokens).collect();
     let report = Report {
         parameters: trainer.model().config().num_parameters(),
         model: args.model,
@@ -127,6 +146,12 @@ pub fn run(args: Args) -> Result<()> {
         ms_per_step,
         step_ms,
         losses,
+        source_tokens_per_s: source_tokens.iter().sum::<usize>() as f64 / seconds,
+        source_tokens,
+        target_tokens: timed.iter().map(|r| r.target_tokens).collect(),
+        flops,
+        peak_gflops: peak,
+        mfu: flops / seconds / 1e9 / peak,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(path) = &args.json {

@@ -33,6 +33,8 @@ pub(super) struct AdamW {
 pub(super) struct Hyper {
     /// `1 − lr·wd`, or `None` when there is no weight decay.
     decay: Option<f32>,
+    /// What each gradient is multiplied by as it is read (clipping).
+    grad_scale: f32,
     one_minus_beta1: f32,
     beta2: f32,
     one_minus_beta2: f32,
@@ -45,7 +47,7 @@ pub(super) struct Hyper {
 
 impl Hyper {
     /// The coefficients of step `t` (1-based) at learning rate `lr`.
-    pub(super) fn new(config: &OptimizerConfig, lr: f32, t: u64) -> Self {
+    pub(super) fn new(config: &OptimizerConfig, lr: f32, t: u64, grad_scale: f32) -> Self {
         let (lr, wd) = (widen(lr), widen(config.weight_decay));
         let (beta1, beta2) = (widen(config.beta1), widen(config.beta2));
         let t = t as f64;
@@ -53,6 +55,7 @@ impl Hyper {
         let bias_correction2 = 1.0 - beta2.powf(t);
         Hyper {
             decay: (wd != 0.0).then_some((1.0 - lr * wd) as f32),
+            grad_scale,
             one_minus_beta1: (1.0 - beta1) as f32,
             beta2: beta2 as f32,
             one_minus_beta2: (1.0 - beta2) as f32,
@@ -143,15 +146,17 @@ fn tensor<T>(e: &ParamEntry, what: &str, data: T) -> StateTensor<T> {
     }
 }
 
-/// The update of one run of elements (see the module docs for the formulas).
+/// The update of one run of elements (see the module docs for the
+/// formulas), in one pass over the weights, gradients and moments: the
+/// decay and the gradient's scale are applied as each element is read,
+/// with the same f32 operations, in the same order, as separate passes.
 fn update(h: &Hyper, decay: Option<f32>, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-    if let Some(d) = decay {
-        p.iter_mut().for_each(|p| *p *= d);
-    }
+    let d = decay.unwrap_or(1.0);
     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+        let g = g * h.grad_scale;
         *m += h.one_minus_beta1 * (g - *m);
         *v = *v * h.beta2 + (h.one_minus_beta2 * g) * g;
         let denom = v.sqrt() / h.bias_correction2_sqrt + h.eps;
-        *p += (h.neg_step_size * *m) / denom;
+        *p = *p * d + (h.neg_step_size * *m) / denom;
     }
 }

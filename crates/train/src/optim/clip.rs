@@ -7,6 +7,43 @@ use tessera_t5::ParamStore;
 /// Values per parallel task of the scaling.
 const CHUNK: usize = 1 << 16;
 
+/// The global gradient norm and what clipping multiplies the gradients by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clip {
+    /// Global L2 norm before clipping.
+    pub norm: f32,
+    /// `max_norm / (norm + 1e-6)` when that is below 1, else 1.
+    pub scale: f32,
+}
+
+/// The norm of `grads` and the clipping coefficient for `max_norm`, as
+/// [`clip_grad_norm`] computes them, without touching the gradients (the
+/// optimizer applies the coefficient as it reads them:
+/// [`super::Optimizer::step_scaled`]).
+pub fn clip(grads: &ParamStore, max_norm: f32) -> Clip {
+    tessera_tensor::install(|| {
+        let norm = norm(grads.flat());
+        let coef = max_norm / (norm + 1e-6);
+        let clips = max_norm > 0.0 && max_norm.is_finite() && norm.is_finite() && coef < 1.0;
+        Clip {
+            norm,
+            scale: if clips { coef } else { 1.0 },
+        }
+    })
+}
+
+/// Multiplies every gradient by `scale` (nothing to do for 1).
+pub fn scale_gradients(grads: &mut ParamStore, scale: f32) {
+    if scale != 1.0 {
+        tessera_tensor::install(|| {
+            grads
+                .flat_mut()
+                .par_chunks_mut(CHUNK)
+                .for_each(|c| c.iter_mut().for_each(|g| *g *= scale));
+        });
+    }
+}
+
 /// Scales `grads` so that their global L2 norm is at most `max_norm`, and
 /// returns the norm before clipping.
 ///
@@ -17,18 +54,9 @@ const CHUNK: usize = 1 << 16;
 /// still returned); a NaN or infinite norm is returned as it is and the
 /// gradients are left alone, so the caller can skip the step.
 pub fn clip_grad_norm(grads: &mut ParamStore, max_norm: f32) -> f32 {
-    tessera_tensor::install(|| {
-        let total = norm(grads.flat());
-        let coef = max_norm / (total + 1e-6);
-        let clips = max_norm > 0.0 && max_norm.is_finite() && total.is_finite() && coef < 1.0;
-        if clips {
-            grads
-                .flat_mut()
-                .par_chunks_mut(CHUNK)
-                .for_each(|c| c.iter_mut().for_each(|g| *g *= coef));
-        }
-        total
-    })
+    let c = clip(grads, max_norm);
+    scale_gradients(grads, c.scale);
+    c.norm
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use crate::error::{Result, TrainError};
 use std::path::Path;
 use tessera_t5::{ParamEntry, ParamStore};
 
-pub use clip::clip_grad_norm;
+pub use clip::{clip, clip_grad_norm, scale_gradients, Clip};
 pub use loss_scale::LossScaler;
 
 /// Which update rule an [`Optimizer`] applies.
@@ -263,6 +263,31 @@ impl Optimizer {
     /// If `params` or `grads` are not laid out like the store the optimizer
     /// was made for (a programming error, not a user one).
     pub fn step(&mut self, params: &mut ParamStore, grads: &ParamStore, lr: f32) {
+        self.update(params, grads, lr, 1.0);
+    }
+
+    /// [`Optimizer::step`] from the gradients times `grad_scale` (the
+    /// coefficient of [`clip`]), bit for bit what scaling them in place
+    /// first gives. AdamW multiplies each gradient as its update pass reads
+    /// it, which saves a pass over the gradients; Adafactor, which reads
+    /// them several times, has them scaled in place first.
+    pub fn step_scaled(
+        &mut self,
+        params: &mut ParamStore,
+        grads: &mut ParamStore,
+        lr: f32,
+        grad_scale: f32,
+    ) {
+        match self.state {
+            State::AdamW(_) => self.update(params, grads, lr, grad_scale),
+            State::Adafactor(_) => {
+                scale_gradients(grads, grad_scale);
+                self.update(params, grads, lr, 1.0);
+            }
+        }
+    }
+
+    fn update(&mut self, params: &mut ParamStore, grads: &ParamStore, lr: f32, grad_scale: f32) {
         assert!(
             params.entries() == self.entries.as_slice()
                 && grads.entries() == self.entries.as_slice(),
@@ -272,7 +297,12 @@ impl Optimizer {
         let (config, t) = (&self.config, self.steps);
         let key = config.rounding_seed.rotate_left(32) ^ t;
         tessera_tensor::install(|| match &mut self.state {
-            State::AdamW(s) => s.step(&adamw::Hyper::new(config, lr, t), params, grads, key),
+            State::AdamW(s) => s.step(
+                &adamw::Hyper::new(config, lr, t, grad_scale),
+                params,
+                grads,
+                key,
+            ),
             State::Adafactor(s) => {
                 s.step(&adafactor::Hyper::new(config, lr, t), params, grads, key)
             }
@@ -434,6 +464,33 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(flag), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_scaled_step_equals_clipping_in_place_then_stepping() {
+        let start = tiny_params(4);
+        for optimizer in [adamw(0.01), adafactor(Some(0.9))] {
+            let (mut a, mut b) = (start.clone(), start.clone());
+            let (mut fused, mut plain) = (
+                Optimizer::new(&optimizer, &a).unwrap(),
+                Optimizer::new(&optimizer, &b).unwrap(),
+            );
+            for s in 0..3 {
+                let mut g = grads_for(&a, s);
+                let c = clip(&g, 0.05);
+                assert!(c.scale < 1.0, "the test clips");
+                fused.step_scaled(&mut a, &mut g, 1e-3, c.scale);
+                let mut h = grads_for(&b, s);
+                assert_eq!(clip_grad_norm(&mut h, 0.05), c.norm);
+                plain.step(&mut b, &h, 1e-3);
+            }
+            assert!(a == b, "{:?}: the scaled step differs", optimizer.kind);
+            assert!(
+                fused == plain,
+                "{:?}: the optimizer states differ",
+                optimizer.kind
+            );
         }
     }
 
