@@ -27,36 +27,17 @@ use tessera_train::model_source::{load_model_and_tokenizer, ModelSpec};
 /// Flags of `cargo xtask bench eval`.
 #[derive(ClapArgs)]
 pub struct Args {
-    /// A preset (flan-t5-small, …) initialised from --seed, or a model folder.
-    #[arg(long)]
-    model: String,
-    /// tokenizer.json (default: the model folder's).
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    common: super::ModelArgs,
     /// An MNLI file (TSV, JSONL, Parquet).
     #[arg(long)]
     data: PathBuf,
     /// Rows evaluated (the first ones of the file).
     #[arg(long, default_value_t = 512)]
     rows: usize,
-    /// Rows per batch.
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
     /// Tokens generated per row.
     #[arg(long, default_value_t = 5)]
     max_new_tokens: usize,
-    /// Worker threads.
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
-    /// Seed of a preset's initialisation.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Number format of the matmuls: f32, bf16 or fp16.
-    #[arg(long, default_value = "f32")]
-    precision: Precision,
-    /// Also write the result here.
-    #[arg(long)]
-    json: Option<PathBuf>,
 }
 
 /// What `bench eval` prints and writes.
@@ -84,30 +65,30 @@ struct Report {
 
 /// Runs `cargo xtask bench eval`.
 pub fn run(args: Args) -> Result<()> {
-    if args.rows == 0 || args.batch_size == 0 {
+    if args.rows == 0 || args.common.batch_size == 0 {
         bail!("--rows and --batch-size must be at least 1");
     }
-    tessera_tensor::set_num_threads(args.threads)?;
+    tessera_tensor::set_num_threads(args.common.threads)?;
     let mut data = read_file(&args.data, Task::mnli(), ReadOptions::default())?;
     data.examples.truncate(args.rows);
-    let spec = ModelSpec::parse(&args.model)?;
+    let spec = ModelSpec::parse(&args.common.model)?;
     let (loaded, tokenizer) =
-        load_model_and_tokenizer(&spec, args.tokenizer.as_deref(), args.seed)?;
+        load_model_and_tokenizer(&spec, args.common.tokenizer.as_deref(), args.common.seed)?;
     let mut model = loaded.model;
-    model.set_precision(args.precision);
+    model.set_precision(args.common.precision);
     let options = EvalOptions {
         max_new_tokens: args.max_new_tokens,
-        batch_size: args.batch_size,
+        batch_size: args.common.batch_size,
         max_source_length: tessera_glue::tokenize::DEFAULT_MAX_SOURCE_LENGTH,
     };
     let mut warmup = data.clone();
-    warmup.examples.truncate(args.batch_size);
+    warmup.examples.truncate(args.common.batch_size);
     Evaluator::new(&tokenizer, &warmup, options)?.run(&model)?;
     let evaluator = Evaluator::new(&tokenizer, &data, options)?;
     let examples = &evaluator.data().examples;
     let src_lens: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
     let tgt_lens: Vec<usize> = examples.iter().map(|e| e.labels.len()).collect();
-    let peak = super::matmul::peak_gflops(args.precision.dtype());
+    let peak = super::matmul::peak_gflops(args.common.precision.dtype());
     let start = Instant::now();
     let report = evaluator.run(&model)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -116,10 +97,10 @@ pub fn run(args: Args) -> Result<()> {
     let flops = c.forward_flops(&src_lens, &tgt_lens)
         + c.decoder_flops(&src_lens, &report.generated_tokens);
     let result = Report {
-        model: args.model,
-        precision: args.precision,
+        model: args.common.model,
+        precision: args.common.precision,
         rows,
-        batch_size: args.batch_size,
+        batch_size: args.common.batch_size,
         max_new_tokens: args.max_new_tokens,
         threads: tessera_tensor::num_threads(),
         source_tokens: src_lens.iter().sum(),
@@ -133,7 +114,7 @@ pub fn run(args: Args) -> Result<()> {
         mfu: flops / seconds / 1e9 / peak,
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.common.json {
         output::write_json(path, &result)?;
     }
     Ok(())

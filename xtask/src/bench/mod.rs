@@ -8,7 +8,9 @@ mod train;
 
 use anyhow::Result;
 use clap::Subcommand;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tessera_t5::Precision;
 
 /// What to measure.
 #[derive(Subcommand)]
@@ -31,6 +33,33 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Attention(args) => attention::run(args),
         BenchCommand::Eval(args) => eval::run(args),
     }
+}
+
+/// The flags `bench train` and `bench eval` share: which model, how it
+/// runs, where the result goes.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// A preset (flan-t5-small, …, tessera-tiny) initialised from --seed, or a model folder.
+    #[arg(long)]
+    model: String,
+    /// tokenizer.json (default: the model folder's, or tessera's own for tessera-tiny).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Rows per step or batch.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Seed of a preset's initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Number format of the matmuls: f32, bf16 or fp16.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+    /// Also write the result here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// A named implementation to time.

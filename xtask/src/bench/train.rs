@@ -14,7 +14,6 @@ use crate::output;
 use anyhow::Result;
 use clap::Args as ClapArgs;
 use serde::Serialize;
-use std::path::PathBuf;
 use tessera_t5::Precision;
 use tessera_train::config::RunConfig;
 
@@ -24,33 +23,17 @@ const WARMUP_STEPS: u64 = 2;
 /// Flags of `cargo xtask bench train`.
 #[derive(ClapArgs)]
 pub struct Args {
-    /// A preset (flan-t5-small, …, tessera-tiny) initialised from --seed, or a model folder.
-    #[arg(long)]
-    model: String,
-    /// tokenizer.json (default: the model folder's, or tessera's own for tessera-tiny).
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    common: super::ModelArgs,
     /// MNLI rows: a file (TSV, JSONL, Parquet), a folder, or nli-synthetic.
     #[arg(long)]
     data: String,
-    /// Rows per step.
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
     /// Timed steps (after 2 warm-up steps).
     #[arg(long, default_value_t = 6)]
     steps: u64,
-    /// Worker threads.
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
-    /// Seed of a preset's initialisation.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Source tokens kept per row.
     #[arg(long, default_value_t = 512)]
     max_source_length: usize,
-    /// Number format of the matmuls: f32, bf16 or fp16.
-    #[arg(long, default_value = "f32")]
-    precision: Precision,
     /// Optimizer: adamw or adafactor (factored state, for large models).
     #[arg(long, default_value = "adamw")]
     optimizer: String,
@@ -58,9 +41,6 @@ pub struct Args {
     /// rounding (no f32 master copy).
     #[arg(long)]
     stochastic_rounding: bool,
-    /// Also write the result here.
-    #[arg(long)]
-    json: Option<PathBuf>,
 }
 
 /// What `bench train` prints and writes.
@@ -94,16 +74,16 @@ struct Report {
 
 /// Runs `cargo xtask bench train`.
 pub fn run(args: Args) -> Result<()> {
-    tessera_tensor::set_num_threads(args.threads)?;
+    tessera_tensor::set_num_threads(args.common.threads)?;
     let mut layer = toml::Table::new();
-    layer.insert("model".into(), args.model.clone().into());
-    layer.insert("precision".into(), args.precision.name().into());
+    layer.insert("model".into(), args.common.model.clone().into());
+    layer.insert("precision".into(), args.common.precision.name().into());
     layer.insert("optimizer".into(), args.optimizer.clone().into());
     layer.insert(
         "stochastic_rounding".into(),
         args.stochastic_rounding.into(),
     );
-    if let Some(t) = &args.tokenizer {
+    if let Some(t) = &args.common.tokenizer {
         layer.insert("tokenizer".into(), t.display().to_string().into());
     }
     let settings = format!(
@@ -112,14 +92,14 @@ pub fn run(args: Args) -> Result<()> {
          max_grad_norm = 1.0\ndropout = 0.0\nseed = {}\nmax_source_length = {}\n",
         args.data,
         WARMUP_STEPS + args.steps,
-        args.batch_size,
-        args.seed,
+        args.common.batch_size,
+        args.common.seed,
         args.max_source_length
     );
     let config = RunConfig::resolve(&[settings.parse()?, layer])?;
     let (train, _) = tessera_train::data::load(&config)?;
     let mut trainer = tessera_train::fresh_trainer(config, &train, None)?;
-    let peak = super::matmul::peak_gflops(args.precision.dtype());
+    let peak = super::matmul::peak_gflops(args.common.precision.dtype());
     let (mut step_ms, mut losses, mut timed) = (Vec::new(), Vec::new(), Vec::new());
     for step in 0..WARMUP_STEPS + args.steps {
         let r = trainer.train_step()?;
@@ -135,14 +115,14 @@ pub fn run(args: Args) -> Result<()> {
     let source_tokens: Vec<usize> = timed.iter().map(|r| r.source_tokens).collect();
     let report = Report {
         parameters: trainer.model().config().num_parameters(),
-        model: args.model,
-        precision: args.precision,
+        model: args.common.model,
+        precision: args.common.precision,
         optimizer: args.optimizer,
         stochastic_rounding: args.stochastic_rounding,
-        batch_size: args.batch_size,
+        batch_size: args.common.batch_size,
         threads: tessera_tensor::num_threads(),
         steps: args.steps,
-        examples_per_s: args.batch_size as f64 / (ms_per_step / 1e3),
+        examples_per_s: args.common.batch_size as f64 / (ms_per_step / 1e3),
         ms_per_step,
         step_ms,
         losses,
@@ -154,7 +134,7 @@ pub fn run(args: Args) -> Result<()> {
         mfu: flops / seconds / 1e9 / peak,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.common.json {
         output::write_json(path, &report)?;
     }
     Ok(())

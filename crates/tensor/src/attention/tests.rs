@@ -162,6 +162,20 @@ fn run_fused(isa: Isa, c: &Case) -> Results {
     let mut out = vec![f32::NAN; a.q_elems()];
     let mut lse = vec![f32::NAN; a.lse_elems()];
     forward_with(isa, &a, &mut out, &mut lse).expect("forward");
+    with_gradients(c, out, lse, |grads, out, lse| {
+        backward_with(isa, &a, (out, lse), &c.dout, grads)
+    })
+}
+
+/// Runs `backward` into fresh (NaN-filled) gradient buffers and collects
+/// everything into [`Results`].
+fn with_gradients(
+    c: &Case,
+    out: Vec<f32>,
+    lse: Vec<f32>,
+    backward: impl FnOnce(AttentionGradsMut<'_>, &[f32], &[f32]) -> Result<()>,
+) -> Results {
+    let a = c.attention();
     let (mut dq, mut dk, mut dv) = (
         vec![f32::NAN; a.q_elems()],
         vec![f32::NAN; a.kv_elems()],
@@ -174,7 +188,7 @@ fn run_fused(isa: Isa, c: &Case) -> Results {
         dv: &mut dv,
         dbias: Some(&mut dbias),
     };
-    backward_with(isa, &a, (&out, &lse), &c.dout, grads).expect("backward");
+    backward(grads, &out, &lse).expect("backward");
     Results {
         out,
         lse,
@@ -595,27 +609,9 @@ fn run_unfused(c: &Case) -> Results {
     let a = c.attention();
     let mut out = vec![f32::NAN; a.q_elems()];
     let probs = unfused::forward(&a, &mut out).expect("forward");
-    let (mut dq, mut dk, mut dv) = (
-        vec![f32::NAN; a.q_elems()],
-        vec![f32::NAN; a.kv_elems()],
-        vec![f32::NAN; a.kv_elems()],
-    );
-    let mut dbias = vec![0.0; c.layout.len(a.bias_shape())];
-    let grads = AttentionGradsMut {
-        dq: &mut dq,
-        dk: &mut dk,
-        dv: &mut dv,
-        dbias: Some(&mut dbias),
-    };
-    unfused::backward(&a, &probs, &c.dout, grads).expect("backward");
-    Results {
-        out,
-        lse: Vec::new(),
-        dq,
-        dk,
-        dv,
-        dbias,
-    }
+    with_gradients(c, out, Vec::new(), |grads, _, _| {
+        unfused::backward(&a, &probs, &c.dout, grads)
+    })
 }
 
 proptest! {
