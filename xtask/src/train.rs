@@ -65,6 +65,10 @@ pub struct Args {
     /// Micro-batches per optimizer step.
     #[arg(long)]
     grad_accum: Option<usize>,
+    /// Tokens (source + target) per forward/backward pass at most: the
+    /// global batch is cut by tokens instead of rows (fairseq's max_tokens).
+    #[arg(long)]
+    max_tokens: Option<usize>,
     /// Peak learning rate.
     #[arg(long)]
     lr: Option<f32>,

@@ -52,6 +52,14 @@ pub struct RunConfig {
     pub batch_size: usize,
     /// Micro-batches per optimizer step; the global batch is `batch_size × grad_accum`.
     pub grad_accum: usize,
+    /// Tokens (source + target) per forward/backward pass at most, as
+    /// fairseq's `max_tokens`: the global batch's rows, in order, are cut
+    /// into passes that fill this budget (a longer row runs alone) instead
+    /// of `grad_accum` passes of `batch_size` rows. The step is the same
+    /// (the loss is still divided by the global batch's target tokens, and
+    /// dropout masks follow each token); only the memory of a pass changes.
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
     /// Peak learning rate.
     pub lr: f32,
     /// Learning-rate schedule.
@@ -173,6 +181,7 @@ impl RunConfig {
             steps: 2000,
             batch_size: 32,
             grad_accum: 1,
+            max_tokens: None,
             lr: 1e-3,
             schedule: ScheduleKind::LinearDecay,
             warmup_steps: 50,
@@ -286,6 +295,9 @@ impl RunConfig {
         ];
         if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(TrainError::setting(*flag, "must be at least 1"));
+        }
+        if self.max_tokens == Some(0) {
+            return Err(TrainError::setting("--max-tokens", "must be at least 1"));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(TrainError::setting(
@@ -418,6 +430,7 @@ mod tests {
         assert!(err("stepz = 3").contains("stepz"), "{}", err("stepz = 3"));
         assert!(err("steps = \"many\"").contains("steps"));
         assert!(err("batch_size = 0").contains("--batch-size"));
+        assert!(err("max_tokens = 0").contains("--max-tokens"));
         assert!(err("recipe = \"imagenet\"").contains("imagenet"));
         assert!(err("dropout = 1.5").contains("--dropout"));
         let f32_weights = err("stochastic_rounding = true");

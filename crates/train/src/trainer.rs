@@ -23,7 +23,7 @@ use crate::{Result, TrainError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-use tessera_glue::{Dataset, Loader, LoaderConfig, Order, TextTokenizer};
+use tessera_glue::{Dataset, EncodedDataset, Loader, LoaderConfig, Order, TextTokenizer};
 use tessera_t5::{ParamStore, T5Model, TrainOptions};
 use tessera_tensor::ops::dropout::dropout_key;
 
@@ -40,6 +40,9 @@ pub struct StepReport {
     pub grad_norm: f32,
     /// Rows in the global batch.
     pub examples: usize,
+    /// Forward/backward passes the global batch ran in (`grad_accum`, or
+    /// as many as `max_tokens` cut it into).
+    pub passes: usize,
     /// Target tokens in the global batch.
     pub target_tokens: usize,
     /// Source tokens in the global batch (real tokens: batches carry no padding).
@@ -269,6 +272,7 @@ impl Trainer {
         let start = Instant::now();
         let Accumulated {
             loss,
+            passes,
             examples,
             target_tokens,
             source_tokens,
@@ -298,6 +302,7 @@ impl Trainer {
             lr,
             grad_norm,
             examples,
+            passes,
             target_tokens,
             source_tokens,
             flops,
@@ -312,11 +317,16 @@ impl Trainer {
     /// Forward and backward of the step's `grad_accum` micro-batches into
     /// the zeroed gradients.
     fn accumulate_gradients(&mut self) -> Result<Accumulated> {
-        let micro = (0..self.config.grad_accum)
-            .map(|_| {
-                let rows = self.loader.next_batch()?.rows;
-                model_batch(self.loader.data(), &rows)
-            })
+        let mut passes = Vec::with_capacity(self.config.grad_accum);
+        for _ in 0..self.config.grad_accum {
+            passes.push(self.loader.next_batch()?.rows);
+        }
+        if let Some(budget) = self.config.max_tokens {
+            passes = by_tokens(self.loader.data(), passes.concat(), budget);
+        }
+        let micro = passes
+            .iter()
+            .map(|rows| model_batch(self.loader.data(), rows))
             .collect::<Result<Vec<_>>>()?;
         let target_tokens: usize = micro
             .iter()
@@ -351,6 +361,7 @@ impl Trainer {
         }
         Ok(Accumulated {
             loss: (loss_sum / target_tokens.max(1) as f64) as f32,
+            passes: micro.len(),
             examples,
             target_tokens,
             source_tokens,
@@ -452,10 +463,34 @@ impl Trainer {
     }
 }
 
+/// Cuts `rows` (in order) into passes of at most `budget` source + target
+/// tokens each; a row longer than the budget runs alone.
+fn by_tokens(data: &EncodedDataset, rows: Vec<usize>, budget: usize) -> Vec<Vec<usize>> {
+    let mut passes: Vec<Vec<usize>> = Vec::new();
+    let mut filled = 0;
+    for r in rows {
+        let e = &data.examples[r];
+        let tokens = e.input_ids.len() + e.labels.len();
+        match passes.last_mut() {
+            Some(pass) if filled + tokens <= budget => {
+                pass.push(r);
+                filled += tokens;
+            }
+            _ => {
+                passes.push(vec![r]);
+                filled = tokens;
+            }
+        }
+    }
+    passes
+}
+
 /// What the micro-batches of one step added up to.
 struct Accumulated {
     /// Mean cross-entropy per target token over the global batch.
     loss: f32,
+    /// Forward/backward passes run.
+    passes: usize,
     examples: usize,
     target_tokens: usize,
     source_tokens: usize,
