@@ -337,7 +337,7 @@ impl RunConfig {
             ));
         }
         self.schedule().validate()?;
-        Ok(())
+        self.optimizer_config().validate()
     }
 
     /// A fresh fp16 loss scaler for this run, or `None` when the precision
@@ -433,6 +433,11 @@ mod tests {
         assert!(err("max_tokens = 0").contains("--max-tokens"));
         assert!(err("recipe = \"imagenet\"").contains("imagenet"));
         assert!(err("dropout = 1.5").contains("--dropout"));
+        // Optimizer settings are checked with the rest, before anything loads.
+        assert!(err("adam_eps = 0.0").contains("--adam-eps"));
+        assert!(err("adam_beta1 = 1.0").contains("--adam-beta1"));
+        assert!(err("adam_beta2 = -0.5").contains("--adam-beta2"));
+        assert!(err("weight_decay = -0.01").contains("--weight-decay"));
         let f32_weights = err("stochastic_rounding = true");
         assert!(
             f32_weights.contains("--stochastic-rounding") && f32_weights.contains("bf16 or fp16"),

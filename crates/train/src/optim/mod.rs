@@ -173,9 +173,10 @@ impl OptimizerConfig {
         check(self.weight_decay, "--weight-decay", |v| v >= 0.0, "≥ 0")?;
         match self.kind {
             OptimizerKind::AdamW => {
-                check_beta(self.beta1, "beta1")?;
-                check_beta(self.beta2, "beta2")?;
-                check(self.eps, "--adam-eps", |v| v >= 0.0, "≥ 0")
+                check_beta(self.beta1, "--adam-beta1")?;
+                check_beta(self.beta2, "--adam-beta2")?;
+                // ε = 0 gives 0/0 for a weight whose gradient was always 0.
+                check(self.eps, "--adam-eps", |v| v > 0.0, "> 0")
             }
             OptimizerKind::Adafactor => {
                 check(a.eps_sq, "adafactor.eps_sq", |v| v >= 0.0, "≥ 0")?;
@@ -449,14 +450,14 @@ mod tests {
                     beta1: 1.0,
                     ..c.clone()
                 },
-                "beta1",
+                "--adam-beta1",
             ),
             (
                 OptimizerConfig {
                     beta2: -0.1,
                     ..c.clone()
                 },
-                "beta2",
+                "--adam-beta2",
             ),
         ];
         for (config, flag) in bad {

@@ -1,0 +1,61 @@
+//! `cargo xtask train` stopped by the signals a cluster or a terminal sends:
+//! SIGTERM (Slurm's pre-emption, `docker stop`) and SIGHUP (a dropped SSH
+//! session) finish the step, save a checkpoint and exit with status 130,
+//! as Ctrl-C does.
+
+// Test helpers outside #[test] functions unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Starts a long quickstart run into `out`, waits until it has taken a
+/// step, sends `signal`, and returns the exit status and stderr.
+fn train_then(signal: &str, out: &Path) -> (Option<i32>, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["train", "--steps", "100000", "--eval-every", "0"])
+        .args(["--checkpoint-every", "0", "--output", out.to_str().unwrap()])
+        .env("TESSERA_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = out.join("metrics.jsonl");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.lines().count() >= 2) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no step within two minutes"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn sigterm_and_sighup_save_a_checkpoint_and_exit_like_ctrl_c() {
+    for signal in ["TERM", "HUP"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("run");
+        let (code, stderr) = train_then(signal, &out);
+        assert_eq!(code, Some(130), "SIG{signal}: {stderr}");
+        assert!(stderr.contains("--resume"), "SIG{signal}: {stderr}");
+        let saved: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
+            .collect();
+        assert_eq!(saved.len(), 1, "SIG{signal}: {saved:?}");
+        assert!(saved[0].path().join("trainer_state.json").is_file());
+    }
+}
