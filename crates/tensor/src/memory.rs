@@ -50,9 +50,25 @@ pub fn retain_freed_memory() -> bool {
     }
 }
 
+/// The machine's physical memory in bytes (`MemTotal` of `/proc/meminfo`),
+/// or `None` where that cannot be read.
+pub fn total_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn total_memory_is_read_on_linux() {
+        let total = total_memory();
+        assert_eq!(total.is_some(), cfg!(target_os = "linux"));
+        assert!(total.is_none_or(|t| t > 1 << 28), "{total:?}");
+    }
 
     #[test]
     fn glibc_accepts_the_settings() {

@@ -126,21 +126,50 @@ pub struct LoadedModel {
 }
 
 /// Loads (or, for a preset, initialises from `seed`) the model `spec` names.
+/// A model whose f32 weights alone exceed the machine's memory is refused
+/// before anything is allocated.
 pub fn load_model(spec: &ModelSpec, seed: u64) -> Result<LoadedModel> {
     let folder = match spec {
         ModelSpec::Preset(name) => {
+            let config = preset_config(name)?;
+            check_memory(spec, &config, tessera_tensor::memory::total_memory())?;
             return Ok(LoadedModel {
-                model: T5Model::init(preset_config(name)?, seed),
+                model: T5Model::init(config, seed),
                 folder: None,
             });
         }
         ModelSpec::Folder(dir) => dir.clone(),
         ModelSpec::Hub(id) => fetch_from_hub(id)?,
     };
+    let config = T5Config::from_file(&folder.join("config.json"))
+        .map_err(tessera_t5::CheckpointError::from)?;
+    check_memory(spec, &config, tessera_tensor::memory::total_memory())?;
     Ok(LoadedModel {
         model: T5Model::load(&folder)?,
         folder: Some(folder),
     })
+}
+
+/// Fails, with the estimate and the machine's memory in the sentence, when
+/// `config`'s weights in f32 need more than `memory` bytes (the optimizer
+/// and activations need more again; this catches what cannot work at all).
+fn check_memory(spec: &ModelSpec, config: &T5Config, memory: Option<u64>) -> Result<()> {
+    let Some(memory) = memory else {
+        return Ok(());
+    };
+    let need = config.num_parameters() as f64 * 4.0;
+    if need <= memory as f64 {
+        return Ok(());
+    }
+    Err(TrainError::setting(
+        "--model",
+        format!(
+            "{spec} has {} parameters, whose f32 weights alone need {:.1} GB, more than this machine's {:.1} GB of memory",
+            config.num_parameters(),
+            need / 1e9,
+            memory as f64 / 1e9
+        ),
+    ))
 }
 
 /// Loads the model `spec` names and its tokenizer ([`load_model`], then
@@ -252,6 +281,25 @@ pub fn check_fits(tokenizer: &TextTokenizer, vocab_size: usize) -> Result<()> {
 mod tests {
     use super::*;
     use crate::testing::tiny_model;
+
+    #[test]
+    fn a_model_larger_than_memory_is_refused_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = T5Config::preset("flan-t5-small").unwrap();
+        config.d_model = 999_999_999;
+        std::fs::write(dir.path().join("config.json"), config.to_json()).unwrap();
+        let spec = ModelSpec::Folder(dir.path().to_path_buf());
+        let err = load_model(&spec, 0).unwrap_err().to_string();
+        assert!(
+            err.contains("GB of memory") && err.contains("--model"),
+            "{err}"
+        );
+        // The comparison itself, independent of this machine.
+        let small = T5Config::preset("flan-t5-small").unwrap();
+        assert!(check_memory(&spec, &small, Some(1 << 30)).is_ok());
+        assert!(check_memory(&spec, &small, Some(1 << 20)).is_err());
+        assert!(check_memory(&spec, &small, None).is_ok());
+    }
 
     #[test]
     fn specs_follow_the_documented_rules() {
