@@ -2,28 +2,18 @@
 //! 1,000-row MNLI validation samples). `#[ignore]`: CI runs them with
 //! `--ignored` when the folder exists; nothing from it is in the repository.
 
-use std::path::PathBuf;
+use tessera_fixtures::shared_data;
 use tessera_glue::{
     encode_dataset, read_file, Dataset, Label, Lengths, ReadOptions, Task, TextTokenizer,
 };
 
-/// `<repo>/../shared/data/<rel>`, or `$TESSERA_SHARED_DATA/<rel>` when set
-/// (for checkouts that don't sit beside `shared/`, such as git worktrees).
-fn shared(rel: &str) -> PathBuf {
-    let base = std::env::var_os("TESSERA_SHARED_DATA").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
-        PathBuf::from,
-    );
-    base.join(rel)
-}
-
 fn t5() -> TextTokenizer {
-    TextTokenizer::from_file(&shared("t5-tokenizer/tokenizer.json"))
+    TextTokenizer::from_file(&shared_data("t5-tokenizer/tokenizer.json"))
         .expect("the shared T5 tokenizer loads")
 }
 
 fn read(rel: &str) -> Dataset {
-    read_file(&shared(rel), Task::mnli(), ReadOptions::default())
+    read_file(&shared_data(rel), Task::mnli(), ReadOptions::default())
         .expect("the shared MNLI sample reads")
 }
 

@@ -37,7 +37,8 @@ struct LayerKv {
     cross_v: Vec<f32>,
 }
 
-/// The state of one decoding step shared by all layers.
+/// The state of one decoding step shared by all layers: which rows run,
+/// and where their queries and keys lie, laid out once per step.
 struct Step<'a> {
     /// The rows still running, by index into the batch.
     active: &'a [usize],
@@ -47,14 +48,51 @@ struct Step<'a> {
     capacity: usize,
     /// Self-attention bias for this position, `[heads, t + 1]` (offsets `-t..=0`).
     bias: &'a [f32],
-    /// The sources, packed.
-    sources: &'a Seqs,
+    /// One query row per running row.
+    queries: Seqs,
+    /// Each running row's self-attention cache: its first row and `t + 1` keys.
+    self_starts: Vec<usize>,
+    self_lens: Vec<usize>,
+    /// Each running row's encoder keys: its source's rows.
+    cross_starts: Vec<usize>,
+    cross_lens: Vec<usize>,
 }
 
-impl Step<'_> {
-    /// One query row per running row.
-    fn queries(&self) -> Seqs {
-        Seqs::new(vec![1; self.active.len()])
+impl<'a> Step<'a> {
+    fn new(
+        (active, t, capacity): (&'a [usize], usize, usize),
+        bias: &'a [f32],
+        sources: &Seqs,
+    ) -> Self {
+        Step {
+            active,
+            t,
+            capacity,
+            bias,
+            queries: Seqs::new(vec![1; active.len()]),
+            self_starts: active.iter().map(|&r| r * capacity).collect(),
+            self_lens: vec![t + 1; active.len()],
+            cross_starts: active.iter().map(|&r| sources.starts()[r]).collect(),
+            cross_lens: active.iter().map(|&r| sources.lens()[r]).collect(),
+        }
+    }
+
+    /// The self-attention caches of the running rows.
+    fn self_keys(&self) -> SeqRows<'_> {
+        SeqRows {
+            starts: &self.self_starts,
+            lens: &self.self_lens,
+            capacity: Some(self.capacity),
+        }
+    }
+
+    /// The encoder keys of the running rows (packed, read in place).
+    fn cross_keys(&self) -> SeqRows<'_> {
+        SeqRows {
+            starts: &self.cross_starts,
+            lens: &self.cross_lens,
+            capacity: None,
+        }
     }
 }
 
@@ -118,13 +156,7 @@ impl T5Model {
                 c.relative_attention_max_distance,
             );
             let bias = position_bias_forward(&table, &buckets, c.num_heads);
-            let step = Step {
-                active: &active,
-                t,
-                capacity: max_new_tokens,
-                bias: &bias,
-                sources,
-            };
+            let step = Step::new((&active, t, max_new_tokens), &bias, sources);
             let logits = self.decode_step(&step, &last, &mut kv)?;
             for (&r, row) in active.iter().zip(logits.chunks(c.vocab_size)) {
                 out[r].push(argmax(row));
@@ -182,12 +214,11 @@ impl T5Model {
             tokens,
             c.d_model,
         )?;
-        let queries = step.queries();
         let ff_context = StackContext {
             config: c,
             params: self.params(),
             precision: self.precision(),
-            seqs: &queries,
+            seqs: &step.queries,
             tokens: &[],
             causal: false,
             bias: &[],
@@ -246,19 +277,12 @@ impl T5Model {
                 cache[at..at + dk].copy_from_slice(head);
             }
         }
-        let starts: Vec<usize> = step.active.iter().map(|&r| r * step.capacity).collect();
-        let lens = vec![step.t + 1; rows];
-        let keys = SeqRows {
-            starts: &starts,
-            lens: &lens,
-            capacity: Some(step.capacity),
-        };
         let qkv = Qkv {
             q: &q,
             k: &layer.self_k,
             v: &layer.self_v,
         };
-        self.attend_and_add(step, keys, qkv, Some(step.bias), a, x)
+        self.attend_and_add(step, step.self_keys(), qkv, Some(step.bias), a, x)
     }
 
     fn cross_attention_step(
@@ -273,20 +297,12 @@ impl T5Model {
         let n = self.normed(x, ids)?;
         let rows = step.active.len();
         let q = linear(n.view(), self.weights().get(a.q), rows, c.inner_dim())?;
-        let sources = step.sources;
-        let starts: Vec<usize> = step.active.iter().map(|&r| sources.starts()[r]).collect();
-        let lens: Vec<usize> = step.active.iter().map(|&r| sources.lens()[r]).collect();
-        let keys = SeqRows {
-            starts: &starts,
-            lens: &lens,
-            capacity: None,
-        };
         let qkv = Qkv {
             q: &q,
             k: &layer.cross_k,
             v: &layer.cross_v,
         };
-        self.attend_and_add(step, keys, qkv, None, a, x)
+        self.attend_and_add(step, step.cross_keys(), qkv, None, a, x)
     }
 
     /// The sublayer's normed input as its projections' matmul operand.
@@ -308,11 +324,10 @@ impl T5Model {
         x: &mut [f32],
     ) -> Result<()> {
         let c = self.config();
-        let queries = step.queries();
         let core = Attention {
             heads: c.num_heads,
             d_head: c.d_kv,
-            queries: queries.rows(),
+            queries: step.queries.rows(),
             keys,
             qkv,
             bias: bias.map(Bias::Relative),
@@ -325,7 +340,7 @@ impl T5Model {
         let y = linear(
             ctx.view(),
             self.weights().get(a.o),
-            queries.count(),
+            step.queries.count(),
             c.d_model,
         )?;
         residual::add_inplace(x, &y)

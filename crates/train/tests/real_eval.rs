@@ -11,18 +11,10 @@
 //! row mixed with another visible at once.
 
 use std::path::{Path, PathBuf};
+use tessera_fixtures::shared_data;
 use tessera_glue::{read_file, ReadOptions, Task, TextTokenizer};
 use tessera_t5::{T5Config, T5Model};
 use tessera_train::eval::{EvalOptions, Evaluator};
-
-/// `<repo>/../shared/data/<rel>`, or `$TESSERA_SHARED_DATA/<rel>` when set.
-fn shared(rel: &str) -> PathBuf {
-    let base = std::env::var_os("TESSERA_SHARED_DATA").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
-        PathBuf::from,
-    );
-    base.join(rel)
-}
 
 fn reference_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/mnli_eval_reference.json")
@@ -39,7 +31,7 @@ struct SplitReference {
 
 fn evaluate_split(model: &T5Model, tokenizer: &TextTokenizer, split: &str) -> SplitReference {
     let data = read_file(
-        &shared(&format!("mnli-sample/{split}.jsonl")),
+        &shared_data(&format!("mnli-sample/{split}.jsonl")),
         Task::mnli(),
         ReadOptions::default(),
     )
@@ -63,7 +55,7 @@ fn evaluate_split(model: &T5Model, tokenizer: &TextTokenizer, split: &str) -> Sp
 #[test]
 #[ignore = "needs ../shared/data"]
 fn evaluation_matches_the_padded_reference_on_real_mnli() {
-    let tokenizer = TextTokenizer::from_file(&shared("t5-tokenizer/tokenizer.json"))
+    let tokenizer = TextTokenizer::from_file(&shared_data("t5-tokenizer/tokenizer.json"))
         .expect("the shared T5 tokenizer loads");
     let config = T5Config::preset("flan-t5-small").expect("a known preset");
     let model = T5Model::init(config, 0);

@@ -13,7 +13,6 @@
 //! the matmul suite's geometric mean in the same precision, measured first
 //! in the same run.
 
-use crate::output;
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use serde::Serialize;
@@ -97,7 +96,7 @@ pub fn run(args: Args) -> Result<()> {
     let flops = c.forward_flops(&src_lens, &tgt_lens)
         + c.decoder_flops(&src_lens, &report.generated_tokens);
     let result = Report {
-        model: args.common.model,
+        model: args.common.model.clone(),
         precision: args.common.precision,
         rows,
         batch_size: args.common.batch_size,
@@ -111,11 +110,7 @@ pub fn run(args: Args) -> Result<()> {
         loss: report.loss,
         flops,
         peak_gflops: peak,
-        mfu: flops / seconds / 1e9 / peak,
+        mfu: super::mfu(flops, seconds, peak),
     };
-    println!("{}", serde_json::to_string_pretty(&result)?);
-    if let Some(path) = &args.common.json {
-        output::write_json(path, &result)?;
-    }
-    Ok(())
+    args.common.publish(&result)
 }

@@ -62,6 +62,23 @@ pub struct ModelArgs {
     json: Option<PathBuf>,
 }
 
+impl ModelArgs {
+    /// Prints `report` as JSON and, with `--json`, writes it there too.
+    fn publish(&self, report: &impl serde::Serialize) -> Result<()> {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        match &self.json {
+            Some(path) => crate::output::write_json(path, report),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Model FLOP utilisation: `flops` useful FLOPs done in `seconds`, as a
+/// fraction of a matmul peak of `peak_gflops`.
+fn mfu(flops: f64, seconds: f64, peak_gflops: f64) -> f64 {
+    flops / seconds / 1e9 / peak_gflops
+}
+
 /// A named implementation to time.
 pub type Contender = (&'static str, Box<dyn FnMut()>);
 

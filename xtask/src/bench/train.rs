@@ -10,7 +10,6 @@
 //! over the matmul suite's geometric mean in the same precision, measured
 //! first in the same run.
 
-use crate::output;
 use anyhow::Result;
 use clap::Args as ClapArgs;
 use serde::Serialize;
@@ -115,7 +114,7 @@ pub fn run(args: Args) -> Result<()> {
     let source_tokens: Vec<usize> = timed.iter().map(|r| r.source_tokens).collect();
     let report = Report {
         parameters: trainer.model().config().num_parameters(),
-        model: args.common.model,
+        model: args.common.model.clone(),
         precision: args.common.precision,
         optimizer: args.optimizer,
         stochastic_rounding: args.stochastic_rounding,
@@ -131,11 +130,7 @@ pub fn run(args: Args) -> Result<()> {
         target_tokens: timed.iter().map(|r| r.target_tokens).collect(),
         flops,
         peak_gflops: peak,
-        mfu: flops / seconds / 1e9 / peak,
+        mfu: super::mfu(flops, seconds, peak),
     };
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    if let Some(path) = &args.common.json {
-        output::write_json(path, &report)?;
-    }
-    Ok(())
+    args.common.publish(&report)
 }

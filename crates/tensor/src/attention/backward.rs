@@ -16,7 +16,7 @@ use super::forward::{product_nt, score_tile, Scratch, BLOCK_K};
 use super::tile::{
     dot_in_order, dots, exp_shifted, matmul, transpose, vectorised, Dims, Isa, Strided,
 };
-use super::{Attention, AttentionGradsMut};
+use super::{Attention, AttentionGradsMut, BiasShape};
 use rayon::prelude::*;
 
 /// Query rows per step of the backward's inner loop.
@@ -54,12 +54,8 @@ pub(super) fn run(
     if a.pairs() == 0 || d == 0 {
         return;
     }
-    let q_regions: Vec<(usize, usize)> = (0..a.pairs())
-        .map(|bh| (a.q_base(bh, d), a.q_len(bh) * d))
-        .collect();
-    let k_regions: Vec<(usize, usize)> = (0..a.pairs())
-        .map(|bh| (a.k_base(bh), a.k_len(bh) * d))
-        .collect();
+    let q_regions: Vec<_> = (0..a.pairs()).map(|bh| a.q_span(bh, d)).collect();
+    let k_regions: Vec<_> = (0..a.pairs()).map(|bh| a.k_span(bh)).collect();
     let pairs = super::carve(g.dq, &q_regions)
         .into_iter()
         .zip(super::carve(g.dk, &k_regions))
@@ -76,17 +72,17 @@ pub(super) fn run(
         tasks[bh % groups].push((bh, grads));
     }
     let saved = |bh: usize| {
-        let (q, l) = (a.q_base(bh, d), a.q_base(bh, 1));
-        let n = a.q_len(bh);
+        let ((q, n), (l, m)) = (a.q_span(bh, d), a.q_span(bh, 1));
         Saved {
-            out: &out[q..q + n * d],
-            lse: &lse[l..l + n],
-            dout: &dout[q..q + n * d],
+            out: &out[q..q + n],
+            lse: &lse[l..l + m],
+            dout: &dout[q..q + n],
         }
     };
     let max_q = a.queries.max_len();
     let rows = BLOCK_Q.min(max_q);
-    let plane = a.bias_layout().len(a.bias_shape()) / a.heads;
+    let shape = a.bias_shape();
+    let plane = a.bias_layout().len(shape) / a.heads;
     let mut dbias_planes: Vec<Option<&mut [f32]>> = match g.dbias {
         Some(db) if plane > 0 => db.chunks_mut(plane).map(Some).collect(),
         _ => (0..groups).map(|_| None).collect(),
@@ -101,7 +97,7 @@ pub(super) fn run(
                     for (bh, grads) in task {
                         pair(
                             isa,
-                            a,
+                            (a, shape),
                             (bh, saved(bh)),
                             grads,
                             dbias.as_deref_mut(),
@@ -116,7 +112,7 @@ pub(super) fn run(
 /// The backward of pair `bh`; adds its bias gradient into `dbias`.
 fn pair(
     isa: Isa,
-    a: &Attention<'_>,
+    (a, bias_shape): (&Attention<'_>, BiasShape),
     (bh, sv): (usize, Saved<'_>),
     (dq, dk, dv): PairGrads<'_>,
     mut dbias: Option<&mut [f32]>,
@@ -139,7 +135,6 @@ fn pair(
     }
     let dropping = a.dropout.p > 0.0;
     let layout = a.bias_layout();
-    let bias_shape = a.bias_shape();
     for j0 in (0..lk).step_by(BLOCK_K) {
         let nk = BLOCK_K.min(lk - j0);
         let k_tile = a.kv_rows(a.qkv.k, bh, j0..j0 + nk);
@@ -158,7 +153,14 @@ fn pair(
         let first = if a.causal { j0 / BLOCK_Q * BLOCK_Q } else { 0 };
         for i0 in (first..lq).step_by(BLOCK_Q) {
             let rows = BLOCK_Q.min(lq - i0);
-            score_tile(isa, a, (bh, i0, rows), (j0, nk), kt, &mut sc.s);
+            score_tile(
+                isa,
+                (a, bias_shape),
+                (bh, i0, rows),
+                (j0, nk),
+                kt,
+                &mut sc.s,
+            );
             for r in 0..rows {
                 let p = &mut sc.s[r * BLOCK_K..r * BLOCK_K + nk];
                 match sv.lse[i0 + r] {

@@ -3,7 +3,7 @@
 //! `exp(s - m)`; rescale the output accumulator whenever `m` grows.
 
 use super::tile::{dots, exp_shifted, matmul, row_max, transpose, vectorised, Dims, Isa, Strided};
-use super::Attention;
+use super::{Attention, BiasShape};
 use rayon::prelude::*;
 
 /// Query rows per forward task (a multiple of the 6-row register tile).
@@ -76,7 +76,7 @@ pub(super) fn product_nt(
 /// `BLOCK_K`); `kt` is the key tile transposed, if at hand.
 pub(super) fn score_tile(
     isa: Isa,
-    a: &Attention<'_>,
+    (a, shape): (&Attention<'_>, BiasShape),
     (bh, i0, rows): (usize, usize, usize),
     (j0, nk): (usize, usize),
     kt: Option<(&[f32], usize)>,
@@ -87,7 +87,7 @@ pub(super) fn score_tile(
     product_nt(isa, a.d_head, (q, k), kt, s);
     vectorised(isa, || {
         for r in 0..rows {
-            a.bias_and_mask(bh, i0 + r, j0, &mut s[r * BLOCK_K..r * BLOCK_K + nk]);
+            a.bias_and_mask(shape, bh, i0 + r, j0, &mut s[r * BLOCK_K..r * BLOCK_K + nk]);
         }
     });
 }
@@ -98,14 +98,8 @@ pub(super) fn run(isa: Isa, a: &Attention<'_>, pairs: &[usize], out: &mut [f32],
         return;
     }
     let d = a.d_head;
-    let out_regions: Vec<(usize, usize)> = pairs
-        .iter()
-        .map(|&bh| (a.q_base(bh, d), a.q_len(bh) * d))
-        .collect();
-    let lse_regions: Vec<(usize, usize)> = pairs
-        .iter()
-        .map(|&bh| (a.q_base(bh, 1), a.q_len(bh)))
-        .collect();
+    let out_regions: Vec<_> = pairs.iter().map(|&bh| a.q_span(bh, d)).collect();
+    let lse_regions: Vec<_> = pairs.iter().map(|&bh| a.q_span(bh, 1)).collect();
     let mut tasks: Vec<Task<'_>> = Vec::new();
     let regions = super::carve(out, &out_regions)
         .into_iter()
@@ -127,27 +121,34 @@ pub(super) fn run(isa: Isa, a: &Attention<'_>, pairs: &[usize], out: &mut [f32],
     // read by consecutive tasks while it is still in cache, instead of once
     // per sequence after every other head's plane has passed through.
     tasks.sort_by_key(|&(bh, i0, ..)| (bh % a.heads, bh / a.heads, i0));
+    let shape = a.bias_shape();
     crate::install(|| {
-        let (kt, offsets) = transposed_keys(isa, a);
+        let (kt, offsets) = transposed_keys(isa, a, pairs);
         tasks.into_par_iter().for_each_init(
             || Scratch::new(d, BLOCK_Q),
             |scratch, task| {
                 let kt_bh = &kt[offsets[task.0]..offsets[task.0 + 1]];
-                block(isa, a, task, kt_bh, scratch)
+                block(isa, (a, shape), task, kt_bh, scratch)
             },
         );
     });
 }
 
-/// `Kᵀ` of every (sequence, head) (`[d_head, k_len]` each, back to back,
-/// pair `bh` from `offsets[bh]`): every query block of a pair reads all of
-/// it, so it is transposed once, in parallel, straight into fresh memory
-/// (no zeroing pass before it).
-fn transposed_keys(isa: Isa, a: &Attention<'_>) -> (Vec<f32>, Vec<usize>) {
+/// `Kᵀ` of the (sequence, head) pairs `pairs` (`[d_head, k_len]` each, back
+/// to back, pair `bh` from `offsets[bh]`; other pairs get none): every query
+/// block of a pair reads all of it, so it is transposed once, in parallel,
+/// straight into fresh memory (no zeroing pass before it).
+fn transposed_keys(isa: Isa, a: &Attention<'_>, pairs: &[usize]) -> (Vec<f32>, Vec<usize>) {
+    // In increasing order, so the chunks below lie where `offsets` says.
+    debug_assert!(pairs.windows(2).all(|w| w[0] < w[1]));
     let d = a.d_head;
+    let mut sizes = vec![0; a.pairs()];
+    for &bh in pairs {
+        sizes[bh] = d * a.k_len(bh);
+    }
     let offsets: Vec<usize> = std::iter::once(0)
-        .chain((0..a.pairs()).scan(0, |at, bh| {
-            *at += d * a.k_len(bh);
+        .chain(sizes.iter().scan(0, |at, &size| {
+            *at += size;
             Some(*at)
         }))
         .collect();
@@ -155,8 +156,8 @@ fn transposed_keys(isa: Isa, a: &Attention<'_>) -> (Vec<f32>, Vec<usize>) {
     let mut kt = Vec::with_capacity(n);
     let mut chunks: Vec<(usize, &mut [std::mem::MaybeUninit<f32>])> = Vec::new();
     let mut rest = &mut kt.spare_capacity_mut()[..n];
-    for bh in 0..a.pairs() {
-        let (chunk, tail) = rest.split_at_mut(offsets[bh + 1] - offsets[bh]);
+    for &bh in pairs {
+        let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(sizes[bh]);
         chunks.push((bh, chunk));
         rest = tail;
     }
@@ -164,16 +165,23 @@ fn transposed_keys(isa: Isa, a: &Attention<'_>) -> (Vec<f32>, Vec<usize>) {
         let lk = a.k_len(bh);
         transpose(isa, a.kv_rows(a.qkv.k, bh, 0..lk), d, (t, lk));
     });
-    // SAFETY: the chunks tile all `n` elements, and `transpose` writes
-    // every `(p, j)` of its chunk for `p < d`, `j < lk`: all `d·lk` of them
-    // (`kv_rows` returns exactly `lk` keys of `d` values).
+    // SAFETY: the chunks, of `sizes[bh]` elements for each of `pairs`,
+    // tile all `n` elements, and `transpose` writes every `(p, j)` of its
+    // chunk for `p < d`, `j < lk`: all `d·lk` of them (`kv_rows` returns
+    // exactly `lk` keys of `d` values).
     unsafe { kt.set_len(n) };
     (kt, offsets)
 }
 
 /// One block of query rows against all the keys it can see. Dropout
 /// applies after the running sum has taken each probability.
-fn block(isa: Isa, a: &Attention<'_>, (bh, i0, out, lse): Task<'_>, kt: &[f32], sc: &mut Scratch) {
+fn block(
+    isa: Isa,
+    (a, shape): (&Attention<'_>, BiasShape),
+    (bh, i0, out, lse): Task<'_>,
+    kt: &[f32],
+    sc: &mut Scratch,
+) {
     let d = a.d_head;
     let rows = lse.len();
     let mut m = [f32::NEG_INFINITY; BLOCK_Q];
@@ -183,7 +191,14 @@ fn block(isa: Isa, a: &Attention<'_>, (bh, i0, out, lse): Task<'_>, kt: &[f32], 
     for j0 in (0..key_end).step_by(BLOCK_K) {
         let nk = BLOCK_K.min(key_end - j0);
         let kt_tile = (&kt[j0..], a.k_len(bh));
-        score_tile(isa, a, (bh, i0, rows), (j0, nk), Some(kt_tile), &mut sc.s);
+        score_tile(
+            isa,
+            (a, shape),
+            (bh, i0, rows),
+            (j0, nk),
+            Some(kt_tile),
+            &mut sc.s,
+        );
         for r in 0..rows {
             let row = &mut sc.s[r * BLOCK_K..r * BLOCK_K + nk];
             let m_new = m[r].max(row_max(isa, row));

@@ -459,8 +459,13 @@ fn check_inputs(op: &'static str, a: &Attention<'_>) -> Result<()> {
     let (q, k) = (&a.queries, &a.keys);
     q.check(op, "queries")?;
     k.check(op, "keys")?;
+    let mut next = 0;
     let packed = q.capacity.is_none()
-        && (0..q.count()).all(|b| q.starts[b] == q.lens[..b].iter().sum::<usize>());
+        && q.starts.iter().zip(q.lens).all(|(&start, &len)| {
+            let in_order = start == next;
+            next += len;
+            in_order
+        });
     if !packed {
         return Err(shape_err(op, "queries must be packed in order"));
     }
@@ -548,6 +553,17 @@ impl<'a> Attention<'a> {
         self.keys.lens[bh / self.heads]
     }
 
+    /// Where pair `bh`'s query rows lie in a query-layout buffer of `width`
+    /// elements per row and head: `(start, len)`.
+    fn q_span(&self, bh: usize, width: usize) -> (usize, usize) {
+        (self.q_base(bh, width), self.q_len(bh) * width)
+    }
+
+    /// Where pair `bh`'s key rows lie in a key-layout buffer: `(start, len)`.
+    fn k_span(&self, bh: usize) -> (usize, usize) {
+        (self.k_base(bh), self.k_len(bh) * self.d_head)
+    }
+
     /// Element offset of query row 0 of pair `bh` (`width` per row).
     fn q_base(&self, bh: usize, width: usize) -> usize {
         let (b, h) = self.split(bh);
@@ -578,13 +594,13 @@ impl<'a> Attention<'a> {
     }
 
     /// Adds the bias and masks the scores of query `i` of pair `bh` against
-    /// keys `j0..j0 + row.len()`: a hidden key's score is `-inf`.
+    /// keys `j0..j0 + row.len()`: a hidden key's score is `-inf`. `shape` is
+    /// [`Attention::bias_shape`], which the kernels compute once per call
+    /// (it scans every sequence's length).
     #[inline(always)]
-    fn bias_and_mask(&self, bh: usize, i: usize, j0: usize, row: &mut [f32]) {
+    fn bias_and_mask(&self, shape: BiasShape, bh: usize, i: usize, j0: usize, row: &mut [f32]) {
         if let Some(bias) = self.bias {
-            let at = bias
-                .layout()
-                .index(self.bias_shape(), bh % self.heads, i, j0);
+            let at = bias.layout().index(shape, bh % self.heads, i, j0);
             let bias = &bias.values()[at..at + row.len()];
             // A branch-free loop the compiler vectorises.
             row.iter_mut().zip(bias).for_each(|(x, y)| *x += y);

@@ -7,7 +7,7 @@
 //! enough work to be worth a rayon split.
 
 use super::tile::{dots, exp_shifted, row_max, weighted_rows, Isa};
-use super::Attention;
+use super::{Attention, BiasShape};
 use rayon::prelude::*;
 
 /// Multiply-adds below which (batch, head) pairs share a task.
@@ -23,16 +23,10 @@ pub(super) fn run(
     lse: Option<&mut [f32]>,
 ) {
     let d = a.d_head;
-    let out_regions: Vec<(usize, usize)> = pairs
-        .iter()
-        .map(|&bh| (a.q_base(bh, d), a.q_len(bh) * d))
-        .collect();
+    let out_regions: Vec<_> = pairs.iter().map(|&bh| a.q_span(bh, d)).collect();
     let lse_chunks: Vec<Option<&mut [f32]>> = match lse {
         Some(l) => {
-            let regions: Vec<(usize, usize)> = pairs
-                .iter()
-                .map(|&bh| (a.q_base(bh, 1), a.q_len(bh)))
-                .collect();
+            let regions: Vec<_> = pairs.iter().map(|&bh| a.q_span(bh, 1)).collect();
             super::carve(l, &regions).into_iter().map(Some).collect()
         }
         None => pairs.iter().map(|_| None).collect(),
@@ -47,10 +41,11 @@ pub(super) fn run(
         .copied()
         .zip(super::carve(out, &out_regions).into_iter().zip(lse_chunks))
         .collect();
+    let shape = a.bias_shape();
     crate::install(|| {
         tasks.into_par_iter().with_min_len(min_len).for_each_init(
             || vec![0.0f32; a.keys.max_len()],
-            |scores, (bh, (o, l))| pair(isa, a, bh, (o, l), scores),
+            |scores, (bh, (o, l))| pair(isa, (a, shape), bh, (o, l), scores),
         );
     });
 }
@@ -58,7 +53,7 @@ pub(super) fn run(
 /// All query rows of pair `bh`.
 fn pair(
     isa: Isa,
-    a: &Attention<'_>,
+    (a, shape): (&Attention<'_>, BiasShape),
     bh: usize,
     (out, mut lse): (&mut [f32], Option<&mut [f32]>),
     scores: &mut [f32],
@@ -79,7 +74,7 @@ fn pair(
             (a.kv_rows(a.qkv.k, bh, 0..n), d),
             s,
         );
-        a.bias_and_mask(bh, i, 0, s);
+        a.bias_and_mask(shape, bh, i, 0, s);
         let m = row_max(isa, s);
         let row_lse = if m == f32::NEG_INFINITY {
             o.fill(0.0);

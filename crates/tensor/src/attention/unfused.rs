@@ -28,7 +28,7 @@ fn heads<'a>(
 pub fn forward(a: &Attention<'_>, out: &mut [f32]) -> Result<Vec<Vec<f32>>> {
     super::check_inputs("attention_unfused", a)?;
     super::check("attention_unfused", "out", out.len(), a.q_elems())?;
-    let d = a.d_head;
+    let (d, shape) = (a.d_head, a.bias_shape());
     let mut all = Vec::with_capacity(a.queries.count());
     for b in 0..a.queries.count() {
         let bh = b * a.heads;
@@ -51,7 +51,7 @@ pub fn forward(a: &Attention<'_>, out: &mut [f32]) -> Result<Vec<Vec<f32>>> {
         )?;
         for (h, plane) in probs.chunks_mut(lq * lk).enumerate() {
             for (i, row) in plane.chunks_mut(lk).enumerate() {
-                a.bias_and_mask(bh + h, i, 0, row);
+                a.bias_and_mask(shape, bh + h, i, 0, row);
             }
         }
         softmax::softmax_forward_inplace(&mut probs, lk)?;
