@@ -11,11 +11,12 @@ use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tessera_t5::Precision;
 use tessera_train::eval::EvalReport;
+use tessera_train::run_folder::{self, CHECKPOINTS};
 use tessera_train::trainer::{Event, Outcome, Trainer};
 use tessera_train::{checkpoint, config::RunConfig};
 
@@ -26,10 +27,24 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     config: Option<PathBuf>,
-    /// Continue the run saved in this checkpoint folder (OUTPUT/checkpoints/step-N).
+    /// Continue the run saved in this checkpoint folder
+    /// (OUTPUT/checkpoints/step-N), or `latest`: the newest complete one in
+    /// OUTPUT/checkpoints.
     #[arg(long)]
     #[serde(skip)]
     resume: Option<PathBuf>,
+    /// Delete the run already in the output folder (its checkpoints,
+    /// metrics and export) and start a fresh one there.
+    #[arg(long)]
+    #[serde(skip)]
+    overwrite_output: bool,
+    /// With --resume: continue even though the data, tokenizer or a
+    /// setting that shapes the batches or the arithmetic differs from the
+    /// checkpoint's (the run is then no longer an exact continuation; the
+    /// changes are recorded in metrics.jsonl).
+    #[arg(long)]
+    #[serde(skip)]
+    allow_config_change: bool,
     /// Write the final evaluation summary to this JSON file.
     #[arg(long)]
     #[serde(skip)]
@@ -169,18 +184,65 @@ impl Args {
         Ok(table)
     }
 
-    /// The run configuration: recipe < --config < flags, or, with --resume,
-    /// the checkpoint's configuration < --config < flags.
-    fn run_config(&self) -> Result<RunConfig> {
+    /// The run configuration and the checkpoint to resume: recipe <
+    /// --config < flags, or, with --resume, the checkpoint's configuration
+    /// < --config < flags. `--resume latest` looks in the output folder the
+    /// recipe, file and flags name.
+    fn run_config(&self) -> Result<(RunConfig, Option<PathBuf>)> {
         let mut layers = Vec::new();
         if let Some(path) = &self.config {
             layers.push(RunConfig::read_file(path)?);
         }
         layers.push(self.layer()?);
-        Ok(match &self.resume {
-            Some(dir) => checkpoint::read_state(dir)?.config.overlay(&layers)?,
-            None => RunConfig::resolve(&layers)?,
-        })
+        let fresh = RunConfig::resolve(&layers)?;
+        let resume = match &self.resume {
+            None => return Ok((fresh, None)),
+            Some(dir) if dir.as_os_str() == "latest" => {
+                let (dir, rejected) = checkpoint::latest(&fresh.output.join(CHECKPOINTS))?;
+                for e in rejected {
+                    eprintln!("skipping {e}");
+                }
+                dir
+            }
+            Some(dir) => dir.clone(),
+        };
+        let config = checkpoint::read_state(&resume)?.config.overlay(&layers)?;
+        Ok((config, Some(resume)))
+    }
+}
+
+/// What the Ctrl-C handler needs to say where the run stands.
+#[derive(Default)]
+struct Progress {
+    step: AtomicU64,
+    saved: Mutex<Option<PathBuf>>,
+    presses: AtomicU32,
+}
+
+impl Progress {
+    /// The first Ctrl-C (or SIGTERM/SIGHUP) asks the run to stop after its
+    /// step and save; the second exits at once, naming the last complete
+    /// checkpoint (a save in flight is abandoned: its staging folder is
+    /// removed when the output folder is next used).
+    fn interrupt(&self, stop: &AtomicBool) {
+        let step = self.step.load(Ordering::SeqCst);
+        if self.presses.fetch_add(1, Ordering::SeqCst) == 0 {
+            stop.store(true, Ordering::SeqCst);
+            eprintln!(
+                "\nstopping: finishing step {}, then saving a checkpoint (press Ctrl-C again to stop at once)",
+                step + 1
+            );
+            return;
+        }
+        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        match saved.as_deref() {
+            Some(dir) => eprintln!(
+                "stopped at once after step {step}; the last complete checkpoint is {0}: resume with cargo xtask train --resume {0}",
+                dir.display()
+            ),
+            None => eprintln!("stopped at once after step {step}; no checkpoint was saved"),
+        }
+        std::process::exit(130);
     }
 }
 
@@ -196,26 +258,36 @@ struct Summary<'a> {
 
 /// Runs `cargo xtask train`.
 pub fn run(args: Args) -> Result<()> {
-    let config = args.run_config()?;
+    let (config, resume) = args.run_config()?;
+    if resume.is_none() {
+        run_folder::check_fresh(&config.output, args.overwrite_output)?;
+    }
     if config.threads > 0 {
         tessera_tensor::set_num_threads(config.threads)?;
     }
     let (train, eval) = tessera_train::data::load(&config)?;
-    let mut trainer = match &args.resume {
-        Some(dir) => Trainer::resume(dir, config, &train, eval)?,
+    let mut trainer = match &resume {
+        Some(dir) => Trainer::resume(dir, config, &train, eval, args.allow_config_change)?,
         None => tessera_train::fresh_trainer(config, &train, eval)?,
     };
+    for note in trainer.claim_output(args.overwrite_output)? {
+        eprintln!("{note}");
+    }
     let config = trainer.config().clone();
-    describe(&trainer, train.examples.len());
+    describe(&trainer, resume.as_deref());
+    let progress = Arc::new(Progress::default());
+    progress.step.store(trainer.step(), Ordering::SeqCst);
+    *progress.saved.lock().unwrap_or_else(|e| e.into_inner()) = resume;
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+    let (flag, handler) = (Arc::clone(&stop), Arc::clone(&progress));
+    ctrlc::set_handler(move || handler.interrupt(&flag))
         .context("cannot install the Ctrl-C handler")?;
     let bar = progress_bar(trainer.step(), config.steps);
     let start = Instant::now();
     let mut last_eval = None;
     let outcome = trainer.run(&stop, |event| match event {
         Event::Step(r) => {
+            progress.step.store(r.step, Ordering::SeqCst);
             bar.set_position(r.step);
             bar.set_message(format!(
                 "loss {:.4}  lr {:.2e}  {:.1} ex/s",
@@ -226,7 +298,10 @@ pub fn run(args: Args) -> Result<()> {
             bar.println(format!("step {step}: {}", eval_line(report)));
             last_eval = Some(report.clone());
         }
-        Event::Checkpoint(dir) => bar.println(format!("saved {}", dir.display())),
+        Event::Checkpoint(dir) => {
+            *progress.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.to_path_buf());
+            bar.println(format!("saved {}", dir.display()));
+        }
     })?;
     bar.finish_and_clear();
     let checkpoint = match outcome {
@@ -240,7 +315,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         Outcome::Finished(dir) => dir,
     };
-    let export = config.output.join("hf");
+    let export = config.output.join(run_folder::EXPORT);
     tessera_train::export::export(&checkpoint, &export)?;
     let summary = Summary {
         steps: trainer.step(),
@@ -256,18 +331,22 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn describe(trainer: &Trainer, rows: usize) {
+fn describe(trainer: &Trainer, resumed: Option<&Path>) {
     let c = trainer.config();
     let model = trainer.model().config();
+    let what = match resumed {
+        Some(dir) => format!("resuming {} at step {}:", dir.display(), trainer.step()),
+        None => "training".into(),
+    };
     eprintln!(
-        "training {} ({} parameters, d_model {}, {} layers) on {} rows of {} ({}), global batch {} = {} x {}, {} steps, {} threads -> {}",
+        "{what} {} ({} parameters, d_model {}, {} layers) on {} ({}), recipe {}, global batch {} = {} x {}, {} steps, {} threads -> {}",
         c.model,
         model.num_parameters(),
         model.d_model,
         model.num_layers,
-        rows,
         c.task,
         c.train_file,
+        c.recipe,
         c.global_batch(),
         c.batch_size,
         c.grad_accum,
@@ -275,6 +354,10 @@ fn describe(trainer: &Trainer, rows: usize) {
         tessera_tensor::num_threads(),
         c.output.display()
     );
+    eprintln!("data: {}", trainer.data_report().summary());
+    for change in trainer.config_changes() {
+        eprintln!("--allow-config-change: {change}");
+    }
 }
 
 fn progress_bar(position: u64, steps: u64) -> ProgressBar {

@@ -38,7 +38,9 @@ pub use loader::{Cursor, Loader, LoaderConfig, Order};
 pub use metrics::{evaluate, Summary};
 pub use read::{read_file, Dataset, Format, ReadOptions, Source, Split};
 pub use task::{Example, Label, TargetKind, Task};
-pub use tokenize::{encode_dataset, EncodedDataset, EncodedExample, Lengths, TextTokenizer};
+pub use tokenize::{
+    encode_dataset, EncodedDataset, EncodedExample, Lengths, TextTokenizer, Truncation,
+};
 
 /// The `parquet` crate this crate reads with, re-exported so callers (and the
 /// tests) can write Parquet files with the same version.

@@ -107,8 +107,9 @@ impl TextTokenizer {
         Ok(self.encode_truncating(text, max_len)?.0)
     }
 
-    /// Like [`TextTokenizer::encode`], and whether the text had to be cut.
-    fn encode_truncating(&self, text: &str, max_len: usize) -> Result<(Vec<u32>, bool)> {
+    /// Like [`TextTokenizer::encode`], and the length `text` had before it
+    /// was cut (special tokens included; more than `max_len` when cut).
+    fn encode_truncating(&self, text: &str, max_len: usize) -> Result<(Vec<u32>, usize)> {
         let special = self
             .inner
             .get_post_processor()
@@ -119,15 +120,15 @@ impl TextTokenizer {
             ))
         })?;
         let mut encoding = self.inner.encode(text, false).map_err(|e| self.error(e))?;
-        let truncated = encoding.len() > budget;
-        if truncated {
+        let full_len = encoding.len() + special;
+        if encoding.len() > budget {
             encoding.truncate(budget, 0, TruncationDirection::Right);
         }
         let encoding = self
             .inner
             .post_process(encoding, None, true)
             .map_err(|e| self.error(e))?;
-        Ok((encoding.get_ids().to_vec(), truncated))
+        Ok((encoding.get_ids().to_vec(), full_len))
     }
 
     /// Text of `ids`, without special tokens when `skip_special` is set.
@@ -183,8 +184,28 @@ pub struct EncodedDataset {
     pub lengths: Lengths,
     /// `<pad>` id used for padding and as the decoder start token.
     pub pad_id: u32,
-    /// How many sources were cut at `lengths.source`.
-    pub truncated_sources: usize,
+    /// How the sources fitted `lengths.source`.
+    pub sources: Truncation,
+    /// How the targets fitted `lengths.target`.
+    pub targets: Truncation,
+}
+
+/// How the texts of one side fitted their maximum length.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Truncation {
+    /// Texts cut at the maximum length.
+    pub truncated: usize,
+    /// The longest text in tokens (special tokens included) before any cut.
+    pub longest: usize,
+}
+
+impl Truncation {
+    fn of(max_len: usize, full_lens: impl Iterator<Item = usize>) -> Self {
+        full_lens.fold(Truncation::default(), |t, len| Truncation {
+            truncated: t.truncated + usize::from(len > max_len),
+            longest: t.longest.max(len),
+        })
+    }
 }
 
 impl EncodedDataset {
@@ -216,29 +237,33 @@ pub fn encode_dataset(
         .collect();
     target_texts.sort_unstable();
     target_texts.dedup();
-    let targets: HashMap<String, Vec<u32>> = target_texts
+    let targets: HashMap<String, (Vec<u32>, usize)> = target_texts
         .into_par_iter()
-        .map(|t| tokenizer.encode(&t, lengths.target).map(|ids| (t, ids)))
+        .map(|t| {
+            tokenizer
+                .encode_truncating(&t, lengths.target)
+                .map(|e| (t, e))
+        })
         .collect::<Result<_>>()?;
-    let encoded: Vec<(EncodedExample, bool)> = data
+    let encoded: Vec<(EncodedExample, usize, usize)> = data
         .examples
         .par_iter()
         .map(|example| {
             let source = task.source_text(example);
-            let (input_ids, truncated) = tokenizer.encode_truncating(&source, lengths.source)?;
-            let labels = task
+            let (input_ids, source_len) = tokenizer.encode_truncating(&source, lengths.source)?;
+            let (labels, target_len) = task
                 .target_text(&example.label)
                 .and_then(|t| targets.get(&t).cloned())
                 .unwrap_or_default();
-            Ok((EncodedExample { input_ids, labels }, truncated))
+            Ok((EncodedExample { input_ids, labels }, source_len, target_len))
         })
         .collect::<Result<_>>()?;
-    let truncated_sources = encoded.iter().filter(|(_, t)| *t).count();
     Ok(EncodedDataset {
         task,
-        examples: encoded.into_iter().map(|(e, _)| e).collect(),
+        sources: Truncation::of(lengths.source, encoded.iter().map(|e| e.1)),
+        targets: Truncation::of(lengths.target, encoded.iter().map(|e| e.2)),
+        examples: encoded.into_iter().map(|(e, ..)| e).collect(),
         lengths,
         pad_id: tokenizer.pad_id(),
-        truncated_sources,
     })
 }

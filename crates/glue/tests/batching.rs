@@ -190,7 +190,7 @@ fn fixed_padding_has_static_shapes() {
         },
     )
     .unwrap();
-    assert_eq!(short.truncated_sources, 2);
+    assert_eq!(short.sources.truncated, 2);
     assert!(short
         .examples
         .iter()

@@ -108,5 +108,5 @@ fn mnli_sample_prompts_tokenize_like_python() {
         ((u128::from(h) * 31 + u128::from(id)) % u128::from(modulus)) as u64
     });
     assert_eq!(hash, 1_870_836_276_192_994_103);
-    assert_eq!(enc.truncated_sources, 0);
+    assert_eq!(enc.sources.truncated, 0);
 }

@@ -15,15 +15,15 @@
 //! that the save does not produce (a tokenizer, say) are carried over.
 
 use crate::config::{ConfigError, T5Config};
+use crate::folder::{self, FolderError, Staging};
 use crate::model::T5Model;
 use crate::params::layout;
 use crate::safetensors::{write_as, SafeTensors, SafetensorsError, StoredDType, TensorToWrite};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use tessera_tensor::DType;
 
 /// The single-file weights name.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -95,14 +95,19 @@ pub enum CheckpointError {
         /// The value.
         value: f32,
     },
-    /// Writing the folder failed.
-    #[error("cannot write checkpoint {path}: {source}")]
-    Write {
-        /// The file or folder.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+    /// A weight to be saved holds NaN or infinity.
+    #[error("weight {name} has a non-finite value ({value}) at element {index}; it was not saved")]
+    NonFiniteWeight {
+        /// The tensor.
+        name: String,
+        /// Flat index of the first bad element.
+        index: usize,
+        /// The value.
+        value: f32,
     },
+    /// Writing the folder failed.
+    #[error(transparent)]
+    Folder(#[from] FolderError),
 }
 
 /// The weight files of a folder: `(file, tensor names it should hold)`.
@@ -206,12 +211,7 @@ impl T5Model {
     /// Saves as a Hugging Face folder, splitting the weights into shards of
     /// at most `max_shard_bytes` (a tensor larger than that gets its own shard).
     pub fn save_sharded(&self, dir: &Path, max_shard_bytes: u64) -> Result<(), CheckpointError> {
-        let dtype = match self.params().dtype() {
-            DType::F32 => StoredDType::F32,
-            DType::BF16 => StoredDType::BF16,
-            DType::F16 => StoredDType::F16,
-        };
-        self.save_with(dir, max_shard_bytes, dtype)
+        self.save_with(dir, max_shard_bytes, self.params().dtype().into())
     }
 
     fn save_with(
@@ -220,40 +220,26 @@ impl T5Model {
         max_shard_bytes: u64,
         dtype: StoredDType,
     ) -> Result<(), CheckpointError> {
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "checkpoint".into());
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        let werr = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| CheckpointError::Write { path, source }
-        };
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(werr(&tmp))?;
-        }
-        fs::create_dir_all(&tmp).map_err(werr(&tmp))?;
-        let written = self
-            .write_folder(&tmp, max_shard_bytes, dtype)
-            .and_then(|files| carry_over(dir, &tmp, &files));
-        if let Err(e) = written {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        swap_into_place(&tmp, dir, parent, &name)
+        folder::build(dir, |staging| {
+            self.write_into(staging, max_shard_bytes, dtype)?;
+            carry_over(dir, staging)
+        })
+        .map(drop)
     }
 
-    fn write_folder(
+    /// Writes the Hugging Face files (`config.json`,
+    /// `generation_config.json`, the weights in shards of at most
+    /// `max_shard_bytes` stored as `dtype`) into a folder being built, for
+    /// callers that add files of their own (training checkpoints, exports).
+    /// Every weight is checked finite first: an error names the first
+    /// non-finite tensor, and nothing is written.
+    pub fn write_into(
         &self,
-        dir: &Path,
+        staging: &mut Staging,
         max_shard_bytes: u64,
         dtype: StoredDType,
-    ) -> Result<BTreeSet<String>, CheckpointError> {
-        let mut files = BTreeSet::new();
+    ) -> Result<(), CheckpointError> {
+        self.check_finite_weights()?;
         let shards = plan_shards(self, max_shard_bytes, dtype.size() as u64);
         let count = shards.len();
         let mut weight_map = Map::new();
@@ -278,17 +264,15 @@ impl T5Model {
                     }
                 })
                 .collect();
-            write_file(&dir.join(&file), |w| write_as(w, &tensors, dtype, &[]))?;
-            files.insert(file);
+            staging.write(&file, |w| write_as(w, &tensors, dtype, &[]))?;
         }
         if count > 1 {
             let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-            write_json(&dir.join(INDEX_FILE), &index)?;
-            files.insert(INDEX_FILE.into());
+            write_json(staging, INDEX_FILE, &index)?;
         }
         let config: Value =
             serde_json::from_str(&self.config().to_json()).expect("config JSON round-trips");
-        write_json(&dir.join("config.json"), &config)?;
+        write_json(staging, "config.json", &config)?;
         let c = self.config();
         let generation = json!({
             "_from_model_config": true,
@@ -296,12 +280,24 @@ impl T5Model {
             "eos_token_id": c.eos_token_id,
             "pad_token_id": c.pad_token_id,
         });
-        write_json(&dir.join("generation_config.json"), &generation)?;
-        files.extend([
-            "config.json".to_string(),
-            "generation_config.json".to_string(),
-        ]);
-        Ok(files)
+        write_json(staging, "generation_config.json", &generation)
+    }
+
+    /// An error naming the first weight that holds NaN or infinity: such a
+    /// model is never written.
+    fn check_finite_weights(&self) -> Result<(), CheckpointError> {
+        let bad = self.params().views().find_map(|(entry, data)| {
+            let (index, value) = data.first_non_finite()?;
+            Some((entry, index, value))
+        });
+        match bad {
+            Some((entry, index, value)) => Err(CheckpointError::NonFiniteWeight {
+                name: entry.name.clone(),
+                index,
+                value,
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -346,67 +342,27 @@ fn plan_shards(model: &T5Model, max_bytes: u64, element_bytes: u64) -> Vec<Vec<u
     shards
 }
 
-fn write_file(
-    path: &Path,
-    body: impl FnOnce(&mut BufWriter<fs::File>) -> std::io::Result<()>,
-) -> Result<(), CheckpointError> {
-    let result = (|| {
-        let mut w = BufWriter::new(fs::File::create(path)?);
-        body(&mut w)?;
-        w.flush()?;
-        w.get_ref().sync_all()
-    })();
-    result.map_err(|source| CheckpointError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn write_json(path: &Path, value: &Value) -> Result<(), CheckpointError> {
-    write_file(path, |w| {
+fn write_json(staging: &mut Staging, name: &str, value: &Value) -> Result<(), CheckpointError> {
+    Ok(staging.write(name, |w| {
         serde_json::to_writer_pretty(&mut *w, value)?;
         w.write_all(b"\n")
-    })
+    })?)
 }
 
 /// Copies files of an existing target that the new save does not replace
 /// (skipping old weight files, which the new weights supersede).
-fn carry_over(old: &Path, new: &Path, written: &BTreeSet<String>) -> Result<(), CheckpointError> {
+fn carry_over(old: &Path, staging: &mut Staging) -> Result<(), CheckpointError> {
     let Ok(entries) = fs::read_dir(old) else {
         return Ok(());
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let is_weights = name.ends_with(".safetensors") || name == INDEX_FILE;
-        if written.contains(&name) || is_weights || !entry.path().is_file() {
+        let written = staging.files().iter().any(|f| f.name == name);
+        if written || is_weights || !entry.path().is_file() {
             continue;
         }
-        fs::copy(entry.path(), new.join(&name)).map_err(|source| CheckpointError::Write {
-            path: new.join(&name),
-            source,
-        })?;
-    }
-    Ok(())
-}
-
-/// Renames the finished temporary folder over the target.
-fn swap_into_place(
-    tmp: &Path,
-    dir: &Path,
-    parent: &Path,
-    name: &str,
-) -> Result<(), CheckpointError> {
-    let werr = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| CheckpointError::Write { path, source }
-    };
-    if dir.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        fs::rename(dir, &old).map_err(werr(dir))?;
-        fs::rename(tmp, dir).map_err(werr(dir))?;
-        fs::remove_dir_all(&old).map_err(werr(&old))?;
-    } else {
-        fs::rename(tmp, dir).map_err(werr(dir))?;
+        staging.copy(&entry.path(), &name)?;
     }
     Ok(())
 }

@@ -16,6 +16,7 @@
 pub mod attention;
 mod checkpoint;
 mod config;
+pub mod folder;
 mod generate;
 pub mod layers;
 mod model;

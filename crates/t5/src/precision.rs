@@ -230,6 +230,23 @@ impl<'a> OperandRef<'a> {
         }
     }
 
+    /// The index and value of the first NaN or infinity, if any.
+    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
+        fn find<T: Copy>(
+            v: &[T],
+            finite: impl Fn(T) -> bool,
+            wide: impl Fn(T) -> f32,
+        ) -> Option<(usize, f32)> {
+            let i = v.iter().position(|&x| !finite(x))?;
+            Some((i, wide(v[i])))
+        }
+        match *self {
+            OperandRef::F32(v) | OperandRef::Rounded(v, _) => find(v, f32::is_finite, |x| x),
+            OperandRef::Bf16(v) => find(v, bf16::is_finite, f32::from),
+            OperandRef::F16(v) => find(v, f16::is_finite, f32::from),
+        }
+    }
+
     /// The values in `range`.
     pub fn slice(&self, range: std::ops::Range<usize>) -> OperandRef<'a> {
         match *self {

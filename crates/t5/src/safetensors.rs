@@ -74,6 +74,17 @@ pub enum StoredDType {
     I64,
 }
 
+/// The stored type that keeps a tensor of `dtype` exactly.
+impl From<tessera_tensor::DType> for StoredDType {
+    fn from(dtype: tessera_tensor::DType) -> Self {
+        match dtype {
+            tessera_tensor::DType::F32 => StoredDType::F32,
+            tessera_tensor::DType::BF16 => StoredDType::BF16,
+            tessera_tensor::DType::F16 => StoredDType::F16,
+        }
+    }
+}
+
 impl StoredDType {
     fn parse(s: &str) -> Option<Self> {
         Some(match s {

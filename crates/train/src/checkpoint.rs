@@ -2,15 +2,21 @@
 //! Hugging Face model folder and everything needed to resume.
 //!
 //! `OUTPUT/checkpoints/step-N/` holds
-//! - `config.json`, `model.safetensors`: the weights ([`T5Model::save`]), so
-//!   `eval`, `generate` and `export` take a checkpoint directly;
+//! - `config.json`, `model.safetensors`: the weights ([`T5Model::write_into`]),
+//!   so `eval`, `generate` and `export` take a checkpoint directly;
 //! - `tokenizer.json` (and `spiece.model` when the source tokenizer had one);
 //! - `optimizer.safetensors`: the optimizer's state in f32;
-//! - `trainer_state.json`: step, data cursor, seeds and the run configuration.
+//! - `trainer_state.json`: run id, step, data cursor, the run configuration
+//!   and the fingerprints of the training data and tokenizer;
+//! - `manifest.json`, written last: what kind of checkpoint this is, whose
+//!   run and step, and every other file's size and XXH3-128 hash, taken as
+//!   the bytes were written ([`Manifest`]).
 //!
-//! A checkpoint is written into a hidden temporary sibling and renamed into
-//! place, so a crash never leaves a half-written
-//! `step-N`; after a save the oldest checkpoints beyond `keep` are deleted.
+//! A checkpoint is built under a hidden staging name, fsynced, and renamed
+//! into place ([`tessera_t5::folder`]), so a crash never leaves a half
+//! `step-N`; only then are this run's oldest checkpoints beyond `keep`
+//! deleted. A folder without a manifest, or whose files do not match it,
+//! is refused by [`verify`] with the name of the file at fault.
 
 use crate::config::RunConfig;
 pub use crate::export::{SPIECE_FILE, TOKENIZER_FILE};
@@ -20,16 +26,53 @@ use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};
 use tessera_glue::{Cursor, TextTokenizer};
-use tessera_t5::T5Model;
+use tessera_t5::folder::{self, FileRecord, Staging};
+use tessera_t5::{T5Model, DEFAULT_MAX_SHARD_BYTES};
 
 /// The trainer's own file in a checkpoint.
 pub const STATE_FILE: &str = "trainer_state.json";
 /// The optimizer state in a checkpoint.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The checkpoint's manifest, written last.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The `format` of every tessera manifest.
+pub const MANIFEST_FORMAT: &str = "tessera-checkpoint";
+/// The manifest layout this version writes and reads. Later additions
+/// (sharded optimizer state, adapters) add kinds and optional fields.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// What a checkpoint folder is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointKind {
+    /// A full training checkpoint: weights, optimizer state, trainer state.
+    Training,
+}
+
+/// `manifest.json`: the checkpoint's identity and its files' sizes and hashes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`MANIFEST_FORMAT`].
+    pub format: String,
+    /// The layout version ([`MANIFEST_VERSION`]).
+    pub version: u32,
+    /// What the checkpoint holds.
+    pub kind: CheckpointKind,
+    /// The run that wrote it ([`TrainerState::run`]).
+    pub run: String,
+    /// Optimizer steps taken when it was written.
+    pub step: u64,
+    /// Every other file of the folder.
+    pub files: Vec<FileRecord>,
+}
 
 /// Where a run stands, as saved in `trainer_state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
+    /// The run's identity, given when it starts and kept across resumes;
+    /// the output folder's checkpoints and metrics belong to one run.
+    #[serde(default)]
+    pub run: String,
     /// Optimizer steps taken.
     pub step: u64,
     /// The next batch the loader yields.
@@ -38,9 +81,25 @@ pub struct TrainerState {
     pub examples_seen: u64,
     /// The configuration the run was started (or last resumed) with.
     pub config: RunConfig,
+    /// What the run trains on, checked when it resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprint>,
     /// The fp16 loss scaler (absent in other precisions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scaler: Option<LossScaler>,
+}
+
+/// Hashes of what a run's batches are made of, so that a resume on other
+/// data or another tokenizer is caught instead of silently breaking the
+/// exact resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// XXH3-128 of the training rows' texts and labels, in order.
+    pub train_data: String,
+    /// Training rows.
+    pub train_rows: usize,
+    /// XXH3-128 of the `tokenizer.json` text.
+    pub tokenizer: String,
 }
 
 /// The tokenizer files a checkpoint carries.
@@ -69,10 +128,10 @@ impl TokenizerFiles {
         Ok(TokenizerFiles { json, spiece })
     }
 
-    fn write(&self, dir: &Path) -> Result<()> {
-        write_file(&dir.join(TOKENIZER_FILE), self.json.as_bytes())?;
+    fn write(&self, staging: &mut Staging) -> Result<()> {
+        staging.write_bytes(TOKENIZER_FILE, self.json.as_bytes())?;
         if let Some(bytes) = &self.spiece {
-            write_file(&dir.join(SPIECE_FILE), bytes)?;
+            staging.write_bytes(SPIECE_FILE, bytes)?;
         }
         Ok(())
     }
@@ -83,9 +142,10 @@ pub fn step_dir(root: &Path, step: u64) -> PathBuf {
     root.join(format!("step-{step}"))
 }
 
-/// Writes the checkpoint of `state.step` under `root` atomically (re-saving
-/// a step, resumed from and interrupted again, replaces the old copy), then
-/// keeps only the newest `keep` checkpoints. Returns the checkpoint's folder.
+/// Writes the checkpoint of `state.step` under `root` atomically and
+/// durably (re-saving a step replaces the old copy), then deletes this
+/// run's oldest checkpoints beyond `keep` (never the one just written, never
+/// another run's). Returns the checkpoint's folder.
 pub fn save(
     root: &Path,
     model: &T5Model,
@@ -96,15 +156,95 @@ pub fn save(
 ) -> Result<PathBuf> {
     fs::create_dir_all(root).map_err(|e| TrainError::io("cannot create", root, e))?;
     let target = step_dir(root, state.step);
-    crate::folder::build(&target, |dir| {
-        model.save(dir)?;
-        tokenizer.write(dir)?;
-        optimizer.save(&dir.join(OPTIMIZER_FILE))?;
+    folder::build(&target, |staging| {
+        let dtype = model.params().dtype().into();
+        model.write_into(staging, DEFAULT_MAX_SHARD_BYTES, dtype)?;
+        tokenizer.write(staging)?;
+        staging.write(OPTIMIZER_FILE, |w| optimizer.write_to(w))?;
         let json = serde_json::to_vec_pretty(state).expect("the trainer state serialises");
-        write_file(&dir.join(STATE_FILE), &json)
+        staging.write_bytes(STATE_FILE, &json)?;
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT.into(),
+            version: MANIFEST_VERSION,
+            kind: CheckpointKind::Training,
+            run: state.run.clone(),
+            step: state.step,
+            files: staging.files().to_vec(),
+        };
+        let json = serde_json::to_vec_pretty(&manifest).expect("the manifest serialises");
+        Ok::<_, TrainError>(staging.write_bytes(MANIFEST_FILE, &json)?)
     })?;
-    prune(root, keep)?;
+    prune(root, keep, &state.run, state.step)?;
     Ok(target)
+}
+
+/// Reads `manifest.json` of a checkpoint folder.
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join(MANIFEST_FILE);
+    let damaged = |reason: String| TrainError::Damaged {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(damaged(format!(
+                "it has no {MANIFEST_FILE} (the save did not finish, or an older tessera wrote it)"
+            )))
+        }
+        Err(e) => return Err(TrainError::io("cannot read", path, e)),
+    };
+    let manifest: Manifest = serde_json::from_str(&text)
+        .map_err(|e| damaged(format!("{MANIFEST_FILE} is not a tessera manifest ({e})")))?;
+    if manifest.format != MANIFEST_FORMAT || manifest.version > MANIFEST_VERSION {
+        return Err(damaged(format!(
+            "{MANIFEST_FILE} is {} version {}; this tessera reads {MANIFEST_FORMAT} up to version {MANIFEST_VERSION}",
+            manifest.format, manifest.version
+        )));
+    }
+    Ok(manifest)
+}
+
+/// Checks every file of a checkpoint against its manifest (sizes and
+/// hashes, reading the files once) and returns the manifest; the error
+/// names the first file that does not match.
+pub fn verify(dir: &Path) -> Result<Manifest> {
+    let manifest = read_manifest(dir)?;
+    folder::verify(dir, &manifest.files).map_err(|m| TrainError::Damaged {
+        dir: dir.to_path_buf(),
+        reason: m.to_string(),
+    })?;
+    Ok(manifest)
+}
+
+/// Verifies `dir` if it has a manifest (a tessera checkpoint); any other
+/// model folder (a Hugging Face download, an export) has nothing to check.
+pub fn verify_if_manifest(dir: &Path) -> Result<()> {
+    if dir.join(MANIFEST_FILE).is_file() {
+        verify(dir)?;
+    }
+    Ok(())
+}
+
+/// The newest checkpoint under `root` that verifies, with the newer ones
+/// that did not (and why). An error when there is none.
+pub fn latest(root: &Path) -> Result<(PathBuf, Vec<TrainError>)> {
+    let mut rejected = Vec::new();
+    for step in list(root)?.into_iter().rev() {
+        let dir = step_dir(root, step);
+        match verify(&dir) {
+            Ok(_) => return Ok((dir, rejected)),
+            Err(e) => rejected.push(e),
+        }
+    }
+    let why = match rejected.first() {
+        Some(e) => format!(" ({} checked, none complete: {e})", rejected.len()),
+        None => String::new(),
+    };
+    Err(TrainError::setting(
+        "--resume latest",
+        format!("there is no complete checkpoint in {}{why}", root.display()),
+    ))
 }
 
 /// Reads `trainer_state.json` of a checkpoint.
@@ -137,12 +277,17 @@ pub fn list(root: &Path) -> Result<Vec<u64>> {
     Ok(steps)
 }
 
-fn prune(root: &Path, keep: usize) -> Result<()> {
-    let steps = list(root)?;
-    let excess = steps.len().saturating_sub(keep);
-    for &step in &steps[..excess] {
+/// Deletes run `run`'s checkpoints beyond the newest `keep`, never `just_saved`.
+fn prune(root: &Path, keep: usize, run: &str, just_saved: u64) -> Result<()> {
+    let ours: Vec<u64> = list(root)?
+        .into_iter()
+        .filter(|&step| read_manifest(&step_dir(root, step)).is_ok_and(|m| m.run == run))
+        .collect();
+    let excess = ours.len().saturating_sub(keep);
+    for &step in ours[..excess].iter().filter(|&&s| s != just_saved) {
         remove_dir(&step_dir(root, step))?;
     }
+    folder::sync_dir(root)?;
     Ok(())
 }
 
@@ -153,10 +298,4 @@ fn remove_dir(dir: &Path) -> Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-/// Writes `bytes` to `path` inside a folder being built (the folder, not
-/// the file, is what is renamed into place).
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    fs::write(path, bytes).map_err(|e| TrainError::io("cannot write", path, e))
 }

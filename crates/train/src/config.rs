@@ -238,20 +238,30 @@ impl RunConfig {
     }
 
     /// Merges `layers` (TOML tables, lowest priority first) over the recipe
-    /// they name (the last `recipe` key wins; `quickstart` by default) and
-    /// checks the result.
+    /// they name (the last `recipe` key wins) and checks the result.
+    ///
+    /// Without a recipe, a run of the tiny preset (or of no named model) is
+    /// the `quickstart`; a run of any other model gets the seed's `mnli`
+    /// recipe (sources up to 512 tokens, LR 5e-6, global batch 128), not
+    /// the quickstart's toy settings.
     pub fn resolve(layers: &[toml::Table]) -> Result<Self> {
-        let recipe = layers
-            .iter()
-            .rev()
-            .find_map(|t| t.get("recipe"))
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| TrainError::setting("recipe", "must be a string"))
-            })
-            .transpose()?
-            .unwrap_or_else(|| "quickstart".to_owned());
+        let last = |key: &str| -> Result<Option<String>> {
+            layers
+                .iter()
+                .rev()
+                .find_map(|t| t.get(key))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| TrainError::setting(key, "must be a string"))
+                })
+                .transpose()
+        };
+        let recipe = match (last("recipe")?, last("model")?) {
+            (Some(recipe), _) => recipe,
+            (None, Some(model)) if model != tessera_t5::TINY_PRESET => "mnli".to_owned(),
+            (None, _) => "quickstart".to_owned(),
+        };
         Self::recipe(&recipe)?.overlay(layers)
     }
 
@@ -410,6 +420,19 @@ mod tests {
         assert_eq!(c.lr, 3e-4);
         assert_eq!(c.global_batch(), 128);
         assert_eq!(c.warmup_start_lr, 1e-7);
+    }
+
+    #[test]
+    fn a_real_model_without_a_recipe_gets_the_seed_recipe() {
+        let real = RunConfig::resolve(&[table("model = \"/models/flan-t5-small\"")]).unwrap();
+        assert_eq!(
+            (real.recipe.as_str(), real.max_source_length, real.lr),
+            ("mnli", 512, 5e-6)
+        );
+        let tiny = RunConfig::resolve(&[table("steps = 300")]).unwrap();
+        assert_eq!(tiny.recipe, "quickstart");
+        let named = table("model = \"flan-t5-base\"\nrecipe = \"quickstart\"");
+        assert_eq!(RunConfig::resolve(&[named]).unwrap().max_source_length, 128);
     }
 
     #[test]

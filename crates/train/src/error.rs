@@ -29,8 +29,19 @@ pub enum TrainError {
     /// Loading or saving a model checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] tessera_t5::CheckpointError),
+    /// Writing a folder (checkpoint, export) failed.
+    #[error(transparent)]
+    Folder(#[from] tessera_t5::folder::FolderError),
+    /// A checkpoint folder is incomplete or its files do not match its manifest.
+    #[error("checkpoint {} cannot be used: {reason}", dir.display())]
+    Damaged {
+        /// The checkpoint folder.
+        dir: PathBuf,
+        /// What is wrong, naming the file.
+        reason: String,
+    },
     /// The loss or the gradient stopped being finite: training diverged.
-    #[error("training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; the weights were not updated (try a lower --lr)")]
+    #[error("training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; the weights were not updated and nothing was saved; {}", resume_hint(.last_checkpoint.as_deref()))]
     Diverged {
         /// The step that failed (1-based).
         step: u64,
@@ -38,6 +49,8 @@ pub enum TrainError {
         loss: f32,
         /// Its gradient norm before clipping.
         grad_norm: f32,
+        /// The run's newest checkpoint, to resume from with other settings.
+        last_checkpoint: Option<PathBuf>,
     },
     /// The data pipeline failed (file, tokenizer, batching).
     #[error(transparent)]
@@ -62,6 +75,16 @@ pub enum TrainError {
         /// What failed (no connection, missing file, …).
         reason: String,
     },
+}
+
+fn resume_hint(last: Option<&std::path::Path>) -> String {
+    match last {
+        Some(dir) => format!(
+            "resume from {} with a lower --lr (and --allow-config-change)",
+            dir.display()
+        ),
+        None => "no checkpoint was saved yet: start again with a lower --lr".into(),
+    }
 }
 
 /// The result type of this crate.

@@ -18,9 +18,7 @@ use crate::generation::{
     check_options, decode_all, generated as generated_tokens, GenerateOptions,
 };
 use serde::{Deserialize, Serialize};
-use tessera_glue::{
-    encode_dataset, parse_answer, Dataset, EncodedDataset, Label, Lengths, Summary, TextTokenizer,
-};
+use tessera_glue::{parse_answer, Dataset, EncodedDataset, Label, Lengths, Summary, TextTokenizer};
 use tessera_t5::{CrossEntropy, T5Model};
 
 /// Settings of an evaluation.
@@ -99,7 +97,7 @@ impl Evaluator {
             source: options.max_source_length,
             ..Lengths::default()
         };
-        let data = encode_dataset(tokenizer, dataset, lengths)?;
+        let data = crate::data::encode(tokenizer, dataset, lengths)?;
         Ok(Evaluator {
             data,
             labels: dataset.examples.iter().map(|e| e.label.clone()).collect(),

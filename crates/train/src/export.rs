@@ -14,8 +14,9 @@
 //!   `transformers`' `T5Tokenizer`: `<pad>`/`</s>`/`<unk>`, the
 //!   `<extra_id_N>` sentinels the vocabulary has, `model_max_length` 512.
 //!
-//! The folder is built under a temporary name beside `output` and renamed
-//! into place, so a reader never sees half an export. An existing `output`
+//! A checkpoint with a manifest is verified against it first. The folder is
+//! built under a staging name beside `output`, fsynced and renamed into
+//! place ([`tessera_t5::folder`]), so a reader never sees half an export. An existing `output`
 //! is replaced only if it is empty or a previous export (it holds nothing but
 //! the files an export writes); any other folder is refused, so an export
 //! never deletes a checkpoint or unrelated files.
@@ -25,8 +26,9 @@ use serde_json::{json, Value};
 use std::fs;
 use std::path::Path;
 use tessera_glue::TextTokenizer;
+use tessera_t5::folder::{self, Staging};
 use tessera_t5::safetensors::StoredDType;
-use tessera_t5::{T5Model, INDEX_FILE, WEIGHTS_FILE};
+use tessera_t5::{T5Model, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, WEIGHTS_FILE};
 
 /// The tokenizer file a checkpoint must hold.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -70,24 +72,26 @@ pub fn export_as(checkpoint: &Path, output: &Path, dtype: StoredDType) -> Result
             format!("{} has no {TOKENIZER_FILE}", checkpoint.display()),
         ));
     }
+    crate::checkpoint::verify_if_manifest(checkpoint)?;
     let tokenizer = TextTokenizer::from_file(&tokenizer_file)?;
     let model = T5Model::load(checkpoint)?;
-    crate::folder::build(output, |dir| {
-        model.save_as(dir, dtype)?;
-        build(&tokenizer, checkpoint, dir)
+    folder::build(output, |staging| {
+        model.write_into(staging, DEFAULT_MAX_SHARD_BYTES, dtype)?;
+        build(&tokenizer, checkpoint, staging)
     })
+    .map(drop)
 }
 
-/// Writes the export's other files into the fresh folder `dir`.
-fn build(tokenizer: &TextTokenizer, checkpoint: &Path, dir: &Path) -> Result<()> {
-    copy(&checkpoint.join(TOKENIZER_FILE), &dir.join(TOKENIZER_FILE))?;
+/// Writes the export's other files into the folder being built.
+fn build(tokenizer: &TextTokenizer, checkpoint: &Path, staging: &mut Staging) -> Result<()> {
+    staging.copy(&checkpoint.join(TOKENIZER_FILE), TOKENIZER_FILE)?;
     let spiece = checkpoint.join(SPIECE_FILE);
     if spiece.is_file() {
-        copy(&spiece, &dir.join(SPIECE_FILE))?;
+        staging.copy(&spiece, SPIECE_FILE)?;
     }
     let (config, special) = tokenizer_configs(tokenizer);
-    write_json(&dir.join("tokenizer_config.json"), &config)?;
-    write_json(&dir.join("special_tokens_map.json"), &special)
+    write_json(staging, "tokenizer_config.json", &config)?;
+    write_json(staging, "special_tokens_map.json", &special)
 }
 
 /// `tokenizer_config.json` and `special_tokens_map.json` for `tokenizer`.
@@ -152,16 +156,10 @@ fn is_export_file(name: &str) -> bool {
     shard || EXPORT_FILES.contains(&name)
 }
 
-fn copy(from: &Path, to: &Path) -> Result<()> {
-    fs::copy(from, to)
-        .map(drop)
-        .map_err(|e| TrainError::io("cannot copy", from, e))
-}
-
-fn write_json(path: &Path, value: &Value) -> Result<()> {
+fn write_json(staging: &mut Staging, name: &str, value: &Value) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value).expect("JSON values serialise");
     text.push('\n');
-    fs::write(path, text).map_err(|e| TrainError::io("cannot write", path, e))
+    Ok(staging.write_bytes(name, text.as_bytes())?)
 }
 
 #[cfg(test)]

@@ -14,13 +14,13 @@ mod decimal;
 mod error;
 pub mod eval;
 pub mod export;
-mod folder;
 pub mod generation;
 #[cfg(feature = "hub")]
 pub mod hub;
 pub mod metrics;
 pub mod model_source;
 pub mod optim;
+pub mod run_folder;
 pub mod schedule;
 #[cfg(test)]
 mod testing;

@@ -127,7 +127,8 @@ pub struct LoadedModel {
 
 /// Loads (or, for a preset, initialises from `seed`) the model `spec` names.
 /// A model whose f32 weights alone exceed the machine's memory is refused
-/// before anything is allocated.
+/// before anything is allocated; a tessera checkpoint is verified against
+/// its manifest first.
 pub fn load_model(spec: &ModelSpec, seed: u64) -> Result<LoadedModel> {
     let folder = match spec {
         ModelSpec::Preset(name) => {
@@ -144,6 +145,7 @@ pub fn load_model(spec: &ModelSpec, seed: u64) -> Result<LoadedModel> {
     let config = T5Config::from_file(&folder.join("config.json"))
         .map_err(tessera_t5::CheckpointError::from)?;
     check_memory(spec, &config, tessera_tensor::memory::total_memory())?;
+    crate::checkpoint::verify_if_manifest(&folder)?;
     Ok(LoadedModel {
         model: T5Model::load(&folder)?,
         folder: Some(folder),

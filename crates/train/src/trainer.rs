@@ -11,19 +11,31 @@
 //! **Determinism.** The batches come from the loader's cursor, the dropout
 //! masks from `(seed, step, micro-batch)`, and every kernel gives the same
 //! bits on any thread count, so a run resumed from a checkpoint ends with
-//! the same weights, bit for bit, as one that never stopped.
+//! the same weights, bit for bit, as one that never stopped — provided it
+//! resumes with the same data, tokenizer and every setting that shapes the
+//! batches or the arithmetic. [`Trainer::resume`] checks those against the
+//! checkpoint and refuses a difference unless told to allow it
+//! ([`FREE_KEYS`] may always change).
+//!
+//! **Output.** A run writes only into an output folder it has claimed
+//! ([`RunFolder`]): locked, and holding no other run's checkpoints.
 
-use crate::checkpoint::{self, TokenizerFiles, TrainerState};
+use crate::checkpoint::{self, Fingerprint, TokenizerFiles, TrainerState};
 use crate::config::RunConfig;
+use crate::data::DataReport;
 use crate::eval::{model_batch, EvalOptions, EvalReport, Evaluator};
 use crate::metrics::{MetricsLog, METRICS_FILE};
 use crate::model_source::check_fits;
 use crate::optim::{clip, Optimizer};
+use crate::run_folder::{RunFolder, CHECKPOINTS};
 use crate::{Result, TrainError};
+use serde::Serialize;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 use tessera_glue::{Dataset, EncodedDataset, Loader, LoaderConfig, Order, TextTokenizer};
+use tessera_t5::folder::HashingWriter;
 use tessera_t5::{ParamStore, T5Model, TrainOptions};
 use tessera_tensor::ops::dropout::dropout_key;
 
@@ -91,6 +103,53 @@ pub enum Outcome {
     Interrupted(PathBuf),
 }
 
+/// Configuration keys a resumed run may change freely: they decide how
+/// long the run goes on, what it records and where, and how fast — not
+/// which batches it sees or what it computes. (`steps` also sets the end of
+/// a `linear_decay` schedule.) `model`, `tokenizer` and `train_file` name
+/// where things came from; what matters of them is checked by content
+/// (the checkpoint's weights and tokenizer, the data's fingerprint).
+pub const FREE_KEYS: [&str; 14] = [
+    "recipe",
+    "model",
+    "tokenizer",
+    "train_file",
+    "eval_file",
+    "steps",
+    "checkpoint_every",
+    "keep",
+    "eval_every",
+    "eval_examples",
+    "max_new_tokens",
+    "eval_batch_size",
+    "threads",
+    "output",
+];
+
+/// A difference between a checkpoint's run and the run resuming it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigChange {
+    /// The configuration key, or `training data` / `tokenizer`.
+    pub key: String,
+    /// The checkpoint's value.
+    pub saved: String,
+    /// This run's value.
+    pub now: String,
+}
+
+impl std::fmt::Display for ConfigChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} -> {}", self.key, self.saved, self.now)
+    }
+}
+
+/// How a resumed run began, for its `metrics.jsonl` line.
+#[derive(Debug, Clone)]
+struct Resumed {
+    from: PathBuf,
+    changes: Vec<ConfigChange>,
+}
+
 /// A fine-tuning run in progress.
 pub struct Trainer {
     config: RunConfig,
@@ -101,6 +160,11 @@ pub struct Trainer {
     loader: Loader,
     evaluator: Option<Evaluator>,
     state: TrainerState,
+    data_report: DataReport,
+    output: Option<RunFolder>,
+    /// The newest complete checkpoint of this run and its step.
+    last_checkpoint: Option<(u64, PathBuf)>,
+    resumed: Option<Resumed>,
 }
 
 impl Trainer {
@@ -116,10 +180,12 @@ impl Trainer {
     ) -> Result<Self> {
         let optimizer = Optimizer::new(&config.optimizer_config(), model.params())?;
         let state = TrainerState {
+            run: new_run_id(),
             step: 0,
             cursor: Default::default(),
             examples_seen: 0,
             config: config.clone(),
+            fingerprint: Some(Fingerprint::of(train, &tokenizer_files)),
             loss_scaler: None,
         };
         Self::assemble(
@@ -135,13 +201,30 @@ impl Trainer {
 
     /// Continues the run saved in checkpoint `dir` with `config` (normally
     /// the saved configuration with the caller's overrides laid over it).
+    ///
+    /// The checkpoint is verified against its manifest first. A difference
+    /// in the training data, or in a configuration key outside
+    /// [`FREE_KEYS`], is an error naming it, unless `allow_config_change`
+    /// (then the changes are recorded in `metrics.jsonl`, see
+    /// [`Trainer::config_changes`]).
     pub fn resume(
         dir: &Path,
         config: RunConfig,
         train: &Dataset,
         eval_set: Option<Dataset>,
+        allow_config_change: bool,
     ) -> Result<Self> {
+        let manifest = checkpoint::verify(dir)?;
         let mut state = checkpoint::read_state(dir)?;
+        if (manifest.run.as_str(), manifest.step) != (state.run.as_str(), state.step) {
+            return Err(TrainError::Damaged {
+                dir: dir.to_path_buf(),
+                reason: format!(
+                    "its manifest is of run {} step {}, its trainer state of run {} step {}",
+                    manifest.run, manifest.step, state.run, state.step
+                ),
+            });
+        }
         let model = T5Model::load(dir)?;
         let tokenizer_path = dir.join(checkpoint::TOKENIZER_FILE);
         let tokenizer = TextTokenizer::from_file(&tokenizer_path)?;
@@ -162,8 +245,27 @@ impl Trainer {
                 ),
             ));
         }
+        let fingerprint = Fingerprint::of(train, &tokenizer_files);
+        let changes = changes(&state, &config, &fingerprint)?;
+        if let (Some(first), false) = (changes.first(), allow_config_change) {
+            return Err(TrainError::setting(
+                "--resume",
+                format!(
+                    "{} was trained with {} = {}, this run has {}; an exact resume needs the same (pass --allow-config-change to continue anyway)",
+                    dir.display(),
+                    first.key,
+                    first.saved,
+                    first.now
+                ),
+            ));
+        }
+        // An allowed change of batch size or data keeps the position in
+        // the epoch by rows consumed, within the new epoch's batches.
+        let rows_in = state.cursor.batch * state.config.batch_size;
+        state.cursor.batch = (rows_in / config.batch_size).min(train.len() / config.batch_size);
         state.config = config;
-        Self::assemble(
+        state.fingerprint = Some(fingerprint);
+        let mut trainer = Self::assemble(
             model,
             optimizer,
             tokenizer,
@@ -171,7 +273,13 @@ impl Trainer {
             train,
             eval_set,
             state,
-        )
+        )?;
+        trainer.last_checkpoint = Some((trainer.state.step, dir.to_path_buf()));
+        trainer.resumed = Some(Resumed {
+            from: dir.to_path_buf(),
+            changes,
+        });
+        Ok(trainer)
     }
 
     fn assemble(
@@ -198,7 +306,8 @@ impl Trainer {
             source: config.max_source_length,
             target: config.max_target_length,
         };
-        let encoded = tessera_glue::encode_dataset(&tokenizer, train, lengths)?;
+        let encoded = crate::data::encode(&tokenizer, train, lengths)?;
+        let data_report = DataReport::new(train, &encoded);
         if encoded.len() < config.batch_size {
             return Err(TrainError::setting(
                 "--batch-size",
@@ -246,6 +355,10 @@ impl Trainer {
             loader,
             evaluator,
             state,
+            data_report,
+            output: None,
+            last_checkpoint: None,
+            resumed: None,
         })
     }
 
@@ -262,6 +375,34 @@ impl Trainer {
     /// Optimizer steps taken so far.
     pub fn step(&self) -> u64 {
         self.state.step
+    }
+
+    /// The run's identity (kept across resumes).
+    pub fn run_id(&self) -> &str {
+        &self.state.run
+    }
+
+    /// What became of the training rows (read, skipped, cut).
+    pub fn data_report(&self) -> &DataReport {
+        &self.data_report
+    }
+
+    /// The differences from the checkpoint this run resumed, allowed by
+    /// `allow_config_change` (empty for a fresh run).
+    pub fn config_changes(&self) -> &[ConfigChange] {
+        self.resumed.as_ref().map_or(&[], |r| &r.changes)
+    }
+
+    /// Claims the output folder (see [`RunFolder::claim`]) and returns
+    /// what claiming did, for the user. Called by [`Trainer::run`] and
+    /// [`Trainer::save_checkpoint`] without `overwrite` if not called
+    /// before; call it first to overwrite another run's output.
+    pub fn claim_output(&mut self, overwrite: bool) -> Result<&[String]> {
+        if self.output.is_none() {
+            let folder = RunFolder::claim(&self.config.output, &self.state.run, overwrite)?;
+            self.output = Some(folder);
+        }
+        Ok(self.output.as_ref().map_or(&[], |f| f.notes()))
     }
 
     /// One optimizer step: `grad_accum` micro-batches, clipping, update.
@@ -282,12 +423,7 @@ impl Trainer {
         let loss_scale = self.state.loss_scaler.map(|s| s.scale);
         let update = match self.unscale_gradients() {
             Some(false) if self.state.loss_scaler.is_some_and(|s| s.exhausted()) => {
-                let grad_norm = f32::INFINITY;
-                return Err(TrainError::Diverged {
-                    step,
-                    loss,
-                    grad_norm,
-                });
+                return Err(self.diverged(step, loss, f32::INFINITY));
             }
             Some(false) => None,
             _ => Some(self.update_weights(step, loss)?),
@@ -385,17 +521,22 @@ impl Trainer {
         let clipped = clip(&self.grads, self.config.max_grad_norm);
         let grad_norm = clipped.norm;
         if !(loss.is_finite() && grad_norm.is_finite()) {
-            return Err(TrainError::Diverged {
-                step,
-                loss,
-                grad_norm,
-            });
+            return Err(self.diverged(step, loss, grad_norm));
         }
         let lr = self.config.schedule().lr(self.config.lr, self.state.step);
         self.optimizer
             .step_scaled(self.model.params_mut(), &mut self.grads, lr, clipped.scale);
         self.state.step = step;
         Ok((lr, grad_norm))
+    }
+
+    fn diverged(&self, step: u64, loss: f32, grad_norm: f32) -> TrainError {
+        TrainError::Diverged {
+            step,
+            loss,
+            grad_norm,
+            last_checkpoint: self.last_checkpoint.as_ref().map(|(_, dir)| dir.clone()),
+        }
     }
 
     /// Evaluates by greedy generation on the validation set, if there is one.
@@ -406,28 +547,44 @@ impl Trainer {
             .transpose()
     }
 
-    /// Saves a checkpoint of the current step under `OUTPUT/checkpoints`.
-    pub fn save_checkpoint(&self) -> Result<PathBuf> {
-        checkpoint::save(
-            &self.config.output.join("checkpoints"),
+    /// Saves a checkpoint of the current step under `OUTPUT/checkpoints`
+    /// (claiming the output folder first if needed). A step already saved
+    /// (or resumed from) is not saved again: its folder is returned.
+    pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        if let Some((step, dir)) = &self.last_checkpoint {
+            if *step == self.state.step {
+                return Ok(dir.clone());
+            }
+        }
+        self.claim_output(false)?;
+        let dir = checkpoint::save(
+            &self.config.output.join(CHECKPOINTS),
             &self.model,
             &self.tokenizer_files,
             &self.optimizer,
             &self.state,
             self.config.keep,
-        )
+        )?;
+        self.last_checkpoint = Some((self.state.step, dir.clone()));
+        Ok(dir)
     }
 
-    /// Trains until `config.steps`, evaluating and checkpointing on the
-    /// configured cadence, logging every step to `metrics.jsonl`. When `stop`
-    /// becomes true (Ctrl-C) a checkpoint is saved and the run returns
+    /// Trains until `config.steps`, checkpointing and then evaluating on
+    /// the configured cadence (a step's checkpoint is written before its
+    /// evaluation, so a failing evaluation loses nothing), logging every
+    /// step to `metrics.jsonl` after a first line saying which run started
+    /// or resumed, on what data. When `stop` becomes true (Ctrl-C) the
+    /// step in flight finishes, a checkpoint is saved (once, even if the
+    /// step was also a checkpoint step) and the run returns
     /// [`Outcome::Interrupted`].
     pub fn run(
         &mut self,
         stop: &AtomicBool,
         mut on_event: impl FnMut(Event<'_>),
     ) -> Result<Outcome> {
+        self.claim_output(false)?;
         let mut metrics = MetricsLog::open(&self.config.output.join(METRICS_FILE))?;
+        metrics.write(&self.run_line())?;
         while self.state.step < self.config.steps {
             let report = self.train_step()?;
             metrics.write(&report)?;
@@ -435,6 +592,9 @@ impl Trainer {
             if !report.skipped {
                 let step = report.step;
                 let last = step == self.config.steps;
+                if last || due(step, self.config.checkpoint_every) {
+                    self.checkpoint(&mut on_event)?;
+                }
                 if last || due(step, self.config.eval_every) {
                     if let Some(report) = self.evaluate()? {
                         metrics.write(&EvalLine::new(step, &report))?;
@@ -444,23 +604,135 @@ impl Trainer {
                         });
                     }
                 }
-                if last || due(step, self.config.checkpoint_every) {
-                    let dir = self.save_checkpoint()?;
-                    on_event(Event::Checkpoint(&dir));
-                    if last {
-                        return Ok(Outcome::Finished(dir));
-                    }
-                }
             }
-            if stop.load(Ordering::SeqCst) {
-                let dir = self.save_checkpoint()?;
-                on_event(Event::Checkpoint(&dir));
-                return Ok(Outcome::Interrupted(dir));
+            if stop.load(Ordering::SeqCst) && self.state.step < self.config.steps {
+                return self.checkpoint(&mut on_event).map(Outcome::Interrupted);
             }
         }
-        // Resumed at (or past) the last step: the newest checkpoint is the result.
-        self.save_checkpoint().map(Outcome::Finished)
+        // Finished, or resumed at (or past) the last step: the newest
+        // checkpoint is the result.
+        self.checkpoint(&mut on_event).map(Outcome::Finished)
     }
+
+    /// [`Trainer::save_checkpoint`], reporting the save if there was one.
+    fn checkpoint(&mut self, on_event: &mut impl FnMut(Event<'_>)) -> Result<PathBuf> {
+        let saved = |t: &Self| t.last_checkpoint.as_ref().map(|(step, _)| *step);
+        let before = saved(self);
+        let dir = self.save_checkpoint()?;
+        if before != saved(self) {
+            on_event(Event::Checkpoint(&dir));
+        }
+        Ok(dir)
+    }
+
+    /// The first `metrics.jsonl` line of this (start of a) run.
+    fn run_line(&self) -> RunLine<'_> {
+        RunLine {
+            run: &self.state.run,
+            event: if self.resumed.is_some() {
+                "resume"
+            } else {
+                "start"
+            },
+            at_step: self.state.step,
+            resumed_from: self.resumed.as_ref().map(|r| r.from.as_path()),
+            config_changes: self.config_changes(),
+            data: &self.data_report,
+        }
+    }
+}
+
+/// A fresh run's identity: start time, process and a counter, so two runs
+/// never share one.
+fn new_run_id() -> String {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let n = RUNS.fetch_add(1, Ordering::Relaxed);
+    format!("{secs}-{}-{n}", std::process::id())
+}
+
+impl Fingerprint {
+    /// The fingerprint of training on `train` with `tokenizer`.
+    pub fn of(train: &Dataset, tokenizer: &TokenizerFiles) -> Self {
+        let mut data = HashingWriter::new(std::io::sink());
+        for example in &train.examples {
+            serde_json::to_writer(&mut data, &(&example.texts, &example.label))
+                .expect("examples serialise");
+        }
+        let mut text = HashingWriter::new(std::io::sink());
+        text.write_all(tokenizer.json.as_bytes())
+            .expect("hashing into a sink cannot fail");
+        Fingerprint {
+            train_data: data.digest().1,
+            train_rows: train.len(),
+            tokenizer: text.digest().1,
+        }
+    }
+}
+
+/// The keys outside [`FREE_KEYS`] whose values differ between the
+/// checkpoint's `state` and `config`, and the data or tokenizer if their
+/// fingerprints differ.
+fn changes(
+    state: &TrainerState,
+    config: &RunConfig,
+    fingerprint: &Fingerprint,
+) -> Result<Vec<ConfigChange>> {
+    let table = |c: &RunConfig| {
+        toml::Table::try_from(c).map_err(|e| TrainError::setting("configuration", e.to_string()))
+    };
+    let (saved, now) = (table(&state.config)?, table(config)?);
+    let shown = |v: Option<&toml::Value>| {
+        v.and_then(|v| serde_json::to_string(v).ok())
+            .unwrap_or_else(|| "(unset)".into())
+    };
+    let mut keys: Vec<&String> = saved.keys().chain(now.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut changes: Vec<ConfigChange> = keys
+        .into_iter()
+        .filter(|k| !FREE_KEYS.contains(&k.as_str()) && saved.get(*k) != now.get(*k))
+        .map(|k| ConfigChange {
+            key: k.clone(),
+            saved: shown(saved.get(k)),
+            now: shown(now.get(k)),
+        })
+        .collect();
+    if let Some(old) = &state.fingerprint {
+        let data = |f: &Fingerprint| format!("{} rows, xxh3 {}", f.train_rows, f.train_data);
+        if old.train_data != fingerprint.train_data {
+            changes.push(ConfigChange {
+                key: "training data".into(),
+                saved: data(old),
+                now: data(fingerprint),
+            });
+        }
+        if old.tokenizer != fingerprint.tokenizer {
+            changes.push(ConfigChange {
+                key: "tokenizer".into(),
+                saved: old.tokenizer.clone(),
+                now: fingerprint.tokenizer.clone(),
+            });
+        }
+    }
+    Ok(changes)
+}
+
+/// The first line a run writes to `metrics.jsonl` when it starts or resumes.
+#[derive(Serialize)]
+struct RunLine<'a> {
+    run: &'a str,
+    /// `start` or `resume`.
+    event: &'static str,
+    /// Steps taken when the run (re)started.
+    at_step: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resumed_from: Option<&'a Path>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    config_changes: &'a [ConfigChange],
+    data: &'a DataReport,
 }
 
 /// Cuts `rows` (in order) into passes of at most `budget` source + target

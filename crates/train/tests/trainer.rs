@@ -10,7 +10,7 @@ use tessera_t5::safetensors::{SafeTensors, StoredDType};
 use tessera_t5::{T5Config, T5Model};
 use tessera_train::checkpoint::{self, TokenizerFiles};
 use tessera_train::config::RunConfig;
-use tessera_train::trainer::{Outcome, Trainer};
+use tessera_train::trainer::{Event, Outcome, Trainer};
 
 fn tokenizer_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/data/tokenizer/tokenizer.json")
@@ -64,6 +64,15 @@ fn finish(t: &mut Trainer, stop_after: Option<u64>) -> Outcome {
     .unwrap()
 }
 
+/// The lines of `OUTPUT/metrics.jsonl`.
+fn metrics(output: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(output.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn an_interrupted_and_resumed_run_ends_with_the_same_bits() {
     interrupt_and_resume("", |_| {});
@@ -100,7 +109,7 @@ fn interrupt_and_resume(layer: &str, check: impl FnOnce(&Path)) {
     assert_eq!(saved, checkpoint::step_dir(&broken.join("checkpoints"), 4));
     drop(b);
     let config = checkpoint::read_state(&saved).unwrap().config;
-    let mut resumed = Trainer::resume(&saved, config, &train, None).unwrap();
+    let mut resumed = Trainer::resume(&saved, config, &train, None, false).unwrap();
     assert_eq!(resumed.step(), 4);
     let Outcome::Finished(end_b) = finish(&mut resumed, None) else {
         panic!("the resumed run finishes")
@@ -119,16 +128,21 @@ fn interrupt_and_resume(layer: &str, check: impl FnOnce(&Path)) {
         checkpoint::list(&broken.join("checkpoints")).unwrap(),
         [3, 4, 6]
     );
-    let lines = std::fs::read_to_string(broken.join("metrics.jsonl")).unwrap();
+    let lines = metrics(&broken);
     let steps: Vec<u64> = lines
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                .as_u64()
-                .unwrap()
-        })
+        .iter()
+        .filter(|l| l.get("loss").is_some())
+        .map(|l| l["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+    // One run: it started, then resumed at step 4, all under one identity.
+    let events: Vec<(&str, u64)> = lines
+        .iter()
+        .filter_map(|l| Some((l.get("event")?.as_str()?, l["at_step"].as_u64()?)))
+        .collect();
+    assert_eq!(events, [("start", 0), ("resume", 4)]);
+    assert_eq!(lines[0]["run"], lines[5]["run"]);
+    assert_eq!(lines[0]["data"]["rows_read"], 40);
     check(&end_a);
 }
 
@@ -222,10 +236,8 @@ fn evaluations_are_logged_as_scores() {
     let model = T5Model::init(micro_config(), 0);
     let mut t = Trainer::new(config, model, tokenizer, files, &train, Some(eval)).unwrap();
     finish(&mut t, None);
-    let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
-    let evals: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let evals: Vec<serde_json::Value> = metrics(dir.path())
+        .into_iter()
         .filter(|v| v.get("eval").is_some())
         .collect();
     assert_eq!(evals.len(), 2, "one evaluation per step");
@@ -317,4 +329,193 @@ fn fp16_overflow_skips_the_step_and_backs_off() {
         (scaler.skipped, scaler.scale),
         (skipped as u64, init / 2f32.powi(skipped))
     );
+}
+
+/// The events of a run, as `"step 3"`, `"checkpoint step-3"`, `"eval 3"`.
+fn events(t: &mut Trainer, stop_after: Option<u64>) -> (Outcome, Vec<String>) {
+    let stop = AtomicBool::new(false);
+    let mut seen = Vec::new();
+    let outcome = t
+        .run(&stop, |event| {
+            seen.push(match event {
+                Event::Step(r) => {
+                    if Some(r.step) == stop_after {
+                        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    format!("step {}", r.step)
+                }
+                Event::Checkpoint(dir) => {
+                    format!("checkpoint {}", dir.file_name().unwrap().to_string_lossy())
+                }
+                Event::Eval { step, .. } => format!("eval {step}"),
+            })
+        })
+        .unwrap();
+    (outcome, seen)
+}
+
+#[test]
+fn a_step_is_checkpointed_before_its_evaluation_and_saved_once_when_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = run_config(dir.path(), "eval_every = 3\n");
+    let path = tokenizer_path();
+    let tokenizer = TextTokenizer::from_file(&path).unwrap();
+    let files = TokenizerFiles::of(&tokenizer, Some(&path)).unwrap();
+    let model = T5Model::init(micro_config(), 0);
+    let mut t = Trainer::new(config, model, tokenizer, files, &rows(40), Some(rows(4))).unwrap();
+    // Interrupted on step 3, which is also a checkpoint and an evaluation step.
+    let (outcome, seen) = events(&mut t, Some(3));
+    assert_eq!(
+        seen,
+        ["step 1", "step 2", "step 3", "checkpoint step-3", "eval 3"]
+    );
+    assert!(matches!(outcome, Outcome::Interrupted(d) if d.ends_with("step-3")));
+}
+
+#[test]
+fn a_fresh_run_refuses_a_folder_holding_another_run() {
+    let train = rows(40);
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = trainer(run_config(dir.path(), ""), &train);
+    finish(&mut first, None);
+    drop(first);
+    // The case: a short run into the same folder would have saved
+    // step-3 and pruned it at once as older than the first run's step-6.
+    let config = run_config(dir.path(), "steps = 3\nkeep = 1\n");
+    let mut second = trainer(config.clone(), &train);
+    let stop = AtomicBool::new(false);
+    let e = second.run(&stop, |_| {}).unwrap_err().to_string();
+    assert!(
+        e.contains("another run") && e.contains("step-6") && e.contains("--resume latest"),
+        "{e}"
+    );
+    assert_eq!(
+        checkpoint::list(&dir.path().join("checkpoints")).unwrap(),
+        [3, 6]
+    );
+    drop(second);
+    let mut third = trainer(config, &train);
+    let notes = third.claim_output(true).unwrap().to_vec();
+    assert!(notes.iter().any(|n| n.contains("deleted")), "{notes:?}");
+    finish(&mut third, None);
+    assert_eq!(
+        checkpoint::list(&dir.path().join("checkpoints")).unwrap(),
+        [3]
+    );
+    assert_eq!(metrics(dir.path())[0]["event"], "start");
+    assert_eq!(
+        metrics(dir.path())
+            .iter()
+            .filter(|l| l.get("event").is_some())
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn resuming_with_other_settings_or_data_is_refused_unless_allowed() {
+    let train = rows(40);
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = trainer(run_config(dir.path(), "steps = 3\n"), &train);
+    finish(&mut t, None);
+    drop(t);
+    let saved = checkpoint::step_dir(&dir.path().join("checkpoints"), 3);
+    let state = checkpoint::read_state(&saved).unwrap();
+    let resume = |config: RunConfig, data: &Dataset, allow: bool| {
+        Trainer::resume(&saved, config, data, None, allow)
+    };
+    let bigger = |c: &RunConfig| RunConfig {
+        batch_size: 8,
+        ..c.clone()
+    };
+    let e = resume(bigger(&state.config), &train, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("batch_size = 4") && e.contains("8") && e.contains("--allow-config-change"),
+        "{e}"
+    );
+    let e = resume(state.config.clone(), &rows(39), false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("training data = 40 rows"), "{e}");
+    // Free keys change freely.
+    let longer = RunConfig {
+        steps: 9,
+        keep: 1,
+        ..state.config.clone()
+    };
+    resume(longer.clone(), &train, false).unwrap();
+    let mut allowed = resume(bigger(&longer), &train, true).unwrap();
+    assert_eq!(allowed.config_changes()[0].key, "batch_size");
+    finish(&mut allowed, None);
+    let resumed = metrics(dir.path())
+        .into_iter()
+        .find(|l| l["event"] == "resume")
+        .unwrap();
+    assert_eq!(resumed["config_changes"][0]["key"], "batch_size");
+}
+
+#[test]
+fn a_damaged_checkpoint_is_named_and_latest_skips_it() {
+    let train = rows(40);
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = trainer(run_config(dir.path(), ""), &train);
+    finish(&mut t, None);
+    drop(t);
+    let root = dir.path().join("checkpoints");
+    let newest = checkpoint::step_dir(&root, 6);
+    let optimizer = newest.join(checkpoint::OPTIMIZER_FILE);
+    let mut bytes = std::fs::read(&optimizer).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&optimizer, bytes).unwrap();
+    let config = checkpoint::read_state(&newest).unwrap().config;
+    let e = Trainer::resume(&newest, config, &train, None, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("optimizer.safetensors") && e.contains("hash"),
+        "{e}"
+    );
+    let (latest, rejected) = checkpoint::latest(&root).unwrap();
+    assert_eq!(latest, checkpoint::step_dir(&root, 3));
+    assert_eq!(rejected.len(), 1);
+    std::fs::remove_file(checkpoint::step_dir(&root, 3).join(checkpoint::MANIFEST_FILE)).unwrap();
+    let e = checkpoint::latest(&root).unwrap_err().to_string();
+    assert!(e.contains("no complete checkpoint"), "{e}");
+}
+
+#[test]
+fn stale_staging_folders_are_removed_when_a_run_claims_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("checkpoints");
+    let stale = root.join(".step-9.staging-4242");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("model.safetensors"), b"half a checkpoint").unwrap();
+    let mut t = trainer(run_config(dir.path(), "steps = 3\n"), &rows(40));
+    let notes = t.claim_output(false).unwrap().to_vec();
+    assert!(!stale.exists());
+    assert!(notes[0].contains(".step-9.staging-4242"), "{notes:?}");
+}
+
+#[test]
+fn non_finite_weights_are_never_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = T5Model::init(micro_config(), 0);
+    let id = model
+        .params()
+        .find("encoder.final_layer_norm.weight")
+        .unwrap();
+    model.params_mut().get_mut(id)[1] = f32::NAN;
+    let e = model.save(&dir.path().join("m")).unwrap_err().to_string();
+    assert!(
+        e.contains("encoder.final_layer_norm.weight") && e.contains("NaN"),
+        "{e}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "nothing is written: {left:?}");
 }

@@ -320,14 +320,14 @@ impl Optimizer {
         &self.config
     }
 
-    /// Writes the state to `path` (one safetensors file, written to a
-    /// temporary name and renamed into place).
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// Writes the state to `out` as one safetensors file of f32 tensors
+    /// (a checkpoint writes it into its folder; see [`Optimizer::load`]).
+    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         let tensors = match &self.state {
             State::AdamW(s) => s.tensors(&self.entries),
             State::Adafactor(s) => s.tensors(&self.entries),
         };
-        state_file::save(path, self.config.kind, self.steps, &tensors)
+        state_file::write(out, self.config.kind, self.steps, &tensors)
     }
 
     /// Reads a state saved by [`Optimizer::save`] for parameters laid out
@@ -600,13 +600,18 @@ mod tests {
         }
     }
 
+    fn save(opt: &Optimizer, path: &Path) {
+        opt.write_to(&mut std::fs::File::create(path).unwrap())
+            .unwrap();
+    }
+
     #[test]
     fn save_then_load_resumes_bit_for_bit() {
         for config in [adamw(0.01), adafactor(None), adafactor(Some(0.9))] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("optimizer.safetensors");
             let (mut params, mut opt) = run(&config, 2);
-            opt.save(&path).unwrap();
+            save(&opt, &path);
             let mut loaded = Optimizer::load(&config, &params, &path).unwrap();
             assert_eq!(loaded, opt);
             assert_eq!(loaded.steps(), 2);
@@ -624,7 +629,7 @@ mod tests {
     fn adafactor_state_is_factored_for_matrices_only() {
         let (params, opt) = run(&adafactor(Some(0.9)), 1);
         let file = tempfile::NamedTempFile::new().unwrap();
-        opt.save(file.path()).unwrap();
+        save(&opt, file.path());
         let st = tessera_t5::safetensors::SafeTensors::open(file.path()).unwrap();
         assert_eq!(st.metadata()["optimizer"], "adafactor");
         assert_eq!(st.metadata()["step"], "1");
@@ -680,7 +685,7 @@ mod tests {
         let path = dir.path().join("optimizer.safetensors");
         let config = adamw(0.0);
         let (params, opt) = run(&config, 1);
-        opt.save(&path).unwrap();
+        save(&opt, &path);
         let err = |params: &ParamStore, path: &Path| {
             Optimizer::load(&config, params, path)
                 .unwrap_err()

@@ -4,9 +4,8 @@
 use super::{OptimizerKind, StateTensor};
 use crate::error::{Result, TrainError};
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::BufWriter;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 use tessera_t5::precision::OperandRef;
 use tessera_t5::safetensors::{write_f32_with_metadata, SafeTensors, StoredDType, TensorToWrite};
 
@@ -15,14 +14,14 @@ const KIND_KEY: &str = "optimizer";
 /// Metadata key of the number of steps taken.
 const STEP_KEY: &str = "step";
 
-/// Writes `tensors` to `path` via a temporary sibling file and a rename, so
-/// an interrupted save leaves any previous file intact.
-pub(super) fn save(
-    path: &Path,
+/// Writes `tensors` as safetensors to `out`, with the optimizer kind and
+/// step count in the metadata.
+pub(super) fn write(
+    out: &mut impl Write,
     kind: OptimizerKind,
     steps: u64,
     tensors: &[StateTensor<&[f32]>],
-) -> Result<()> {
+) -> std::io::Result<()> {
     let to_write: Vec<TensorToWrite<'_>> = tensors
         .iter()
         .map(|t| TensorToWrite {
@@ -33,26 +32,7 @@ pub(super) fn save(
         .collect();
     let steps = steps.to_string();
     let metadata = [(KIND_KEY, kind.name()), (STEP_KEY, steps.as_str())];
-    let tmp = temporary_name(path);
-    let written = File::create(&tmp).and_then(|file| {
-        let mut out = BufWriter::new(file);
-        write_f32_with_metadata(&mut out, &to_write, &metadata)?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()
-    });
-    let renamed = written.and_then(|()| std::fs::rename(&tmp, path));
-    renamed.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        TrainError::io("cannot write optimizer state", path, e)
-    })
-}
-
-/// `.<name>.tmp-<pid>` beside `path`.
-fn temporary_name(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    write_f32_with_metadata(out, &to_write, &metadata)
 }
 
 /// Fills `tensors` from the file at `path` and returns the saved step
