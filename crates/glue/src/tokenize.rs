@@ -54,9 +54,9 @@ impl TextTokenizer {
                 message: "file not found".to_string(),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(&file).map_err(|e| GlueError::Tokenizer {
+        let inner = parse_quietly(&file).map_err(|message| GlueError::Tokenizer {
             path: file.clone(),
-            message: format!("cannot load ({e})"),
+            message,
         })?;
         Self::new(inner, file)
     }
@@ -266,4 +266,48 @@ pub fn encode_dataset(
         lengths,
         pad_id: tokenizer.pad_id(),
     })
+}
+
+/// Parses a `tokenizer.json`, as an error message on failure.
+///
+/// `tokenizers` panics on some damaged files instead of returning an error
+/// (0.22: a `precompiled_charsmap` whose base64 has a 6-bit remainder), so
+/// the parse runs under `catch_unwind`, with the panic's report silenced on
+/// this thread only: the user sees one sentence, not a backtrace.
+fn parse_quietly(file: &Path) -> std::result::Result<tokenizers::Tokenizer, String> {
+    match quiet_panics(|| tokenizers::Tokenizer::from_file(file)) {
+        Ok(Ok(tokenizer)) => Ok(tokenizer),
+        Ok(Err(e)) => Err(format!("cannot load ({e})")),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no reason given".to_string());
+            Err(format!("cannot load: the file is damaged ({why})"))
+        }
+    }
+}
+
+thread_local! {
+    /// Set while this thread runs code whose panics become errors.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, catching a panic; the panic hook stays silent for it, and for
+/// every other thread and panic it behaves as before.
+fn quiet_panics<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result
 }

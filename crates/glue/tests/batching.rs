@@ -96,6 +96,23 @@ fn tokenizer_json_round_trip_gives_the_same_ids() {
     );
 }
 
+/// Regression (found by the mutation pass, tests/mutations.rs in train):
+/// `tokenizers` 0.22 panics on a `precompiled_charsmap` whose base64 has a
+/// 6-bit remainder; loading such a file is an error naming it, not a panic.
+#[test]
+fn damaged_precompiled_charsmap_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    tiny_tokenizer().inner().save(&path, false).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["normalizer"] =
+        serde_json::json!({"type": "Precompiled", "precompiled_charsmap": "ALwCA"});
+    std::fs::write(&path, json.to_string()).unwrap();
+    let e = TextTokenizer::from_file(&path).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.json") && e.contains("damaged"), "{e}");
+}
+
 #[test]
 fn truncation_keeps_eos_and_rejects_impossible_lengths() {
     let tk = tiny_tokenizer();
