@@ -1,5 +1,6 @@
 //! The T5 matmul suite and the baseline implementations it is compared with.
 
+use tessera_tensor::rng::SplitMix64;
 use tessera_tensor::{gemm, Element, MatMut, MatRef, Op};
 
 /// One product of the suite: `op(A)` is `m × k`, `op(B)` is `k × n`.
@@ -64,21 +65,13 @@ pub struct Case<E> {
     pub c: Vec<f32>,
 }
 
-/// A deterministic pseudo-random value in [-1, 1).
-fn noise(state: &mut u64) -> f32 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    (*state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-}
-
 impl<E: Element> Case<E> {
     /// Random operands for `shape` and `ops`.
     pub fn new(shape: Shape, ops: (Op, Op)) -> Self {
-        let mut st = 0x9e37_79b9_7f4a_7c15u64 ^ (shape.m * 31 + shape.k * 17 + shape.n) as u64;
+        let mut st = SplitMix64::new((shape.m * 31 + shape.k * 17 + shape.n) as u64);
         let mut fill = |n: usize| {
             (0..n)
-                .map(|_| E::from_f32(noise(&mut st)))
+                .map(|_| E::from_f32(st.symmetric()))
                 .collect::<Vec<E>>()
         };
         Case {

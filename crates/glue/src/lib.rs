@@ -26,7 +26,6 @@ mod error;
 pub mod loader;
 pub mod metrics;
 pub mod read;
-mod rng;
 pub mod synthetic;
 pub mod task;
 pub mod tokenize;

@@ -7,9 +7,9 @@
 
 use crate::batch::{Batch, Padding};
 use crate::error::{GlueError, Result};
-use crate::rng::{derive_seed, SplitMix64};
 use crate::tokenize::EncodedDataset;
 use serde::{Deserialize, Serialize};
+use tessera_tensor::rng::{derive_seed, SplitMix64};
 
 /// How rows are grouped into batches in each epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

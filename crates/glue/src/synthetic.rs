@@ -33,8 +33,8 @@
 
 use crate::error::{GlueError, Result};
 use crate::read::{Dataset, Split};
-use crate::rng::{derive_seed, SplitMix64};
 use crate::task::{Example, Label, Task};
+use tessera_tensor::rng::{derive_seed, SplitMix64};
 
 /// The source name that selects this dataset (`--train-file nli-synthetic`).
 pub const NAME: &str = "nli-synthetic";

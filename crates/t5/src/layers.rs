@@ -18,8 +18,9 @@ use crate::config::{FeedForward, T5Config};
 use crate::params::{AttentionIds, FeedForwardIds, ParamId, ParamStore, SublayerIds, SublayerKind};
 use crate::precision::{matmul, Dense, Operand, OperandRef, Precision};
 use tessera_tensor::ops::activation::Activation;
-use tessera_tensor::ops::dropout::{dropout_key, dropout_rows};
+use tessera_tensor::ops::dropout::dropout_rows;
 use tessera_tensor::ops::{norm, residual};
+use tessera_tensor::rng;
 use tessera_tensor::{MatMut, Op, Result};
 
 /// The weights a pass's matmuls read: f32 master weights read in the pass's
@@ -116,7 +117,7 @@ impl DropoutPlan {
 
     /// The mask key of one dropout site.
     pub fn key(&self, site: Site, what: u64) -> u64 {
-        dropout_key(self.seed, &[site.stack, site.block, site.sublayer, what])
+        rng::key(self.seed, &[site.stack, site.block, site.sublayer, what])
     }
 
     /// Applies this plan's mask for `(site, what)` to `x`, one row per

@@ -17,6 +17,7 @@ use tessera_t5::layers::{
 };
 use tessera_t5::precision::OperandRef;
 use tessera_t5::{SublayerIds, SublayerKind, T5Config, T5Model};
+use tessera_tensor::rng::SplitMix64;
 
 fn config(seed: u64) -> T5Config {
     let ff = ["relu", "gated-gelu", "gated-relu"][(seed % 3) as usize];
@@ -30,15 +31,8 @@ fn config(seed: u64) -> T5Config {
 }
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    let mut rng = SplitMix64::new(seed);
+    (0..n).map(|_| rng.symmetric()).collect()
 }
 
 /// Tokens of the two query sequences, and of the two source sequences.

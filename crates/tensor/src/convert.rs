@@ -5,7 +5,7 @@
 //! bf16) and fall back to `half`'s scalar conversions elsewhere. Every path
 //! rounds to nearest-even and gives the same bits as the scalar one.
 
-use crate::{DType, Element};
+use crate::{rng, DType, Element};
 use half::{bf16, f16};
 
 fn check_len(src: usize, dst: usize) {
@@ -106,29 +106,18 @@ fn round_trip<E: Element>(x: &mut [f32]) {
 pub fn round_stochastic<E: Element>(src: &[f32], dst: &mut [E], key: u64, offset: u64) {
     check_len(src.len(), dst.len());
     const CHUNK: usize = 256;
-    let stream = mix(key);
+    let stream = rng::hash(key);
     let mut buf = [0.0f32; CHUNK];
     for (n, (s, d)) in src.chunks(CHUNK).zip(dst.chunks_mut(CHUNK)).enumerate() {
         let start = offset.wrapping_add((n * CHUNK) as u64);
         for (i, (b, &x)) in buf.iter_mut().zip(s).enumerate() {
             let index = start.wrapping_add(i as u64);
-            let noise = (mix(stream ^ index.wrapping_mul(GOLDEN)) >> 32) as u32;
+            let noise = (rng::hash(stream ^ index.wrapping_mul(rng::GOLDEN)) >> 32) as u32;
             *b = E::stochastic_neighbour(x, noise);
         }
         // The chosen neighbours narrow exactly, on the hardware path.
         E::slice_from_f32(&buf[..s.len()], d);
     }
-}
-
-/// 2^64 / φ, the Weyl increment of SplitMix64.
-const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
-
-/// SplitMix64's finaliser: a bijective mix of all 64 bits.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(GOLDEN);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Adds `noise`'s low `dropped` bits to the magnitude bits of `x` and clears

@@ -15,6 +15,7 @@ mod error;
 pub mod gemm;
 pub mod memory;
 pub mod ops;
+pub mod rng;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 mod tensor;

@@ -37,7 +37,7 @@ use std::time::Instant;
 use tessera_glue::{Dataset, EncodedDataset, Loader, LoaderConfig, Order, TextTokenizer};
 use tessera_t5::folder::HashingWriter;
 use tessera_t5::{ParamStore, T5Model, TrainOptions};
-use tessera_tensor::ops::dropout::dropout_key;
+use tessera_tensor::rng;
 
 /// What one optimizer step measured.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -487,7 +487,7 @@ impl Trainer {
                     .config
                     .dropout
                     .unwrap_or(self.model.config().dropout_rate as f32),
-                seed: dropout_key(self.config.seed, &[self.state.step]),
+                seed: rng::key(self.config.seed, &[self.state.step]),
                 recompute_blocks: false,
                 loss_divisor: Some(target_tokens as f32),
                 loss_scale: self.state.loss_scaler.map_or(1.0, |s| s.scale),

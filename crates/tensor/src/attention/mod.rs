@@ -53,7 +53,8 @@ pub mod unfused;
 mod tests;
 
 use crate::error::{shape_err, Result};
-use crate::ops::dropout::{check_probability, dropout_key, KeyedMask};
+use crate::ops::dropout::{check_probability, KeyedMask};
+use crate::rng;
 use tile::Isa;
 
 /// Where the rows of each sequence lie in a head-layout buffer: sequence
@@ -296,7 +297,7 @@ pub struct Qkv<'a> {
 pub struct ProbDropout<'a> {
     /// Drop probability, in `[0, 1)` (0 = off).
     pub p: f32,
-    /// Mask key (see [`crate::ops::dropout::dropout_key`]).
+    /// Mask key (see [`crate::rng::key`]).
     pub key: u64,
     /// The identity of each query row, in packed query order (needed
     /// when `p > 0`).
@@ -317,7 +318,7 @@ impl ProbDropout<'_> {
         if self.p == 0.0 {
             return None;
         }
-        KeyedMask::new(self.p, dropout_key(self.key, &[self.rows[row], h as u64]))
+        KeyedMask::new(self.p, rng::key(self.key, &[self.rows[row], h as u64]))
     }
 
     /// Multiplies `x`, the probabilities of query row `row` of head `h`

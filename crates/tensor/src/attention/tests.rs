@@ -3,6 +3,7 @@
 //! bias), against the PyTorch attention fixtures, and across thread counts.
 
 use super::*;
+use crate::rng::SplitMix64;
 use proptest::prelude::*;
 
 /// A random attention problem with owned buffers: packed queries, keys
@@ -27,14 +28,6 @@ struct Case {
     dout: Vec<f32>,
 }
 
-/// A deterministic pseudo-random f32 in [-1, 1).
-fn noise(state: &mut u64) -> f32 {
-    *state = state
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    ((*state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-}
-
 impl Case {
     /// Sequences of `q_lens` queries and `k_lens` keys; keys packed, or
     /// `capacity` rows apart per head when given; a dense bias if `with_bias`.
@@ -44,9 +37,9 @@ impl Case {
         (causal, with_bias): (bool, bool),
         seed: u64,
     ) -> Case {
-        let mut st = seed;
+        let mut st = SplitMix64::new(seed);
         let mut fill =
-            |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| noise(&mut st) * scale).collect() };
+            |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| st.symmetric() * scale).collect() };
         let queries = Seqs::new(q_lens);
         let k_starts = match capacity {
             Some(c) => (0..k_lens.len()).map(|b| b * c).collect(),
@@ -85,9 +78,9 @@ impl Case {
 
     /// The same case with a random relative bias (`[heads, max_q + max_k - 1]`) instead.
     fn relative(mut self, seed: u64) -> Case {
-        let mut st = seed;
+        let mut st = SplitMix64::new(seed);
         let n = BiasLayout::Relative.len(self.attention().bias_shape());
-        self.bias = Some((0..n).map(|_| noise(&mut st) * 2.0).collect());
+        self.bias = Some((0..n).map(|_| st.symmetric() * 2.0).collect());
         self.layout = BiasLayout::Relative;
         self
     }

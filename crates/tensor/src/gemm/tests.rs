@@ -4,19 +4,12 @@
 use super::driver::{run_batch_with, Operand, Output, Problem};
 use super::kernel::{available, Kernel};
 use super::*;
+use crate::rng::SplitMix64;
 use crate::{bf16, f16};
 use proptest::prelude::*;
 
 /// Unit roundoff of f32.
 const U: f64 = f32::EPSILON as f64 / 2.0;
-
-/// A deterministic pseudo-random f32 in [-1, 1).
-fn noise(state: &mut u64) -> f32 {
-    *state = state
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    ((*state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-}
 
 /// Stored operands of one random problem, with row strides padded by `pad`.
 struct Setup<E> {
@@ -34,18 +27,18 @@ struct Setup<E> {
 
 impl<E: Element> Setup<E> {
     fn new(m: usize, n: usize, k: usize, ops: (Op, Op), pad: usize, seed: u64) -> Self {
-        let mut st = seed;
+        let mut st = SplitMix64::new(seed);
         let (ar, ac) = if ops.0 == Op::N { (m, k) } else { (k, m) };
         let (br, bc) = if ops.1 == Op::N { (k, n) } else { (n, k) };
         let mut fill = |len: usize| {
             (0..len)
-                .map(|_| E::from_f32(noise(&mut st)))
+                .map(|_| E::from_f32(st.symmetric()))
                 .collect::<Vec<E>>()
         };
         let (lda, ldb, ldc) = (ac + pad, bc + pad, n + pad);
         let a = fill(ar * lda);
         let b = fill(br * ldb);
-        let c = (0..m * ldc).map(|_| noise(&mut st)).collect();
+        let c = (0..m * ldc).map(|_| st.symmetric()).collect();
         Setup {
             m,
             n,
@@ -456,9 +449,9 @@ fn rounding_while_packing_equals_a_product_of_rounded_copies() {
 #[test]
 fn subnormal_inputs_count_as_zero_and_the_fp_mode_is_restored() {
     let (m, n, k) = (37, 45, 300);
-    let mut st = 3;
-    let b: Vec<f32> = (0..k * n).map(|_| noise(&mut st)).collect();
-    let mut a: Vec<f32> = (0..m * k).map(|_| noise(&mut st)).collect();
+    let mut st = SplitMix64::new(3);
+    let b: Vec<f32> = (0..k * n).map(|_| st.symmetric()).collect();
+    let mut a: Vec<f32> = (0..m * k).map(|_| st.symmetric()).collect();
     // Every third row of A subnormal (a product of those alone would be a
     // subnormal, not zero, unflushed): the product must equal A with those
     // rows zeroed.

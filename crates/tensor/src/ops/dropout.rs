@@ -5,27 +5,12 @@
 //! storage: the backward (and a recomputed forward under activation
 //! checkpointing) regenerates exactly the same mask from the same key, and
 //! the result does not depend on the thread count. Callers derive one key
-//! per dropout site and step with [`dropout_key`].
+//! per dropout site and step with [`rng::key`].
 
 use super::PARALLEL_MIN_ELEMS;
 use crate::error::{Result, TensorError};
+use crate::rng::{self, mix};
 use rayon::prelude::*;
-
-/// SplitMix64's finaliser: a bijective 64-bit mix with good avalanche.
-#[inline]
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A key for one dropout site: mixes a run seed with site coordinates
-/// (step, layer, which dropout in the layer, …).
-pub fn dropout_key(seed: u64, coords: &[u64]) -> u64 {
-    coords.iter().fold(mix(seed), |k, &c| {
-        mix(k ^ c.wrapping_mul(0x9e37_79b9_7f4a_7c15))
-    })
-}
 
 /// Whether element `i` survives under `key`, for drop probability given as
 /// a 32-bit threshold.
@@ -118,7 +103,7 @@ pub fn dropout_rows(x: &mut [f32], p: f32, key: u64, rows: &[u64]) -> Result<()>
             .zip(rows.par_chunks(per_task))
             .for_each(|(chunk, ids)| {
                 for (row, &id) in chunk.chunks_mut(width).zip(ids) {
-                    if let Some(mask) = KeyedMask::new(p, dropout_key(key, &[id])) {
+                    if let Some(mask) = KeyedMask::new(p, rng::key(key, &[id])) {
                         mask.apply(row, 0);
                     }
                 }
@@ -133,7 +118,7 @@ mod tests {
 
     #[test]
     fn mask_is_reproducible_and_drops_about_p() {
-        let key = dropout_key(7, &[1, 2, 3]);
+        let key = rng::key(7, &[1, 2, 3]);
         let mut a = vec![1.0f32; 100_000];
         dropout_inplace(&mut a, 0.25, key).unwrap();
         let mut b = vec![2.0f32; 100_000];
@@ -145,7 +130,7 @@ mod tests {
             assert!(*x == 0.0 || (*x - 1.0 / 0.75).abs() < 1e-6);
         }
         let mut c = vec![1.0f32; 100_000];
-        dropout_inplace(&mut c, 0.25, dropout_key(7, &[1, 2, 4])).unwrap();
+        dropout_inplace(&mut c, 0.25, rng::key(7, &[1, 2, 4])).unwrap();
         assert_ne!(a, c);
         assert!(dropout_inplace(&mut c, 1.0, key).is_err());
     }
