@@ -2,7 +2,8 @@
 //! token ids, and between generated text and a score.
 //!
 //! - [`read`]: GLUE TSV, Hugging Face JSONL and Parquet readers, split folders,
-//!   the built-in [`synthetic`] (`nli-synthetic`) source.
+//!   the built-in [`synthetic`] (`nli-synthetic`) source, all producing a
+//!   [`Dataset`] of one [`Split`].
 //! - [`task`]: the GLUE tasks (and a custom `{"input","target"}` task) with
 //!   T5's text-to-text prompts and targets; MNLI is the seed's
 //!   `mnli hypothesis: {hypothesis} premise: {premise}`.
@@ -22,23 +23,25 @@
 
 pub mod answer;
 pub mod batch;
+mod dataset;
 mod error;
 pub mod loader;
 pub mod metrics;
 pub mod read;
-pub mod synthetic;
 pub mod task;
 pub mod tokenize;
 
 pub use answer::{parse_answer, Answer};
 pub use batch::{Batch, Padding, IGNORE_INDEX};
+pub use dataset::{Dataset, ReadOptions, Split};
 pub use error::{GlueError, Result};
 pub use loader::{Cursor, Loader, LoaderConfig, Order};
 pub use metrics::{evaluate, Summary};
-pub use read::{read_file, Dataset, Format, ReadOptions, Source, Split};
+pub use read::{read_file, synthetic, Format, Source};
 pub use task::{Example, Label, TargetKind, Task};
 pub use tokenize::{
     encode_dataset, EncodedDataset, EncodedExample, Lengths, TextTokenizer, Truncation,
+    OWN_TOKENIZER_JSON,
 };
 
 /// The `parquet` crate this crate reads with, re-exported so callers (and the

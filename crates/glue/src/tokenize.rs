@@ -7,14 +7,20 @@
 //! then post-processed. Targets are encoded the same way, so `labels` are the
 //! target tokens followed by `</s>`, as in the seed.
 
+use crate::dataset::Dataset;
 use crate::error::{GlueError, Result};
-use crate::read::Dataset;
 use crate::task::Task;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tokenizers::{PostProcessor, TruncationDirection};
+
+/// tessera's own tokenizer, built into the binary so that the quickstart
+/// runs offline from any folder: a 740-token T5-style Unigram model with
+/// `<pad>`, `</s>`, `<unk>` and 100 `<extra_id_N>` sentinels, trained on
+/// text written for tessera (provenance: `crates/glue/assets/README.md`).
+pub const OWN_TOKENIZER_JSON: &str = include_str!("../assets/tokenizer.json");
 
 /// The seed's source length: `--max-source-length` default.
 pub const DEFAULT_MAX_SOURCE_LENGTH: usize = 512;

@@ -1,43 +1,30 @@
 //! Slice conversions between f32 and the 16-bit types.
 //!
 //! These run on every f16/bf16 load, store and matmul pack, so they use the
-//! hardware paths when the CPU has them (F16C for f16, AVX2 integer ops for
-//! bf16) and fall back to `half`'s scalar conversions elsewhere. Every path
-//! rounds to nearest-even and gives the same bits as the scalar one.
+//! hardware paths when the CPU has them. f16 is `half`'s slice conversion
+//! (F16C, detected at run time); `half` converts bf16 slices one scalar at
+//! a time, so the AVX2 bf16 path is ours. Stochastic rounding to either
+//! type is ours too. Every path rounds to nearest-even and gives the same
+//! bits as the scalar one.
 
 use crate::{rng, DType, Element};
-use half::{bf16, f16};
+use half::{bf16, f16, slice::HalfFloatSliceExt};
 
 fn check_len(src: usize, dst: usize) {
     assert_eq!(src, dst, "conversion between slices of different lengths");
 }
 
-/// Widens f16 to f32.
+/// Widens f16 to f32 (exact), on F16C when the CPU has it (`half`'s
+/// slice conversion, which detects it at run time).
 pub fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
     check_len(src.len(), dst.len());
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: the features the function needs were detected just above.
-        unsafe { x86::f16_to_f32(src, dst) };
-        return;
-    }
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = s.to_f32();
-    }
+    src.convert_to_f32_slice(dst);
 }
 
-/// Narrows f32 to f16, rounding to nearest-even.
+/// Narrows f32 to f16, rounding to nearest-even, on F16C when the CPU has it.
 pub fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
     check_len(src.len(), dst.len());
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: the features the function needs were detected just above.
-        unsafe { x86::f32_to_f16(src, dst) };
-        return;
-    }
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = f16::from_f32(*s);
-    }
+    dst.convert_from_f32_slice(src);
 }
 
 /// Widens bf16 to f32 (exact: a 16-bit shift).
@@ -160,43 +147,8 @@ pub(crate) fn f16_stochastic(x: f32, noise: u32) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use half::{bf16, f16};
+    use half::bf16;
     use std::arch::x86_64::*;
-
-    /// # Safety
-    /// The CPU must support AVX and F16C; `src.len() == dst.len()`.
-    #[target_feature(enable = "avx,f16c")]
-    pub unsafe fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
-        let n = src.len() / 8 * 8;
-        for i in (0..n).step_by(8) {
-            // SAFETY: i + 8 <= n <= len of both slices; unaligned loads/stores.
-            unsafe {
-                let h = _mm_loadu_si128(src.as_ptr().add(i).cast());
-                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
-            }
-        }
-        for i in n..src.len() {
-            dst[i] = src[i].to_f32();
-        }
-    }
-
-    /// # Safety
-    /// The CPU must support AVX and F16C; `src.len() == dst.len()`.
-    #[target_feature(enable = "avx,f16c")]
-    pub unsafe fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
-        let n = src.len() / 8 * 8;
-        for i in (0..n).step_by(8) {
-            // SAFETY: i + 8 <= n <= len of both slices; unaligned loads/stores.
-            unsafe {
-                let x = _mm256_loadu_ps(src.as_ptr().add(i));
-                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
-                _mm_storeu_si128(dst.as_mut_ptr().add(i).cast(), h);
-            }
-        }
-        for i in n..src.len() {
-            dst[i] = f16::from_f32(src[i]);
-        }
-    }
 
     /// # Safety
     /// The CPU must support AVX2; `src.len() == dst.len()`.

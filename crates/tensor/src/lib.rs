@@ -1,12 +1,18 @@
-//! tessera's tensor engine.
+//! tessera's tensor engine: the kernels training spends its time in, on
+//! plain slices of f32, f16 and bf16.
 //!
-//! Tensors of f32, f16 and bf16 with contiguous, 64-byte-aligned storage, and
-//! the hand-tuned kernels that training spends its time in: a BLIS-style
-//! matrix multiply ([`gemm`]) with SIMD micro-kernels chosen at run time.
-//! Arithmetic is f32 whatever the storage type.
+//! A BLIS-style matrix multiply ([`gemm`]) with SIMD micro-kernels chosen
+//! at run time, fused variable-length attention ([`attention`]), the
+//! element-wise and loss kernels ([`ops`]), 16-bit conversions with nearest
+//! and stochastic rounding, and the one random generator ([`rng`]).
+//! Arithmetic is f32 whatever the storage type. Shapes travel as explicit
+//! arguments beside the slices, as in llm.c; the model crate owns the
+//! buffers.
 //!
-//! `unsafe` code lives only in the kernels, behind the safe functions of
-//! this crate, each block justified by a `SAFETY:` comment.
+//! `unsafe` code is in the SIMD kernels (gemm, attention, conversions,
+//! vector math) and in the one call that tunes glibc's allocator
+//! ([`memory`]); each is behind a safe function of this crate and each
+//! block is justified by a `SAFETY:` comment.
 
 pub mod attention;
 mod convert;
@@ -18,7 +24,6 @@ pub mod ops;
 pub mod rng;
 #[cfg(target_arch = "x86_64")]
 mod simd;
-mod tensor;
 mod threads;
 
 pub use convert::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, round_stochastic};
@@ -26,5 +31,4 @@ pub use dtype::{DType, Element};
 pub use error::{Result, TensorError};
 pub use gemm::{gemm, gemm_batched, BatchMut, BatchRef, MatMut, MatRef, Op};
 pub use half::{bf16, f16};
-pub use tensor::Tensor;
 pub use threads::{install, num_threads, set_num_threads};

@@ -165,8 +165,8 @@ fn write_json(staging: &mut Staging, name: &str, value: &Value) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model_source::OWN_TOKENIZER_JSON;
     use crate::testing::tiny_model;
+    use tessera_glue::OWN_TOKENIZER_JSON;
 
     /// A checkpoint as the trainer writes it: model, tokenizer, trainer files.
     fn checkpoint(dir: &Path) -> T5Model {

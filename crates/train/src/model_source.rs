@@ -31,14 +31,8 @@
 use crate::error::{Result, TrainError};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use tessera_glue::TextTokenizer;
+use tessera_glue::{TextTokenizer, OWN_TOKENIZER_JSON};
 use tessera_t5::{T5Config, T5Model};
-
-/// The project's own tokenizer (`fixtures/data/tokenizer/tokenizer.json`: a
-/// 740-token T5-style Unigram model with `<pad>`, `</s>`, `<unk>` and 100
-/// `<extra_id_N>`), built in so that the quickstart runs from any folder.
-pub const OWN_TOKENIZER_JSON: &str =
-    include_str!("../../../fixtures/data/tokenizer/tokenizer.json");
 
 /// How the built-in tokenizer is named in messages.
 pub const OWN_TOKENIZER_NAME: &str = "the built-in tokenizer";

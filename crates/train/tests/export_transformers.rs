@@ -10,10 +10,11 @@
 
 use std::path::Path;
 use std::process::Command;
+use tessera_glue::OWN_TOKENIZER_JSON;
 use tessera_t5::safetensors::StoredDType;
 use tessera_t5::{Batch, T5Config, T5Model};
 use tessera_train::export::export_as;
-use tessera_train::model_source::{own_tokenizer, OWN_TOKENIZER_JSON};
+use tessera_train::model_source::own_tokenizer;
 
 const PROMPT: &str =
     "mnli hypothesis: The farmer repaired the bridge. premise: The farmer repaired it.";

@@ -3,7 +3,8 @@
 //! MNLI), label ids with -1 for unlabeled rows; or `{"input","target"}` for the
 //! custom task. Also the shared record decoding used by the Parquet reader.
 
-use super::{text_lines, Dataset, ReadOptions};
+use super::text_lines;
+use crate::dataset::{Dataset, ReadOptions};
 use crate::error::{GlueError, Result};
 use crate::task::{Example, Label, Task};
 use serde_json::{Map, Value};

@@ -9,73 +9,15 @@ mod jsonl;
 #[cfg(feature = "parquet")]
 mod parquet;
 mod split;
+pub mod synthetic;
 mod tsv;
 
-pub use split::{locate_split, Split};
+pub use split::locate_split;
 
+use crate::dataset::{Dataset, ReadOptions, Split};
 use crate::error::{GlueError, Result};
-use crate::synthetic;
-use crate::task::{Example, Label, Task};
+use crate::task::Task;
 use std::path::{Path, PathBuf};
-
-/// How readers treat rows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReadOptions {
-    /// Keep rows without a gold label (e.g. to predict on a test split) instead
-    /// of skipping and counting them.
-    pub keep_unlabeled: bool,
-}
-
-/// The examples of one split of one task.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Dataset {
-    /// The task whose columns were read.
-    pub task: Task,
-    /// Where the examples came from (file paths, or `nli-synthetic:<split>`).
-    pub source: String,
-    /// The examples, in file order.
-    pub examples: Vec<Example>,
-    /// Rows skipped because they had no gold label.
-    pub skipped_unlabeled: usize,
-}
-
-impl Dataset {
-    /// An empty dataset of `task` read from `source`.
-    pub(crate) fn new(task: Task, source: String) -> Self {
-        Dataset {
-            task,
-            source,
-            examples: Vec::new(),
-            skipped_unlabeled: 0,
-        }
-    }
-
-    /// Number of examples.
-    pub fn len(&self) -> usize {
-        self.examples.len()
-    }
-
-    /// Whether there are no examples.
-    pub fn is_empty(&self) -> bool {
-        self.examples.is_empty()
-    }
-
-    /// Adds an example, or counts it as skipped when it is unlabeled and unlabeled rows are not kept.
-    pub(crate) fn push(&mut self, example: Example, options: ReadOptions) {
-        if example.label == Label::Missing && !options.keep_unlabeled {
-            self.skipped_unlabeled += 1;
-        } else {
-            self.examples.push(example);
-        }
-    }
-
-    /// Appends another dataset of the same task (e.g. the next Parquet shard).
-    fn extend(&mut self, other: Dataset) {
-        self.examples.extend(other.examples);
-        self.skipped_unlabeled += other.skipped_unlabeled;
-        self.source = format!("{}, {}", self.source, other.source);
-    }
-}
 
 /// A file format, chosen from the file name's extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

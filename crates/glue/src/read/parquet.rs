@@ -6,7 +6,7 @@
 //! the same record code as the JSONL reader, so both exports agree.
 
 use super::jsonl::example_from_record;
-use super::{Dataset, ReadOptions};
+use crate::dataset::{Dataset, ReadOptions};
 use crate::error::{GlueError, Result};
 use crate::task::Task;
 use parquet::file::reader::{FileReader, SerializedFileReader};

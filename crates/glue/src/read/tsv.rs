@@ -4,7 +4,8 @@
 //! CoLA's train and dev files have no header; they are read by position
 //! (source, label, original label, sentence), as GLUE documents them.
 
-use super::{text_lines, Dataset, ReadOptions};
+use super::text_lines;
+use crate::dataset::{Dataset, ReadOptions};
 use crate::error::{GlueError, Result};
 use crate::task::{Example, Label, Task};
 use std::path::Path;

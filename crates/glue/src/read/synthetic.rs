@@ -31,8 +31,8 @@
 //! pipeline (prompts, tokenization, training, generation, postprocessing)
 //! works end to end; it says nothing about MNLI accuracy.
 
+use crate::dataset::{Dataset, Split};
 use crate::error::{GlueError, Result};
-use crate::read::{Dataset, Split};
 use crate::task::{Example, Label, Task};
 use tessera_tensor::rng::{derive_seed, SplitMix64};
 
