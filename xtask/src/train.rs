@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tessera_t5::Precision;
+use tessera_train::data::DataReport;
 use tessera_train::eval::EvalReport;
 use tessera_train::run_folder::{self, CHECKPOINTS};
 use tessera_train::trainer::{Event, Outcome, Trainer};
@@ -254,6 +255,8 @@ struct Summary<'a> {
     checkpoint: &'a Path,
     export: Option<&'a Path>,
     eval: Option<&'a EvalReport>,
+    /// What became of the training rows (as on `metrics.jsonl`'s first line).
+    data: &'a DataReport,
 }
 
 /// Runs `cargo xtask train`.
@@ -323,6 +326,7 @@ pub fn run(args: Args) -> Result<()> {
         checkpoint: &checkpoint,
         export: Some(&export),
         eval: last_eval.as_ref(),
+        data: trainer.data_report(),
     };
     print_summary(&summary);
     if let Some(path) = &args.json {

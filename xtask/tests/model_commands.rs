@@ -1,4 +1,4 @@
-//! `cargo xtask eval | generate | export` run as a user runs them, on a tiny
+//! `cargo xtask train | eval | generate | export` run as a user runs them, on a tiny
 //! random model with the built-in tokenizer: outputs, files, and errors as one
 //! line with exit code 1.
 
@@ -7,8 +7,8 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use tessera_glue::OWN_TOKENIZER_JSON;
 use tessera_t5::{T5Config, T5Model};
-use tessera_train::model_source::OWN_TOKENIZER_JSON;
 
 fn xtask(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))
@@ -52,6 +52,36 @@ fn model_folder(dir: &Path) {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+#[test]
+fn train_writes_a_json_summary_with_the_data_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, json) = (tmp.path().join("run"), tmp.path().join("summary.json"));
+    let args = [
+        "train",
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "0",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "0",
+    ];
+    stdout(&xtask(
+        &[&args[..], &["--output", s(&out), "--json", s(&json)]].concat(),
+    ));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(summary["steps"], 2);
+    let data = &summary["data"];
+    assert!(data["rows_read"].as_u64().unwrap() > 0, "{data}");
+    assert_eq!(data["skipped_unlabeled"], 0);
+    assert!(
+        data["sources"].is_object() && data["max_source_length"].is_u64(),
+        "{data}"
+    );
 }
 
 #[test]
