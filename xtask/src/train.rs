@@ -127,9 +127,6 @@ pub struct Args {
     /// Target tokens kept per example.
     #[arg(long)]
     max_target_length: Option<usize>,
-    /// dynamic or fixed padding.
-    #[arg(long)]
-    padding: Option<String>,
     /// Checkpoint every N steps (0 = at the end only).
     #[arg(long)]
     checkpoint_every: Option<u64>,

@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 
 /// Everything that can go wrong between a dataset file and a score.
+// A `path` field is the file the message names; other fields say more.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum GlueError {
     /// The file could not be opened or read.
     #[error("cannot read {path}: {source}")]
     Io {
-        /// The file.
         path: PathBuf,
         /// What the operating system said.
         source: std::io::Error,
@@ -17,7 +18,6 @@ pub enum GlueError {
     /// A line of a text file (TSV, JSONL) is malformed.
     #[error("{path}, line {line}: {message}")]
     Line {
-        /// The file.
         path: PathBuf,
         /// One-based line number.
         line: usize,
@@ -27,7 +27,6 @@ pub enum GlueError {
     /// A row of a Parquet file is malformed.
     #[error("{path}, row group {row_group}, row {row}: {message}")]
     Row {
-        /// The file.
         path: PathBuf,
         /// Zero-based row group.
         row_group: usize,
@@ -39,7 +38,6 @@ pub enum GlueError {
     /// The file as a whole is unusable (empty, missing columns, unknown format).
     #[error("{path}: {message}")]
     File {
-        /// The file.
         path: PathBuf,
         /// What is wrong with it.
         message: String,
@@ -47,7 +45,6 @@ pub enum GlueError {
     /// The tokenizer could not be loaded or failed on a text.
     #[error("tokenizer {path}: {message}")]
     Tokenizer {
-        /// The tokenizer file.
         path: PathBuf,
         /// What the tokenizer library said.
         message: String,

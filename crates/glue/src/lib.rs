@@ -8,8 +8,9 @@
 //!   T5's text-to-text prompts and targets; MNLI is the seed's
 //!   `mnli hypothesis: {hypothesis} premise: {premise}`.
 //! - [`tokenize`]: `tokenizer.json` via the `tokenizers` crate, parallel encoding.
-//! - [`batch`] and [`loader`]: padded batches (dynamic or fixed), file-order,
-//!   shuffled or length-bucketed sampling, and a checkpointable [`Cursor`].
+//! - [`loader`]: which rows make each batch (file order, shuffled or
+//!   length-bucketed) and a checkpointable [`Cursor`]; the model packs a
+//!   batch's rows itself, so nothing here pads.
 //! - [`answer`] and [`metrics`]: postprocessing of generated text and scores.
 //!
 //! ```
@@ -21,8 +22,9 @@
 //! assert!(prompt.starts_with("mnli hypothesis: "));
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod answer;
-pub mod batch;
 mod dataset;
 mod error;
 pub mod loader;
@@ -32,7 +34,6 @@ pub mod task;
 pub mod tokenize;
 
 pub use answer::{parse_answer, Answer};
-pub use batch::{Batch, Padding, IGNORE_INDEX};
 pub use dataset::{Dataset, ReadOptions, Split};
 pub use error::{GlueError, Result};
 pub use loader::{Cursor, Loader, LoaderConfig, Order};

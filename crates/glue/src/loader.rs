@@ -5,7 +5,6 @@
 //! so a run resumed from a [`Cursor`] sees exactly the batches an
 //! uninterrupted run would have seen.
 
-use crate::batch::{Batch, Padding};
 use crate::error::{GlueError, Result};
 use crate::tokenize::EncodedDataset;
 use serde::{Deserialize, Serialize};
@@ -22,7 +21,9 @@ pub enum Order {
     Shuffled,
     /// Seeded shuffle, then rows of similar source length batched together
     /// (sorted within pools of [`BUCKET_POOL_BATCHES`] batches), batches in
-    /// shuffled order: little padding, still random.
+    /// shuffled order: batches of even size in tokens, still random (what a
+    /// padded layout needs to waste little; tessera packs rows, so here it
+    /// only evens out the work of each pass).
     LengthBucketed,
 }
 
@@ -38,8 +39,6 @@ pub struct LoaderConfig {
     pub order: Order,
     /// Seed of the shuffles.
     pub seed: u64,
-    /// Padding of each batch.
-    pub padding: Padding,
     /// Drop an epoch's last, smaller batch (keeps every batch the same size).
     pub drop_last: bool,
 }
@@ -122,8 +121,9 @@ impl Loader {
         self.plan.len()
     }
 
-    /// The next batch; after an epoch's last batch the next epoch starts.
-    pub fn next_batch(&mut self) -> Result<Batch> {
+    /// The rows of the next batch (indices into [`Loader::data`]); after an
+    /// epoch's last batch the next epoch starts.
+    pub fn next_batch(&mut self) -> Vec<usize> {
         if self.cursor.batch >= self.plan.len() {
             self.cursor = Cursor {
                 epoch: self.cursor.epoch + 1,
@@ -131,30 +131,10 @@ impl Loader {
             };
             self.plan = epoch_plan(&self.data, &self.config, self.cursor.epoch);
         }
-        let batch = Batch::collate(
-            &self.data,
-            &self.plan[self.cursor.batch],
-            self.config.padding,
-        )?;
+        let rows = self.plan[self.cursor.batch].clone();
         self.cursor.batch += 1;
-        Ok(batch)
+        rows
     }
-}
-
-/// Every row once, in order, `batch_size` at a time (for evaluation).
-pub fn batches_in_order(
-    data: &EncodedDataset,
-    batch_size: usize,
-    padding: Padding,
-) -> impl Iterator<Item = Result<Batch>> + '_ {
-    let rows: Vec<usize> = (0..data.len()).collect();
-    let chunks: Vec<Vec<usize>> = rows
-        .chunks(batch_size.max(1))
-        .map(<[usize]>::to_vec)
-        .collect();
-    chunks
-        .into_iter()
-        .map(move |rows| Batch::collate(data, &rows, padding))
 }
 
 /// The batches (row indices) of one epoch.

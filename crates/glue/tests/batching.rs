@@ -1,13 +1,13 @@
-//! Tokenization, the seed's label/decoder-input layout, padding masks, the
-//! samplers and the checkpointable cursor, on a tokenizer the tests build.
+//! Tokenization, labels and truncation, the samplers and the checkpointable
+//! cursor, on a tokenizer the tests build.
 
 mod common;
 
 use common::{id, tiny_tokenizer};
-use tessera_glue::loader::{batches_in_order, epoch_plan};
+use tessera_glue::loader::epoch_plan;
 use tessera_glue::{
-    encode_dataset, Batch, Cursor, Dataset, EncodedDataset, Example, Label, Lengths, Loader,
-    LoaderConfig, Order, Padding, Source, Split, Task, TextTokenizer, IGNORE_INDEX,
+    encode_dataset, Cursor, Dataset, EncodedDataset, Example, Label, Lengths, Loader, LoaderConfig,
+    Order, Source, Split, Task, TextTokenizer,
 };
 
 fn dataset(rows: &[(&str, &str, Label)]) -> Dataset {
@@ -123,81 +123,16 @@ fn truncation_keeps_eos_and_rejects_impossible_lengths() {
 }
 
 #[test]
-fn labels_are_target_plus_eos_and_decoder_input_is_shifted() {
+fn labels_are_target_plus_eos_and_sources_are_cut_keeping_eos() {
     let data = dataset(&[
         ("A man sleeps.", "A man is awake.", Label::Class(2)),
-        ("A man.", "A man.", Label::Class(0)),
-    ]);
-    let enc = encode_dataset(&tiny_tokenizer(), &data, Lengths::default()).unwrap();
-    assert_eq!(enc.examples[0].labels, vec![id("▁contradiction"), 1]);
-    let batch = Batch::collate(&enc, &[0, 1], Padding::Dynamic).unwrap();
-    assert_eq!(batch.target_len, 2);
-    assert_eq!(
-        batch.labels,
-        vec![id("▁contradiction") as i32, 1, id("▁entailment") as i32, 1]
-    );
-    assert_eq!(
-        batch.decoder_input_ids,
-        vec![0, id("▁contradiction"), 0, id("▁entailment")]
-    );
-    assert_eq!(batch.decoder_attention_mask, vec![1, 1, 1, 1]);
-    assert_eq!(batch.target_tokens(), 4);
-}
-
-#[test]
-fn dynamic_padding_masks_and_ignores_padding() {
-    // Source lengths 15 and 8 tokens; a multi-piece target to get uneven target lengths.
-    let data = dataset(&[
-        ("A man sleeps.", "A man is awake.", Label::Class(1)),
-        ("A", "A", Label::Class(0)),
-    ]);
-    let mut enc = encode_dataset(&tiny_tokenizer(), &data, Lengths::default()).unwrap();
-    enc.examples[1].labels = vec![id("c"), id("a"), id("b"), 1];
-    let batch = Batch::collate(&enc, &[0, 1], Padding::Dynamic).unwrap();
-    assert_eq!(
-        (batch.batch_size(), batch.source_len, batch.target_len),
-        (2, 15, 4)
-    );
-    let row1_src = &batch.input_ids[15..];
-    assert_eq!(&row1_src[..8], &enc.examples[1].input_ids[..]);
-    assert!(row1_src[8..].iter().all(|&t| t == 0));
-    assert_eq!(batch.attention_mask[..15], [1; 15]);
-    assert_eq!(
-        batch.attention_mask[15..],
-        [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
-    );
-    assert_eq!(
-        &batch.labels[..4],
-        &[id("▁neutral") as i32, 1, IGNORE_INDEX, IGNORE_INDEX]
-    );
-    assert_eq!(&batch.decoder_input_ids[..4], &[0, id("▁neutral"), 0, 0]);
-    assert_eq!(&batch.decoder_attention_mask[..4], &[1, 1, 0, 0]);
-    assert_eq!(
-        &batch.decoder_input_ids[4..],
-        &[0, id("c"), id("a"), id("b")]
-    );
-    assert_eq!(batch.target_tokens(), 6);
-}
-
-#[test]
-fn fixed_padding_has_static_shapes() {
-    let data = dataset(&[
-        ("A", "A", Label::Class(0)),
         ("A man.", "A man.", Label::Missing),
     ]);
-    let lengths = Lengths {
-        source: 16,
-        target: 4,
-    };
     let tk = tiny_tokenizer();
-    let enc = encode_dataset(&tk, &data, lengths).unwrap();
-    let batch = Batch::collate(&enc, &[0, 1], Padding::Fixed).unwrap();
-    assert_eq!((batch.source_len, batch.target_len), (16, 4));
-    assert_eq!(batch.input_ids.len(), 32);
-    assert_eq!(batch.labels.len(), 8);
-    // The unlabeled row has no target: all ignored, no decoder positions.
-    assert!(batch.labels[4..].iter().all(|&l| l == IGNORE_INDEX));
-    assert_eq!(&batch.decoder_attention_mask[4..], &[0, 0, 0, 0]);
+    let enc = encode_dataset(&tk, &data, Lengths::default()).unwrap();
+    assert_eq!(enc.examples[0].labels, vec![id("▁contradiction"), 1]);
+    // The unlabelled row has no target.
+    assert!(enc.examples[1].labels.is_empty());
     let short = encode_dataset(
         &tk,
         &data,
@@ -227,7 +162,6 @@ fn config(order: Order, batch_size: usize) -> LoaderConfig {
         batch_size,
         order,
         seed: 17,
-        padding: Padding::Dynamic,
         drop_last: false,
     }
 }
@@ -255,13 +189,6 @@ fn sequential_order_is_file_order() {
     let mut drop = config(Order::Sequential, 4);
     drop.drop_last = true;
     assert_eq!(epoch_plan(&enc, &drop, 0).len(), 2);
-    let eval: Vec<Batch> = batches_in_order(&enc, 4, Padding::Dynamic)
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(
-        eval.iter().map(|b| b.rows.clone()).collect::<Vec<_>>(),
-        plan
-    );
 }
 
 #[test]
@@ -284,13 +211,19 @@ fn shuffling_is_seeded_and_covers_every_row_once() {
 }
 
 #[test]
-fn length_bucketing_reduces_padding() {
+fn length_bucketing_batches_rows_of_similar_length() {
     let enc = synthetic(Split::Train, 2000);
+    // The pad tokens a batch padded to its longest source would hold.
     let padded = |order| -> usize {
         epoch_plan(&enc, &config(order, 16), 0)
             .iter()
-            .map(|rows| Batch::collate(&enc, rows, Padding::Dynamic).unwrap())
-            .map(|b| b.attention_mask.iter().filter(|&&m| m == 0).count())
+            .map(|rows| {
+                let lens: Vec<usize> = rows
+                    .iter()
+                    .map(|&r| enc.examples[r].input_ids.len())
+                    .collect();
+                lens.iter().max().unwrap_or(&0) * lens.len() - lens.iter().sum::<usize>()
+            })
             .sum()
     };
     let (shuffled, bucketed) = (padded(Order::Shuffled), padded(Order::LengthBucketed));
@@ -305,22 +238,18 @@ fn a_restored_cursor_continues_the_same_stream() {
     let enc = synthetic(Split::Validation, 50);
     let cfg = config(Order::Shuffled, 8); // 7 batches per epoch
     let mut straight = Loader::new(enc.clone(), cfg).unwrap();
-    let all: Vec<Vec<usize>> = (0..20)
-        .map(|_| straight.next_batch().unwrap().rows)
-        .collect();
+    let all: Vec<Vec<usize>> = (0..20).map(|_| straight.next_batch()).collect();
     assert_eq!(straight.cursor(), Cursor { epoch: 2, batch: 6 });
 
     let mut first = Loader::new(enc.clone(), cfg).unwrap();
     for _ in 0..9 {
-        first.next_batch().unwrap();
+        first.next_batch();
     }
     let saved = serde_json::to_string(&first.cursor()).unwrap();
     assert_eq!(saved, r#"{"epoch":1,"batch":2}"#);
     let mut resumed = Loader::new(enc.clone(), cfg).unwrap();
     resumed.seek(serde_json::from_str(&saved).unwrap()).unwrap();
-    let rest: Vec<Vec<usize>> = (9..20)
-        .map(|_| resumed.next_batch().unwrap().rows)
-        .collect();
+    let rest: Vec<Vec<usize>> = (9..20).map(|_| resumed.next_batch()).collect();
     assert_eq!(rest, all[9..]);
     let e = resumed
         .seek(Cursor {

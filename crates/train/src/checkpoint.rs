@@ -254,12 +254,17 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
         let action = "cannot read the trainer state (is --resume a checkpoint folder?)";
         TrainError::io(action, &path, e)
     })?;
-    serde_json::from_str(&text).map_err(|e| {
+    let not_a_state = |e: serde_json::Error| {
         TrainError::setting(
             "--resume",
             format!("{} is not a tessera trainer state: {e}", path.display()),
         )
-    })
+    };
+    let mut state: serde_json::Value = serde_json::from_str(&text).map_err(not_a_state)?;
+    if let Some(config) = state.get_mut("config").and_then(|c| c.as_object_mut()) {
+        RunConfig::drop_retired(config);
+    }
+    serde_json::from_value(state).map_err(not_a_state)
 }
 
 /// The step numbers of the checkpoints under `root`, ascending.

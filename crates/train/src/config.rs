@@ -12,7 +12,6 @@ use crate::schedule::Schedule;
 use crate::{Result, TrainError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use tessera_glue::Padding;
 use tessera_t5::Precision;
 
 /// The learning-rate schedule families a run can name.
@@ -28,6 +27,14 @@ pub enum ScheduleKind {
     /// Linear warmup, then `lr · sqrt(warmup / step)` (T5's original schedule).
     InverseSqrt,
 }
+
+/// Keys earlier versions of the configuration had, and why they went.
+/// A checkpoint written with one resumes (the key is dropped on reading,
+/// [`RunConfig::drop_retired`]); a configuration that sets one is refused.
+pub const RETIRED_KEYS: [(&str, &str); 1] = [(
+    "padding",
+    "batches are packed and every pass computes on real tokens only, so there is nothing to pad",
+)];
 
 /// Everything that defines a training run. See the module docs for how it is assembled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,8 +97,6 @@ pub struct RunConfig {
     pub max_source_length: usize,
     /// Target tokens kept per example (`</s>` included).
     pub max_target_length: usize,
-    /// Pad each batch to its longest row (`dynamic`) or every batch to the maxima (`fixed`, as the seed pads to 512).
-    pub padding: Padding,
     /// Save a checkpoint every this many steps (0 = only at the end).
     pub checkpoint_every: u64,
     /// Checkpoints to keep (the oldest are deleted).
@@ -141,6 +146,15 @@ fn default_loss_scale_growth_interval() -> u32 {
 pub const RECIPES: [&str; 3] = ["quickstart", "mnli", "mnli-xl"];
 
 impl RunConfig {
+    /// Removes [`RETIRED_KEYS`] from a configuration an earlier version
+    /// saved (in `trainer_state.json`), so its checkpoints still resume:
+    /// none of them changed a step's result.
+    pub fn drop_retired(config: &mut serde_json::Map<String, serde_json::Value>) {
+        for (key, _) in RETIRED_KEYS {
+            config.remove(key);
+        }
+    }
+
     /// The built-in recipe `name`.
     ///
     /// - `quickstart`: the offline demo — the tiny preset from a seed,
@@ -197,7 +211,6 @@ impl RunConfig {
             seed: 42,
             max_source_length: 128,
             max_target_length: 8,
-            padding: Padding::Dynamic,
             checkpoint_every: 500,
             keep: 2,
             eval_every: 500,
@@ -270,6 +283,12 @@ impl RunConfig {
         let mut merged = toml::Table::try_from(self)
             .map_err(|e| TrainError::setting("configuration", e.to_string()))?;
         for layer in layers {
+            if let Some((key, why)) = RETIRED_KEYS.iter().find(|(k, _)| layer.contains_key(*k)) {
+                return Err(TrainError::setting(
+                    *key,
+                    format!("is no longer a setting: {why}; remove it"),
+                ));
+            }
             merged.extend(layer.clone());
         }
         let config: RunConfig = toml::Value::Table(merged)
@@ -408,6 +427,24 @@ mod tests {
 
     fn table(text: &str) -> toml::Table {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_retired_key_is_refused_in_a_configuration_and_dropped_from_a_saved_one() {
+        let err = RunConfig::resolve(&[table("padding = \"fixed\"\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("padding") && err.contains("no longer a setting"),
+            "{err}"
+        );
+        let config = RunConfig::resolve(&[]).unwrap();
+        let mut saved = serde_json::to_value(&config).unwrap();
+        let map = saved.as_object_mut().unwrap();
+        map.insert("padding".into(), "dynamic".into());
+        assert!(serde_json::from_value::<RunConfig>(saved.clone()).is_err());
+        RunConfig::drop_retired(saved.as_object_mut().unwrap());
+        assert_eq!(serde_json::from_value::<RunConfig>(saved).unwrap(), config);
     }
 
     #[test]

@@ -37,6 +37,7 @@ use std::time::Instant;
 use tessera_glue::{Dataset, EncodedDataset, Loader, LoaderConfig, Order, TextTokenizer};
 use tessera_t5::folder::HashingWriter;
 use tessera_t5::{ParamStore, T5Model, TrainOptions};
+use tessera_tensor::ops::crossentropy::IGNORE_INDEX;
 use tessera_tensor::rng;
 
 /// What one optimizer step measured.
@@ -328,7 +329,6 @@ impl Trainer {
                     Order::Sequential
                 },
                 seed: config.seed,
-                padding: config.padding,
                 drop_last: true,
             },
         )?;
@@ -455,7 +455,7 @@ impl Trainer {
     fn accumulate_gradients(&mut self) -> Result<Accumulated> {
         let mut passes = Vec::with_capacity(self.config.grad_accum);
         for _ in 0..self.config.grad_accum {
-            passes.push(self.loader.next_batch()?.rows);
+            passes.push(self.loader.next_batch());
         }
         if let Some(budget) = self.config.max_tokens {
             passes = by_tokens(self.loader.data(), passes.concat(), budget);
@@ -467,7 +467,7 @@ impl Trainer {
         let target_tokens: usize = micro
             .iter()
             .flat_map(|b| &b.labels)
-            .filter(|&&l| l != i64::from(tessera_glue::IGNORE_INDEX))
+            .filter(|&&l| l != IGNORE_INDEX)
             .count();
         let config = self.model.config();
         let flops = micro
