@@ -22,8 +22,8 @@ fi
 
 # A real checkpoint: three quickstart steps.
 run=$(mktemp -d)
-(cd "$root" && cargo run -q -p xtask -- train --steps 3 --eval-every 0 --eval-examples 4 \
-  --output "$run" >/dev/null 2>&1)
+(cd "$root" && cargo run -q -p xtask -- train --steps 3 --warmup-steps 0 --eval-every 0 \
+  --output "$run" >/dev/null)
 ckpt="$run/checkpoints/step-3"
 cp "$ckpt/trainer_state.json" "$corpus/trainer_state/state"
 cp "$ckpt/manifest.json" "$corpus/trainer_state/manifest"
@@ -31,12 +31,14 @@ cp "$ckpt/optimizer.safetensors" "$corpus/optimizer_state/quickstart"
 rm -rf "$run"
 
 # Readers: first byte = format (0 tsv, 1 jsonl, 2 parquet), second = task (0 mnli).
-prefix() { printf "\\x$(printf %02x "$1")\\x00"; cat "$2"; }
+# The first 20 kB of a file, behind the two selector bytes (no pipe into
+# head: under pipefail its early exit would fail the script).
+prefix() { printf "\\x$(printf %02x "$1")\\x00"; head -c 20000 "$2"; }
 sample=$root/../shared/data/mnli-sample
 if [ -d "$sample" ]; then
-  for f in "$sample"/*.tsv; do prefix 0 "$f" | head -c 20000 > "$corpus/glue_readers/$(basename "$f")"; done
+  for f in "$sample"/*.tsv; do prefix 0 "$f" > "$corpus/glue_readers/$(basename "$f")"; done
   for f in "$sample"/*.jsonl; do
-    prefix 1 "$f" | head -c 20000 > "$corpus/glue_readers/$(basename "$f")"
+    prefix 1 "$f" > "$corpus/glue_readers/$(basename "$f")"
     if python3 -c "import pyarrow" 2>/dev/null; then
       pq=$(mktemp --suffix .parquet)
       python3 -c "import pyarrow.json as j, pyarrow.parquet as p, sys; p.write_table(j.read_json(sys.argv[1]).slice(0, 50), sys.argv[2])" "$f" "$pq"

@@ -3,6 +3,8 @@
 //! Each subcommand lives in its own module; this file only parses the
 //! command line and turns errors into one readable line and a non-zero exit.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod eval;
 mod export;

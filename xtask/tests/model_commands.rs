@@ -38,14 +38,8 @@ fn error_line(out: &Output) -> String {
 
 /// A checkpoint-like folder: a tiny model, the built-in tokenizer, a trainer file.
 fn model_folder(dir: &Path) {
-    let mut config = T5Config::preset("flan-t5-small").unwrap();
-    config.vocab_size = 740;
-    config.d_model = 16;
-    config.d_kv = 8;
-    config.d_ff = 16;
-    config.num_heads = 2;
-    config.num_layers = 1;
-    T5Model::init(config, 5).save(dir).unwrap();
+    let config = T5Config::tiny_with(|c| (c.vocab_size, c.d_kv, c.d_ff) = (740, 8, 16));
+    T5Model::init(config.unwrap(), 5).save(dir).unwrap();
     std::fs::write(dir.join("tokenizer.json"), OWN_TOKENIZER_JSON).unwrap();
     std::fs::write(dir.join("trainer_state.json"), "{}").unwrap();
 }

@@ -1,12 +1,14 @@
 //! An IPU-topology simulator: does a T5 model fit on a Graphcore pod, how,
 //! and how long will a training or generation step take?
 //!
-//! The workload comes from the same [`tessera_t5::T5Config`] the real model
+//! The workload comes from the same [`tessera_t5_config::T5Config`] the real model
 //! uses ([`workload`]); the hardware from published GC200 / IPU-M2000
 //! figures plus named assumptions ([`hardware`]); the two strategies
 //! Graphcore ran T5 with are [`phased`] tensor parallelism and [`pipeline`]
 //! parallelism. [`simulate`] returns a [`Plan`]; [`svg::timeline`] draws it.
 //! `docs/ipu.md` gives every equation with its source.
+
+#![forbid(unsafe_code)]
 
 pub mod hardware;
 pub mod links;
@@ -18,7 +20,7 @@ pub mod workload;
 
 pub use hardware::{Assumptions, Ipu, Pod};
 pub use plan::{IpuMemory, MemoryPart, Plan, Segment, SegmentKind, Strategy, TimeBreakdown};
-pub use workload::{Generation, Layer, LayerKind, Mode, Pass, Precision, Workload};
+pub use workload::{ElementBytes, Generation, Layer, LayerKind, Mode, Pass, Workload};
 
 /// A question for the simulator.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,7 +7,7 @@
 //! `V` vocabulary.
 
 use serde::Serialize;
-use tessera_t5::T5Config;
+use tessera_t5_config::T5Config;
 
 /// Training (forward, recomputation, backward, AdamW) or greedy generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -34,7 +34,7 @@ pub enum Generation {
 
 /// Bytes per element of each kind of tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Precision {
+pub struct ElementBytes {
     /// Weights (fp16 in the seed).
     pub weight_bytes: u64,
     /// Gradient accumulators (fp16, like the weights).
@@ -47,10 +47,10 @@ pub struct Precision {
     pub fp16_matmuls: bool,
 }
 
-impl Precision {
+impl ElementBytes {
     /// The seed's settings: fp16 weights and matmul partials, AdamW with
     /// fp32 moments.
-    pub const SEED: Precision = Precision {
+    pub const SEED: ElementBytes = ElementBytes {
         weight_bytes: 2,
         grad_bytes: 2,
         optimizer_state_bytes: 8,
@@ -133,7 +133,7 @@ pub struct Workload {
     /// generated tokens in inference.
     pub target_len: u64,
     /// Element sizes.
-    pub precision: Precision,
+    pub precision: ElementBytes,
     /// How generation works (inference only).
     pub generation: Generation,
 }
@@ -161,7 +161,7 @@ impl Workload {
             global_batch,
             source_len,
             target_len,
-            precision: Precision::SEED,
+            precision: ElementBytes::SEED,
             generation: Generation::Recompute,
         }
     }
@@ -183,7 +183,7 @@ impl Workload {
     /// Width constants `(d, i, f, g, H, V)` of the config.
     fn dims(&self) -> (f64, f64, f64, f64, f64, f64) {
         let c = &self.config;
-        let g = if c.feed_forward().is_gated() { 3 } else { 2 };
+        let g = if c.feed_forward_proj.is_gated() { 3 } else { 2 };
         (
             c.d_model as f64,
             c.inner_dim() as f64,
@@ -199,7 +199,7 @@ impl Workload {
     pub fn layers(&self) -> Vec<Layer> {
         let c = &self.config;
         let (d, i, f) = (c.d_model as u64, c.inner_dim() as u64, c.d_ff as u64);
-        let g = if c.feed_forward().is_gated() { 3 } else { 2 };
+        let g = if c.feed_forward_proj.is_gated() { 3 } else { 2 };
         let bias = (c.relative_attention_num_buckets * c.num_heads) as u64;
         let vd = c.vocab_size as u64 * d;
         let block = |kind, index, stack_len, attn_mats, norms| {
@@ -388,7 +388,7 @@ pub(crate) mod tests {
             global_batch: 8,
             source_len: 3,
             target_len: 5,
-            precision: Precision::SEED,
+            precision: ElementBytes::SEED,
             generation: Generation::KvCache,
         }
     }

@@ -1,11 +1,13 @@
 //! The simulator against Graphcore's published claims, and the invariants
-//! any sensible IPU cost model must keep.
+//! any sensible IPU cost model must keep. One published point (XXL on a
+//! POD16) calibrates the model (tests named `calibration_…`); every other
+//! published number is out of sample.
 
 use tessera_ipu::hardware::CALIBRATED_MATMUL_EFFICIENCY;
 use tessera_ipu::{
     simulate, Assumptions, Generation, Mode, Plan, Pod, Request, SimError, Strategy, Workload,
 };
-use tessera_t5::T5Config;
+use tessera_t5_config::T5Config;
 
 /// The seed's settings for `model` on `pod`.
 fn request(model: &str, pod: &str, strategy: Strategy, mode: Mode) -> Request {
@@ -35,8 +37,11 @@ fn xxl_pod16_train() -> Request {
     request("flan-t5-xxl", "pod16", Strategy::PhasedTp, Mode::Train)
 }
 
+/// A calibration check, not a prediction: `CALIBRATED_MATMUL_EFFICIENCY`
+/// was fitted to this very point (XXL, POD16, 36 s), so it only guards the
+/// fit; the out-of-sample checks are the XL step and XXL validation below.
 #[test]
-fn xxl_trains_on_a_pod16_under_phased_tp_in_about_36_s_per_step() {
+fn calibration_xxl_trains_on_a_pod16_under_phased_tp_in_about_36_s_per_step() {
     let p = plan(&xxl_pod16_train());
     assert!(p.fits, "{}", p.reason);
     let t = p.step_time_s.expect("fits, so timed");
@@ -94,7 +99,7 @@ fn a_kv_cache_would_make_generation_several_times_faster() {
 }
 
 #[test]
-fn calibration_matches_the_constant() {
+fn calibration_re_solves_to_the_constant() {
     // Re-solve matmul_efficiency for 36.0 s by bisection (step time falls
     // as efficiency rises) and check the documented constant is that value.
     let step = |eff: f64| {

@@ -1,7 +1,13 @@
-//! `T5Config`: the Hugging Face `config.json` of a T5 model, validated.
+//! `T5Config`: the Hugging Face `config.json` of a T5 model, validated, with
+//! the published Flan-T5 shapes and the model's parameter and FLOP counts.
 //!
-//! Fields the model does not use are kept verbatim, so a checkpoint saved by
-//! tessera carries the same `config.json` fields it was loaded with.
+//! Its own crate so that what only plans a model (the IPU simulator) needs
+//! no kernels. Fields the model does not use are kept verbatim, so a
+//! checkpoint saved by tessera carries the same `config.json` fields it was
+//! loaded with. Every way to build one validates it: a `T5Config` a caller
+//! holds has a usable feed-forward kind and non-zero shapes.
+
+#![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -10,12 +16,13 @@ use std::path::Path;
 pub const TINY_PRESET: &str = "tessera-tiny";
 
 /// Why a configuration could not be used; names the file or field.
+// A `path` field is the file the message names; other fields say more.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read {path}: {cause}")]
     Io {
-        /// The file.
         path: String,
         /// The OS error (in the message, not chained, so it prints once).
         cause: std::io::Error,
@@ -41,8 +48,10 @@ pub enum ConfigError {
     UnknownPreset(String),
 }
 
-/// The feed-forward block of each layer (`feed_forward_proj`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The feed-forward block of each layer (`feed_forward_proj`, stored as
+/// Hugging Face's string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum FeedForward {
     /// `wo(relu(wi(x)))` — original T5.
     Relu,
@@ -58,16 +67,37 @@ impl FeedForward {
         !matches!(self, FeedForward::Relu)
     }
 
-    fn parse(s: &str) -> Result<Self, ConfigError> {
-        match s {
-            "relu" => Ok(FeedForward::Relu),
-            "gated-gelu" => Ok(FeedForward::GatedGelu),
-            "gated-relu" => Ok(FeedForward::GatedRelu),
-            other => Err(ConfigError::Field {
-                field: "feed_forward_proj",
-                reason: format!("{other:?} is not one of relu, gated-gelu, gated-relu"),
-            }),
+    /// Hugging Face's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FeedForward::Relu => "relu",
+            FeedForward::GatedGelu => "gated-gelu",
+            FeedForward::GatedRelu => "gated-relu",
         }
+    }
+}
+
+impl TryFrom<String> for FeedForward {
+    type Error = ConfigError;
+
+    fn try_from(s: String) -> Result<Self, ConfigError> {
+        [
+            FeedForward::Relu,
+            FeedForward::GatedGelu,
+            FeedForward::GatedRelu,
+        ]
+        .into_iter()
+        .find(|f| f.name() == s)
+        .ok_or_else(|| ConfigError::Field {
+            field: "feed_forward_proj",
+            reason: format!("{s:?} is not one of relu, gated-gelu, gated-relu"),
+        })
+    }
+}
+
+impl From<FeedForward> for String {
+    fn from(f: FeedForward) -> String {
+        f.name().into()
     }
 }
 
@@ -80,8 +110,8 @@ fn default_max_distance() -> usize {
 fn default_eps() -> f64 {
     1e-6
 }
-fn default_ff() -> String {
-    "relu".into()
+fn default_ff() -> FeedForward {
+    FeedForward::Relu
 }
 fn default_true() -> bool {
     true
@@ -123,9 +153,9 @@ pub struct T5Config {
     /// Epsilon of the RMS layer norm.
     #[serde(default = "default_eps")]
     pub layer_norm_epsilon: f64,
-    /// `relu`, `gated-gelu` or `gated-relu`.
+    /// The feed-forward block (`relu`, `gated-gelu` or `gated-relu`).
     #[serde(default = "default_ff")]
-    pub feed_forward_proj: String,
+    pub feed_forward_proj: FeedForward,
     /// Whether `lm_head` shares `shared.weight` (then decoder output is scaled by `d_model^-0.5`).
     #[serde(default = "default_true")]
     pub tie_word_embeddings: bool,
@@ -233,13 +263,7 @@ impl T5Config {
                 });
             }
         }
-        FeedForward::parse(&self.feed_forward_proj)?;
         Ok(())
-    }
-
-    /// The feed-forward kind (validated at construction).
-    pub fn feed_forward(&self) -> FeedForward {
-        FeedForward::parse(&self.feed_forward_proj).expect("validated at construction")
     }
 
     /// Decoder layers, defaulting to the encoder's count.
@@ -295,7 +319,7 @@ impl T5Config {
 
     /// Multiply-adds of one feed-forward block per token.
     fn feed_forward_macs(&self) -> f64 {
-        let mats = if self.feed_forward().is_gated() {
+        let mats = if self.feed_forward_proj.is_gated() {
             3.0
         } else {
             2.0
@@ -343,13 +367,36 @@ impl T5Config {
             relative_attention_max_distance: 128,
             dropout_rate: 0.1,
             layer_norm_epsilon: 1e-6,
-            feed_forward_proj: "gated-gelu".into(),
+            feed_forward_proj: FeedForward::GatedGelu,
             tie_word_embeddings: false,
             decoder_start_token_id: 0,
             pad_token_id: 0,
             eos_token_id: 1,
             extra,
         })
+    }
+
+    /// A model small enough for a unit test, with every kind of tensor:
+    /// flan-t5-small's settings (gated-GELU, untied head, dropout 0.1) at
+    /// vocabulary 64, `d_model` 16, `d_kv` 4, `d_ff` 32, 2 heads and one
+    /// layer on each side (the decoder follows `num_layers` unless `change`
+    /// sets `num_decoder_layers`). `change` sets what the test needs; the
+    /// result is validated, so a test cannot build a config the loader
+    /// would refuse.
+    pub fn tiny_with(change: impl FnOnce(&mut T5Config)) -> Result<Self, ConfigError> {
+        let mut config = T5Config {
+            vocab_size: 64,
+            d_model: 16,
+            d_kv: 4,
+            d_ff: 32,
+            num_layers: 1,
+            num_decoder_layers: None,
+            num_heads: 2,
+            ..Self::preset("flan-t5-small")?
+        };
+        change(&mut config);
+        config.validate()?;
+        Ok(config)
     }
 
     fn tiny() -> Self {
@@ -374,7 +421,7 @@ impl T5Config {
     /// Number of parameters, counting `shared` once and `lm_head` when untied.
     pub fn num_parameters(&self) -> usize {
         let (d, inner, ff) = (self.d_model, self.inner_dim(), self.d_ff);
-        let ff_params = if self.feed_forward().is_gated() {
+        let ff_params = if self.feed_forward_proj.is_gated() {
             3 * d * ff
         } else {
             2 * d * ff

@@ -14,7 +14,6 @@
 //! index when the weights exceed the shard size. Files already in the target
 //! that the save does not produce (a tokenizer, say) are carried over.
 
-use crate::config::{ConfigError, T5Config};
 use crate::folder::{self, FolderError, Staging};
 use crate::model::T5Model;
 use crate::params::layout;
@@ -24,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use tessera_t5_config::{ConfigError, T5Config};
 
 /// The single-file weights name.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -36,6 +36,8 @@ pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
 const TIED_COPIES: [&str; 2] = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"];
 
 /// Why a checkpoint could not be loaded or saved.
+// A `path` field is the file the message names; other fields say more.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// `config.json` is missing or invalid.
@@ -68,7 +70,6 @@ pub enum CheckpointError {
     Unexpected {
         /// The tensor.
         name: String,
-        /// The file.
         path: PathBuf,
     },
     /// A tensor's shape disagrees with the config.
@@ -76,7 +77,6 @@ pub enum CheckpointError {
     Shape {
         /// The tensor.
         name: String,
-        /// The file.
         path: PathBuf,
         /// Shape the config implies.
         expected: Vec<usize>,
@@ -88,7 +88,6 @@ pub enum CheckpointError {
     NonFinite {
         /// The tensor.
         name: String,
-        /// The file.
         path: PathBuf,
         /// Flat index of the first bad element.
         index: usize,

@@ -240,10 +240,11 @@ pub fn verify(dir: &Path, records: &[FileRecord]) -> Result<(), Mismatch> {
 }
 
 /// A file of a folder is not what its manifest recorded.
+// A `path` field is the file the message names; other fields say more.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{} {reason}", path.display())]
 pub struct Mismatch {
-    /// The file.
     pub path: PathBuf,
     /// How it differs.
     pub reason: String,

@@ -14,9 +14,9 @@
 //! residual stream stay f32.
 
 use crate::attention::{self, Attention, AttentionGradsMut, Bias, ProbDropout, Qkv, Seqs};
-use crate::config::{FeedForward, T5Config};
 use crate::params::{AttentionIds, FeedForwardIds, ParamId, ParamStore, SublayerIds, SublayerKind};
 use crate::precision::{matmul, Dense, Operand, OperandRef, Precision};
+use tessera_t5_config::{FeedForward, T5Config};
 use tessera_tensor::ops::activation::Activation;
 use tessera_tensor::ops::dropout::dropout_rows;
 use tessera_tensor::ops::{norm, residual};
@@ -534,7 +534,7 @@ fn feed_forward_forward(
     (norm, normed): (NormStats, Operand),
 ) -> Result<(Vec<f32>, SublayerCache)> {
     let c = cx.config;
-    let (rows, act) = (cx.rows(), activation(c.feed_forward()));
+    let (rows, act) = (cx.rows(), activation(c.feed_forward_proj));
     // The projections are kept in the pass's precision, and the activation
     // reads them as kept, so its backward sees the same values.
     let project = |w| -> Result<Operand> {
@@ -576,7 +576,7 @@ fn feed_forward_backward(
     sinks: &mut GradSinks<'_>,
 ) -> Result<Vec<f32>> {
     let c = cx.config;
-    let (rows, act) = (cx.rows(), activation(c.feed_forward()));
+    let (rows, act) = (cx.rows(), activation(c.feed_forward_proj));
     let p = |id| cx.weights().get(id);
     let mut dg = vec![0.0; cache.g.view().len()];
     linear_backward(

@@ -9,13 +9,12 @@
 //!   decodes greedily with a KV cache ([`T5Model::generate`]), all on
 //!   padding-free [`Batch`]es: the real tokens of every row back to back,
 //!   never a pad token.
-//! - Weights and gradients live in a [`ParamStore`]: one flat f32 buffer with
-//!   a table of Hugging Face names, which optimizers walk as
-//!   `(name, param, grad)` slices.
+//! - Weights and gradients live in a [`ParamStore`]: one flat buffer (f32,
+//!   or bf16/fp16 weights) with a table of Hugging Face names and offsets,
+//!   which optimizers walk against the f32 gradients' flat slice.
 
 pub mod attention;
 mod checkpoint;
-mod config;
 pub mod folder;
 mod generate;
 pub mod layers;
@@ -26,11 +25,11 @@ pub mod safetensors;
 mod stack;
 
 pub use checkpoint::{CheckpointError, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, WEIGHTS_FILE};
-pub use config::{ConfigError, FeedForward, T5Config, TINY_PRESET};
 pub use model::{Batch, ForwardOutput, ModelError, T5Model, TrainOptions};
 pub use params::{
     AttentionIds, FeedForwardIds, FlatMut, ModelIds, ParamEntry, ParamId, ParamStore, StackIds,
     SublayerIds, SublayerKind,
 };
 pub use precision::Precision;
+pub use tessera_t5_config::{ConfigError, FeedForward, T5Config, TINY_PRESET};
 pub use tessera_tensor::ops::crossentropy::CrossEntropy;

@@ -2,13 +2,13 @@
 //! `T5ForConditionalGeneration` computes it, and its hand-written backward.
 
 use crate::attention::{offset_buckets, position_bias_forward, Seqs};
-use crate::config::T5Config;
 use crate::layers::{
     linear, linear_backward, token_ids, DropoutPlan, EncoderView, StackContext, Weights,
 };
 use crate::params::{layout, ModelIds, ParamId, ParamStore};
 use crate::precision::{Operand, OperandRef, Precision};
 use crate::stack::{stack_backward, stack_forward, Keep, StackCache, StackRef};
+use tessera_t5_config::T5Config;
 use tessera_tensor::ops::crossentropy::{
     cross_entropy_backward_inplace, cross_entropy_forward, CrossEntropy, IGNORE_INDEX,
 };
@@ -747,7 +747,7 @@ mod tests {
 
     #[test]
     fn init_draws_the_same_bits_as_every_earlier_version() {
-        let model = T5Model::init(T5Config::preset(crate::config::TINY_PRESET).unwrap(), 3);
+        let model = T5Model::init(T5Config::preset(tessera_t5_config::TINY_PRESET).unwrap(), 3);
         let p = model.params();
         let k = p.get(
             p.find("encoder.block.0.layer.0.SelfAttention.k.weight")

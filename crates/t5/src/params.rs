@@ -1,17 +1,19 @@
-//! Parameter storage: every weight of the model in one flat f32 buffer,
-//! with a table of (Hugging Face name, shape, offset).
+//! Parameter storage: every weight of the model back to back in one flat
+//! buffer (f32, or bf16/fp16 for a model that keeps its weights in 16
+//! bits), with a table of (Hugging Face name, shape, offset).
 //!
-//! Gradients use the same layout ([`ParamStore::zeros_like`]), so an
-//! optimizer can walk `(name, param, grad)` triples as flat slices
-//! ([`ParamStore::zip_mut`]) or treat the whole model as one vector (global
-//! gradient norm, weight decay masks by name). The model holds exactly one
+//! Gradients and optimizer state use the same layout in f32
+//! ([`ParamStore::zeros_like`]), so an optimizer walks the table
+//! ([`ParamStore::entries`]) against one flat slice of each
+//! ([`ParamStore::flat_values_mut`], [`ParamStore::flat`]), and the whole
+//! model is one vector for the global gradient norm. The model holds exactly one
 //! copy of each weight: tied weights (`encoder.embed_tokens`,
 //! `decoder.embed_tokens`, a tied `lm_head`) are not stored separately but
 //! resolve to `shared.weight`.
 
-use crate::config::{FeedForward, T5Config};
 use crate::precision::{Operand, OperandRef, Precision};
 use std::borrow::Cow;
+use tessera_t5_config::{FeedForward, T5Config};
 use tessera_tensor::{bf16, f16, DType};
 
 /// Index of one parameter in a [`ParamStore`].
@@ -384,7 +386,7 @@ fn stack_layout(store: &mut ParamStore, c: &T5Config, stack: &str, layers: usize
         }
         let ff = sublayers.len();
         let p = format!("layer.{ff}.DenseReluDense");
-        let ff_ids = if c.feed_forward() == FeedForward::Relu {
+        let ff_ids = if c.feed_forward_proj == FeedForward::Relu {
             FeedForwardIds {
                 wi: push(&format!("{p}.wi.weight"), vec![c.d_ff, d]),
                 wi_gate: None,

@@ -21,12 +21,13 @@ use std::path::{Path, PathBuf};
 const MAX_HEADER_BYTES: u64 = 100 << 20;
 
 /// Why a safetensors file could not be read or written.
+// A `path` field is the file the message names; other fields say more.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum SafetensorsError {
     /// The OS refused to open, map or write the file.
     #[error("cannot access {path}: {source}")]
     Io {
-        /// The file.
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
@@ -34,7 +35,6 @@ pub enum SafetensorsError {
     /// The file is not valid safetensors (truncated, corrupt header, bad offsets).
     #[error("{path} is not a valid safetensors file: {reason}")]
     Corrupt {
-        /// The file.
         path: PathBuf,
         /// What is wrong, naming the tensor when there is one.
         reason: String,
@@ -42,7 +42,6 @@ pub enum SafetensorsError {
     /// A tensor the caller asked for is not in the file.
     #[error("{path} has no tensor named {name}")]
     Missing {
-        /// The file.
         path: PathBuf,
         /// The tensor.
         name: String,
@@ -50,7 +49,6 @@ pub enum SafetensorsError {
     /// A tensor is stored in a dtype the caller cannot use.
     #[error("tensor {name} in {path} is stored as {dtype}, which cannot be read as {wanted}")]
     WrongDType {
-        /// The file.
         path: PathBuf,
         /// The tensor.
         name: String,

@@ -31,7 +31,7 @@ fn fixture_model_configs_load_and_match_their_checkpoints() {
         } else {
             FeedForward::GatedGelu
         };
-        assert_eq!(config.feed_forward(), expected_ff, "{name}");
+        assert_eq!(config.feed_forward_proj, expected_ff, "{name}");
         assert_ne!(
             config.decoder_layers(),
             config.num_layers,

@@ -1,7 +1,7 @@
 //! tessera's tensor engine: the kernels training spends its time in, on
 //! plain slices of f32, f16 and bf16.
 //!
-//! A BLIS-style matrix multiply ([`gemm`]) with SIMD micro-kernels chosen
+//! A BLIS-style matrix multiply ([`mod@gemm`]) with SIMD micro-kernels chosen
 //! at run time, fused variable-length attention ([`attention`]), the
 //! element-wise and loss kernels ([`ops`]), 16-bit conversions with nearest
 //! and stochastic rounding, and the one random generator ([`rng`]).

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 /// Everything that can stop a training, evaluation or export.
+// A `path` field is the file the message names; other fields say more.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// Reading or writing a file failed.
@@ -62,7 +64,6 @@ pub enum TrainError {
     /// configuration (other kind, missing, extra or misshapen tensors).
     #[error("cannot use optimizer state {path}: {reason}")]
     OptimizerState {
-        /// The file.
         path: PathBuf,
         /// What does not fit, naming the tensor.
         reason: String,

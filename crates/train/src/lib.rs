@@ -7,6 +7,8 @@
 //! that resume bit for bit, evaluation by greedy generation, and the export
 //! of a Hugging Face model folder.
 
+#![forbid(unsafe_code)]
+
 pub mod checkpoint;
 pub mod config;
 pub mod data;

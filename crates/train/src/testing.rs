@@ -10,15 +10,7 @@ pub fn tiny_model(vocab_size: usize) -> T5Model {
 
 /// The config of [`tiny_model`].
 pub fn tiny_config(vocab_size: usize) -> T5Config {
-    let mut config = T5Config::preset("flan-t5-small").expect("a known preset");
-    config.vocab_size = vocab_size;
-    config.d_model = 16;
-    config.d_kv = 4;
-    config.d_ff = 32;
-    config.num_heads = 2;
-    config.num_layers = 1;
-    config.num_decoder_layers = Some(1);
-    config
+    T5Config::tiny_with(|c| c.vocab_size = vocab_size).expect("a valid tiny config")
 }
 
 /// The project's own 740-token tokenizer.

@@ -1,5 +1,6 @@
-//! The export, checked by the installed Python `transformers` (skipped with a
-//! message when python3 cannot import torch and transformers): a tiny random
+//! The export, checked by the installed Python `transformers` (an ignored
+//! test: run with `--ignored` where python3 has torch and transformers; it
+//! fails, not passes, where it cannot run): a tiny random
 //! model exported with the built-in tokenizer, with its weights stored as
 //! F32, BF16 and F16, must load with
 //! `AutoModelForSeq2SeqLM`/`AutoTokenizer`, tokenize as tessera does, give
@@ -19,24 +20,26 @@ use tessera_train::model_source::own_tokenizer;
 const PROMPT: &str =
     "mnli hypothesis: The farmer repaired the bridge. premise: The farmer repaired it.";
 
-fn python_has_transformers() -> bool {
-    Command::new("python3")
+/// Fails the test, naming the fix, unless python3 can import torch and
+/// transformers.
+fn require_transformers() {
+    let found = Command::new("python3")
         .args(["-c", "import torch, transformers"])
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "python3 cannot import torch and transformers (pip install torch transformers), so the export cannot be checked"
+    );
 }
 
 /// A two-layer encoder, one-layer decoder T5 over the built-in tokenizer.
 fn small_model() -> T5Model {
-    let mut config = T5Config::preset("flan-t5-small").unwrap();
-    config.vocab_size = 740;
-    config.d_model = 32;
-    config.d_kv = 8;
-    config.d_ff = 64;
-    config.num_heads = 4;
-    config.num_layers = 2;
-    config.num_decoder_layers = Some(1);
-    T5Model::init(config, 11)
+    let config = T5Config::tiny_with(|c| {
+        (c.vocab_size, c.d_model, c.d_kv, c.d_ff, c.num_heads) = (740, 32, 8, 64, 4);
+        (c.num_layers, c.num_decoder_layers) = (2, Some(1));
+    });
+    T5Model::init(config.unwrap(), 11)
 }
 
 /// tessera's view of `PROMPT`: ids, labels, logits and greedy tokens, and
@@ -61,10 +64,7 @@ fn reference(model: &T5Model, stored_dtype: &str) -> serde_json::Value {
 #[test]
 #[ignore = "needs python3 with torch and transformers"]
 fn transformers_loads_the_export_and_agrees_with_tessera() {
-    if !python_has_transformers() {
-        eprintln!("skipped: python3 cannot import torch and transformers");
-        return;
-    }
+    require_transformers();
     let tmp = tempfile::tempdir().unwrap();
     let ckpt = tmp.path().join("checkpoint");
     small_model().save(&ckpt).unwrap();

@@ -17,14 +17,12 @@ fn tokenizer_path() -> PathBuf {
 }
 
 fn micro_config() -> T5Config {
-    let mut c = T5Config::preset(tessera_t5::TINY_PRESET).unwrap();
-    c.d_model = 16;
-    c.d_kv = 4;
-    c.d_ff = 24;
-    c.num_heads = 2;
-    c.num_layers = 1;
-    c.num_decoder_layers = Some(1);
-    c
+    // The quickstart preset's settings (tied head, no dropout), smaller.
+    T5Config::tiny_with(|c| {
+        (c.vocab_size, c.d_ff) = (740, 24);
+        (c.tie_word_embeddings, c.dropout_rate) = (true, 0.0);
+    })
+    .unwrap()
 }
 
 fn rows(count: usize) -> Dataset {
