@@ -11,10 +11,11 @@ seconds) and written in the same JSON schema.
     python3 benches/torch_attention.py --threads 2 --json torch-attention.json
 """
 import argparse
-import json
-import os
 import sys
-import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
+from twin import best_time, import_torch, write_json_atomic  # noqa: E402
 
 BATCH, D_HEAD = 16, 64
 
@@ -29,17 +30,6 @@ def suite():
             for k_len in (64, 268, 512):
                 cases.append(("cross", heads, q_len, k_len, pass_))
     return cases
-
-
-def best_time(fn, min_time):
-    fn()
-    best, spent, reps = float("inf"), 0.0, 0
-    while reps < 3 or spent < min_time:
-        t = time.perf_counter()
-        fn()
-        e = time.perf_counter() - t
-        best, spent, reps = min(best, e), spent + e, reps + 1
-    return best
 
 
 def make_case(torch, kind, heads, q_len, k_len, pass_):
@@ -83,12 +73,7 @@ def main():
     ap.add_argument("--min-time", type=float, default=0.3)
     ap.add_argument("--json")
     args = ap.parse_args()
-    try:
-        import torch
-    except ImportError:
-        sys.exit("error: PyTorch is not installed; run `pip install -r fixtures/requirements.txt`")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch = import_torch(args.threads)
     print(f"kind     heads  q_len  k_len  pass      torch-sdpa ms (batch {BATCH}, d_head {D_HEAD}, {args.threads} threads)")
     rows = []
     for kind, heads, q_len, k_len, pass_ in suite():
@@ -99,10 +84,7 @@ def main():
     for r in rows:
         r["pass"] = r.pop("pass_")
     if args.json:
-        tmp = f"{args.json}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump({"threads": args.threads, "torch": torch.__version__, "results": rows}, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json_atomic(args.json, {"threads": args.threads, "torch": torch.__version__, "results": rows})
 
 
 if __name__ == "__main__":

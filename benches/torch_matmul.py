@@ -7,10 +7,11 @@ schema so both runs can be put side by side.
     python3 benches/torch_matmul.py --threads 2 --json torch.json
 """
 import argparse
-import json
-import os
 import sys
-import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
+from twin import best_time, import_torch, write_json_atomic  # noqa: E402
 
 SHAPES = [
     (1024, 512, 384), (1024, 384, 512), (1024, 512, 1024), (1024, 1024, 512),
@@ -20,29 +21,13 @@ SHAPES = [
 OPS = ["nn", "nt", "tn"]
 
 
-def best_time(fn, min_time):
-    fn()
-    best, spent, reps = float("inf"), 0.0, 0
-    while reps < 3 or spent < min_time:
-        t = time.perf_counter()
-        fn()
-        e = time.perf_counter() - t
-        best, spent, reps = min(best, e), spent + e, reps + 1
-    return best
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-time", type=float, default=0.5)
     ap.add_argument("--json")
     args = ap.parse_args()
-    try:
-        import torch
-    except ImportError:
-        sys.exit("error: PyTorch is not installed; run `pip install -r fixtures/requirements.txt`")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch = import_torch(args.threads)
     rows = []
     for m, k, n in SHAPES:
         for op in OPS:
@@ -57,10 +42,7 @@ def main():
             rows.append(dict(m=m, k=k, n=n, op=op, dtype="f32", implementation="pytorch",
                              threads=args.threads, gflops=g))
     if args.json:
-        tmp = f"{args.json}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump({"threads": args.threads, "torch": torch.__version__, "results": rows}, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json_atomic(args.json, {"threads": args.threads, "torch": torch.__version__, "results": rows})
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 //! interleaved in one run.
 
 use super::{best_times, Contender};
-use crate::output::write_json;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -36,12 +35,6 @@ struct Row {
     implementation: &'static str,
     threads: usize,
     ms: f64,
-}
-
-#[derive(Serialize)]
-struct Report {
-    threads: usize,
-    results: Vec<Row>,
 }
 
 /// The two implementations of one case, each on its own buffers.
@@ -108,14 +101,5 @@ pub fn run(args: Args) -> Result<()> {
             rows.push(row(spec, implementation, args.threads, t));
         }
     }
-    if let Some(path) = &args.json {
-        write_json(
-            path,
-            &Report {
-                threads: args.threads,
-                results: rows,
-            },
-        )?;
-    }
-    Ok(())
+    super::write_suite(args.json.as_deref(), args.threads, rows)
 }

@@ -2,7 +2,6 @@
 //! tessera side by side with its baselines in one run.
 
 use super::{best_times, Contender};
-use crate::output::write_json;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -41,12 +40,6 @@ struct Row {
     implementation: &'static str,
     threads: usize,
     gflops: f64,
-}
-
-#[derive(Serialize)]
-struct Report {
-    threads: usize,
-    results: Vec<Row>,
 }
 
 fn parse_dtype(s: &str) -> Result<DType> {
@@ -234,14 +227,5 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     print_summary(&rows);
-    if let Some(path) = &args.json {
-        write_json(
-            path,
-            &Report {
-                threads: args.threads,
-                results: rows,
-            },
-        )?;
-    }
-    Ok(())
+    super::write_suite(args.json.as_deref(), args.threads, rows)
 }

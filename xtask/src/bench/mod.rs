@@ -73,6 +73,26 @@ impl ModelArgs {
     }
 }
 
+/// The JSON of a kernel suite (`bench matmul`, `bench attention`): the
+/// thread count and one row per measurement, as the PyTorch twins write it.
+#[derive(serde::Serialize)]
+struct SuiteReport<R> {
+    threads: usize,
+    results: Vec<R>,
+}
+
+/// With `--json PATH`, writes a kernel suite's rows there.
+fn write_suite<R: serde::Serialize>(
+    json: Option<&std::path::Path>,
+    threads: usize,
+    results: Vec<R>,
+) -> Result<()> {
+    match json {
+        Some(path) => crate::output::write_json(path, &SuiteReport { threads, results }),
+        None => Ok(()),
+    }
+}
+
 /// Model FLOP utilisation: `flops` useful FLOPs done in `seconds`, as a
 /// fraction of a matmul peak of `peak_gflops`.
 fn mfu(flops: f64, seconds: f64, peak_gflops: f64) -> f64 {
