@@ -2,6 +2,7 @@
 //! written as JSON.
 
 mod attention;
+mod checkpoint;
 mod eval;
 mod matmul;
 mod train;
@@ -23,6 +24,8 @@ pub enum BenchCommand {
     Attention(attention::Args),
     /// Evaluation by generation (loss + greedy answers) of a T5 on MNLI rows (PyTorch twin: fixtures/bench_eval.py).
     Eval(eval::Args),
+    /// Saving and loading a model folder: seconds and peak memory beyond the model.
+    Checkpoint(checkpoint::Args),
 }
 
 /// Runs one bench subcommand.
@@ -32,6 +35,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Train(args) => train::run(args),
         BenchCommand::Attention(args) => attention::run(args),
         BenchCommand::Eval(args) => eval::run(args),
+        BenchCommand::Checkpoint(args) => checkpoint::run(args),
     }
 }
 
