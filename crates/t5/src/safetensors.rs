@@ -1,24 +1,36 @@
-//! The safetensors file format: a memory-mapped reader that validates every
-//! byte of the header before trusting it, and a writer.
+//! safetensors files through the `safetensors` crate, read one tensor at a
+//! time and written as a stream.
 //!
 //! Layout: an 8-byte little-endian header length `N`, `N` bytes of JSON
 //! (`{"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {…}}`),
-//! then the data, with offsets relative to its start. The reader checks that
-//! the header fits in the file, parses as that JSON, names known dtypes,
-//! has byte ranges that match the shapes, lie inside the file and do not
-//! overlap; any failure is a [`SafetensorsError`] naming the file (and the
-//! tensor), never a panic.
+//! then the data, with offsets relative to its start.
+//!
+//! **Reading.** The crate parses and validates the header over a memory map
+//! of the file (`SafeTensors::read_metadata`: size limits, JSON, dtypes,
+//! offsets that tile the data section exactly and match each shape). The
+//! map is then dropped, and each tensor is mapped on its own while it is
+//! converted into the caller's buffer, so loading a checkpoint never holds
+//! more than one tensor of the file beside the model. tessera adds what the
+//! crate does not say: which file, which tensor, and which dtypes it reads.
+//!
+//! **Writing.** The header is built from the crate's `TensorInfo` entries;
+//! the data is streamed into any writer in chunks, narrowed to the stored
+//! dtype on the way. The crate's own writers would either build the whole
+//! file in memory (`serialize`: 44 GB for XXL's f32 weights) or write a
+//! file of their own (`serialize_to_file`) that the caller can neither hash
+//! as it is written nor fsync before renaming it into a checkpoint
+//! ([`crate::folder`] does both).
+//!
+//! Any failure is a [`SafetensorsError`] naming the file (and the tensor
+//! when there is one), never a panic.
 
 use crate::precision::OperandRef;
 use memmap2::{Mmap, MmapOptions};
-use serde_json::{Map, Value};
+use safetensors::tensor::{Dtype, Metadata, SafeTensorError, TensorInfo as Entry};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// Headers larger than this are rejected as corrupt (real ones are kilobytes).
-const MAX_HEADER_BYTES: u64 = 100 << 20;
 
 /// Why a safetensors file could not be read or written.
 // A `path` field is the file the message names; other fields say more.
@@ -84,14 +96,25 @@ impl From<tessera_tensor::DType> for StoredDType {
 }
 
 impl StoredDType {
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "F32" => StoredDType::F32,
-            "F16" => StoredDType::F16,
-            "BF16" => StoredDType::BF16,
-            "I64" => StoredDType::I64,
+    /// The type tessera reads for a stored dtype, if it reads that one.
+    fn of(dtype: Dtype) -> Option<Self> {
+        Some(match dtype {
+            Dtype::F32 => StoredDType::F32,
+            Dtype::F16 => StoredDType::F16,
+            Dtype::BF16 => StoredDType::BF16,
+            Dtype::I64 => StoredDType::I64,
             _ => return None,
         })
+    }
+
+    /// The crate's name for it.
+    fn dtype(self) -> Dtype {
+        match self {
+            StoredDType::F32 => Dtype::F32,
+            StoredDType::F16 => Dtype::F16,
+            StoredDType::BF16 => Dtype::BF16,
+            StoredDType::I64 => Dtype::I64,
+        }
     }
 
     /// Bytes per element.
@@ -175,8 +198,13 @@ impl SafeTensors {
         // defend against (as for every mmap-based safetensors reader); every
         // offset is validated against the length observed here before use.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let (data_start, tensors, metadata) = parse_header(path, &map)?;
+        let (header_len, header) =
+            safetensors::SafeTensors::read_metadata(&map).map_err(|e| invalid(path, &map, e))?;
         drop(map);
+        let tensors = entries(path, &header)?;
+        let metadata = header.metadata().iter().flatten();
+        let metadata = metadata.map(|(k, v)| (k.clone(), v.clone())).collect();
+        let data_start = 8 + header_len;
         Ok(SafeTensors {
             path: path.to_path_buf(),
             file,
@@ -297,114 +325,84 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> SafetensorsError {
     }
 }
 
-type Header = (
-    usize,
-    BTreeMap<String, TensorInfo>,
-    BTreeMap<String, String>,
-);
-
-/// Validates the header of a mapped file; returns the data start, the entries
-/// and the string metadata.
-fn parse_header(path: &Path, file: &[u8]) -> Result<Header, SafetensorsError> {
-    let mut len_bytes = [0u8; 8];
-    len_bytes.copy_from_slice(&file[..8]);
-    let n = u64::from_le_bytes(len_bytes);
-    if n > MAX_HEADER_BYTES || n > (file.len() - 8) as u64 {
-        return Err(corrupt(
-            path,
-            format!(
-                "its header claims {n} bytes but the file has {} after the length",
-                file.len() - 8
-            ),
-        ));
-    }
-    let data_start = 8 + n as usize;
-    let json: Map<String, Value> = serde_json::from_slice(&file[8..data_start])
-        .map_err(|e| corrupt(path, format!("the header is not a JSON object: {e}")))?;
-    let data_len = file.len() - data_start;
-    let mut tensors = BTreeMap::new();
-    let mut metadata = BTreeMap::new();
-    for (name, entry) in json {
-        if name == "__metadata__" {
-            if let Value::Object(meta) = entry {
-                metadata.extend(
-                    meta.into_iter()
-                        .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string()))),
-                );
-            }
-            continue;
-        }
-        let info = parse_entry(&entry)
-            .map_err(|reason| corrupt(path, format!("tensor {name}: {reason}")))?;
-        if info.end > data_len {
-            return Err(corrupt(
-                path,
-                format!("tensor {name} ends at byte {} but the data section has {data_len} (truncated?)", info.end),
-            ));
-        }
-        tensors.insert(name, info);
-    }
-    check_no_overlap(path, &tensors)?;
-    Ok((data_start, tensors, metadata))
-}
-
-fn parse_entry(entry: &Value) -> Result<TensorInfo, String> {
-    let dtype_name = entry["dtype"].as_str().ok_or("no dtype string")?;
-    let dtype = StoredDType::parse(dtype_name)
-        .ok_or_else(|| format!("dtype {dtype_name} is not one of F32, F16, BF16, I64"))?;
-    let shape = entry["shape"]
-        .as_array()
-        .ok_or("no shape array")?
-        .iter()
-        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-        .collect::<Option<Vec<usize>>>()
-        .ok_or("shape has a non-integer dimension")?;
-    let offsets = entry["data_offsets"].as_array().ok_or("no data_offsets")?;
-    let offset = |i: usize| {
-        offsets
-            .get(i)
-            .and_then(Value::as_u64)
-            .and_then(|o| usize::try_from(o).ok())
-    };
-    let (Some(begin), Some(end), 2) = (offset(0), offset(1), offsets.len()) else {
-        return Err("data_offsets is not two integers".into());
-    };
-    let bytes = shape
-        .iter()
-        .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
-        .ok_or("shape overflows")?;
-    if end < begin || end - begin != bytes {
-        return Err(format!(
-            "data_offsets [{begin}, {end}] do not hold {shape:?} of {dtype_name} ({bytes} bytes)"
-        ));
-    }
-    Ok(TensorInfo {
-        dtype,
-        shape,
-        begin,
-        end,
-    })
-}
-
-fn check_no_overlap(
+/// The tensors of a validated header, by name, in the types tessera reads.
+fn entries(
     path: &Path,
-    tensors: &BTreeMap<String, TensorInfo>,
-) -> Result<(), SafetensorsError> {
-    let mut ranges: Vec<(usize, usize, &str)> = tensors
-        .iter()
-        .filter(|(_, t)| t.end > t.begin)
-        .map(|(n, t)| (t.begin, t.end, n.as_str()))
-        .collect();
-    ranges.sort_unstable();
-    for w in ranges.windows(2) {
-        if w[1].0 < w[0].1 {
-            return Err(corrupt(
+    header: &Metadata,
+) -> Result<BTreeMap<String, TensorInfo>, SafetensorsError> {
+    let mut tensors = BTreeMap::new();
+    for (name, entry) in header.tensors() {
+        let dtype = StoredDType::of(entry.dtype).ok_or_else(|| {
+            corrupt(
                 path,
-                format!("tensors {} and {} overlap", w[0].2, w[1].2),
-            ));
-        }
+                format!(
+                    "tensor {name} is stored as {}, not one of F32, F16, BF16, I64",
+                    entry.dtype
+                ),
+            )
+        })?;
+        let (begin, end) = entry.data_offsets;
+        let shape = entry.shape.clone();
+        tensors.insert(
+            name,
+            TensorInfo {
+                dtype,
+                shape,
+                begin,
+                end,
+            },
+        );
     }
-    Ok(())
+    Ok(tensors)
+}
+
+/// The crate's verdict on a file's header, as a sentence naming the file
+/// and, where the header can still be read, the tensor at fault.
+fn invalid(path: &Path, file: &[u8], e: SafeTensorError) -> SafetensorsError {
+    let reason = match e {
+        SafeTensorError::HeaderTooSmall => format!(
+            "it is {} bytes long, shorter than the 8-byte header length",
+            file.len()
+        ),
+        SafeTensorError::HeaderTooLarge | SafeTensorError::InvalidHeaderLength => format!(
+            "its header length {} does not fit in its {} bytes",
+            file.get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes),
+            file.len()
+        ),
+        SafeTensorError::MetadataIncompleteBuffer => {
+            "its tensors do not end where the file does (truncated, or bytes appended)".into()
+        }
+        SafeTensorError::TensorInvalidInfo => match misfit(file) {
+            Some(name) => format!("tensor {name}'s byte range does not hold its shape and dtype"),
+            None => "a tensor's byte range does not hold its shape and dtype".into(),
+        },
+        SafeTensorError::InvalidOffset(name) => format!(
+            "tensor {name} does not start where the previous one ends (overlapping or a gap)"
+        ),
+        other => other.to_string(),
+    };
+    corrupt(path, reason)
+}
+
+/// The first tensor (by name) whose byte range is not its shape × dtype,
+/// read from a header the crate refused.
+fn misfit(file: &[u8]) -> Option<String> {
+    let len = usize::try_from(u64::from_le_bytes(file.get(..8)?.try_into().ok()?)).ok()?;
+    let json = file.get(8..8usize.checked_add(len)?)?;
+    let mut header: BTreeMap<String, serde_json::Value> = serde_json::from_slice(json).ok()?;
+    header.remove("__metadata__");
+    header.into_iter().find_map(|(name, value)| {
+        let entry: Entry = serde_json::from_value(value).ok()?;
+        let bytes = entry
+            .shape
+            .iter()
+            .try_fold(entry.dtype.bitsize(), |acc, &d| acc.checked_mul(d))
+            .map(|bits| bits / 8);
+        let (begin, end) = entry.data_offsets;
+        (end.checked_sub(begin) != bytes).then_some(name)
+    })
 }
 
 /// One tensor to write.
@@ -454,23 +452,23 @@ pub fn write_as(
             "tensors are written as F32, F16 or BF16, not I64",
         ));
     }
-    let mut header = Map::new();
-    let mut meta = Map::new();
-    meta.insert("format".into(), "pt".into());
-    for &(key, value) in metadata {
-        meta.insert(key.into(), value.into());
-    }
-    header.insert("__metadata__".into(), Value::Object(meta));
+    // Sorted maps, so equal tensors always give equal bytes (and hashes).
+    let mut meta = BTreeMap::from([("format", "pt")]);
+    meta.extend(metadata.iter().copied());
+    let mut header = BTreeMap::new();
+    header.insert("__metadata__", serde_json::to_value(meta)?);
     let mut offset = 0usize;
     for t in tensors {
         let end = offset + t.data.len() * dtype.size();
-        header.insert(
-            t.name.to_string(),
-            serde_json::json!({"dtype": dtype.name(), "shape": t.shape, "data_offsets": [offset, end]}),
-        );
+        let entry = Entry {
+            dtype: dtype.dtype(),
+            shape: t.shape.to_vec(),
+            data_offsets: (offset, end),
+        };
+        header.insert(t.name, serde_json::to_value(entry)?);
         offset = end;
     }
-    let mut json = serde_json::to_vec(&Value::Object(header))?;
+    let mut json = serde_json::to_vec(&header)?;
     while json.len() % 8 != 0 {
         json.push(b' ');
     }
@@ -551,19 +549,10 @@ mod tests {
     }
 
     fn open_bytes(bytes: &[u8]) -> Result<SafeTensors, SafetensorsError> {
-        let dir = std::env::temp_dir().join(format!("tessera-st-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{:x}.safetensors", hash(bytes)));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
         std::fs::write(&path, bytes).unwrap();
-        let r = SafeTensors::open(&path);
-        std::fs::remove_file(&path).unwrap();
-        r
-    }
-
-    fn hash(bytes: &[u8]) -> u64 {
-        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        })
+        SafeTensors::open(&path)
     }
 
     #[test]
