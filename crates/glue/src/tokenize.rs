@@ -274,25 +274,41 @@ pub fn encode_dataset(
     })
 }
 
-/// Parses a `tokenizer.json`, as an error message on failure.
+/// Parses a `tokenizer.json` and encodes a probe text with it, as an error
+/// message on failure.
 ///
 /// `tokenizers` panics on some damaged files instead of returning an error
-/// (0.22: a `precompiled_charsmap` whose base64 has a 6-bit remainder), so
-/// the parse runs under `catch_unwind`, with the panic's report silenced on
-/// this thread only: the user sees one sentence, not a backtrace.
+/// (0.22: a `precompiled_charsmap` whose base64 has a 6-bit remainder while
+/// parsing; a post-processor template naming a special token it does not
+/// define at the first encode — both found by fuzzing), so both run under
+/// `catch_unwind`, with the panic's report silenced on this thread only:
+/// the user sees one sentence at load time, not a backtrace mid-run.
 fn parse_quietly(file: &Path) -> std::result::Result<tokenizers::Tokenizer, String> {
-    match quiet_panics(|| tokenizers::Tokenizer::from_file(file)) {
-        Ok(Ok(tokenizer)) => Ok(tokenizer),
-        Ok(Err(e)) => Err(format!("cannot load ({e})")),
-        Err(panic) => {
-            let why = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no reason given".to_string());
-            Err(format!("cannot load: the file is damaged ({why})"))
-        }
+    let damaged = |panic| {
+        format!(
+            "cannot load: the file is damaged ({})",
+            panic_message(panic)
+        )
+    };
+    let tokenizer = match quiet_panics(|| tokenizers::Tokenizer::from_file(file)) {
+        Ok(Ok(tokenizer)) => tokenizer,
+        Ok(Err(e)) => return Err(format!("cannot load ({e})")),
+        Err(panic) => return Err(damaged(panic)),
+    };
+    match quiet_panics(|| tokenizer.encode("probe text", true).map(drop)) {
+        Ok(Ok(())) => Ok(tokenizer),
+        Ok(Err(e)) => Err(format!("cannot encode a probe text ({e})")),
+        Err(panic) => Err(damaged(panic)),
     }
+}
+
+/// The message a panic carried.
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no reason given".to_string())
 }
 
 thread_local! {

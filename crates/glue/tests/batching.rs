@@ -113,6 +113,23 @@ fn damaged_precompiled_charsmap_is_an_error_not_a_panic() {
     assert!(e.contains("tokenizer.json") && e.contains("damaged"), "{e}");
 }
 
+/// Regression (found by `cargo fuzz run tokenizer_json`): `tokenizers` 0.22
+/// loads a post-processor whose template names a special token it does
+/// not define, then panics at the first encode; tessera refuses the file
+/// when it loads, naming it, instead of panicking mid-run.
+#[test]
+fn a_template_naming_an_undefined_special_token_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, tessera_glue::OWN_TOKENIZER_JSON).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(tessera_glue::OWN_TOKENIZER_JSON).unwrap();
+    json["post_processor"]["single"][1]["SpecialToken"]["id"] = "</r>".into();
+    std::fs::write(&path, json.to_string()).unwrap();
+    let e = TextTokenizer::from_file(&path).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.json") && e.contains("damaged"), "{e}");
+}
+
 #[test]
 fn truncation_keeps_eos_and_rejects_impossible_lengths() {
     let tk = tiny_tokenizer();
