@@ -1,5 +1,6 @@
 //! The T5 attention suite: the fused kernels of `tessera_tensor::attention`
-//! against the unfused matmul + softmax + matmul path of `tessera_t5`.
+//! against the unfused matmul + softmax + matmul path
+//! (`tessera_tensor::attention::unfused`).
 //!
 //! Shapes are Flan-T5 small/base heads (6 or 12 of width 64) over a batch
 //! of 16: encoder self-attention (position bias, padded keys) forward and

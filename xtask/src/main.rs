@@ -1,7 +1,8 @@
 //! `cargo xtask …`: the one command-line entry point of tessera.
 //!
-//! Each subcommand lives in its own module; this file only parses the
-//! command line and turns errors into one readable line and a non-zero exit.
+//! Each subcommand lives in its own module; this file parses the command
+//! line, sets up the allocator (`tessera_tensor::memory`), and turns errors
+//! into one readable line and a non-zero exit.
 
 #![forbid(unsafe_code)]
 

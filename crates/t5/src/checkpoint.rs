@@ -1,14 +1,14 @@
 //! Hugging Face checkpoint folders in and out.
 //!
 //! Loading reads `config.json` and either `model.safetensors` or a sharded
-//! `model.safetensors.index.json` with its shards, memory-mapped, converting
-//! stored f32/f16/bf16 into the model's f32 storage tensor by tensor (each
-//! shard is unmapped once read, so peak memory is the model plus one shard's
-//! touched pages). Every tensor is checked: a missing, unexpected,
+//! `model.safetensors.index.json` with its shards, converting stored
+//! f32/f16/bf16 into the model's storage tensor by tensor (each tensor is
+//! mapped only while it is converted, so peak memory is the model plus one
+//! tensor). Every tensor is checked: a missing, unexpected,
 //! mis-shaped or non-finite tensor is an error naming it and its file.
 //!
-//! Saving writes a complete folder under a temporary name beside the target
-//! and renames it into place, so an interrupted save never leaves a half
+//! Saving writes a complete folder under a staging name beside the target
+//! ([`crate::folder`]) and renames it into place, so an interrupted save never leaves a half
 //! checkpoint: `config.json` (every original field kept),
 //! `generation_config.json`, and `model.safetensors`, or shards plus an
 //! index when the weights exceed the shard size. Files already in the target

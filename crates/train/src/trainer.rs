@@ -9,7 +9,8 @@
 //! of how the global batch is split.
 //!
 //! **Determinism.** The batches come from the loader's cursor, the dropout
-//! masks from `(seed, step, micro-batch)`, and every kernel gives the same
+//! masks from `(seed, step)` and each token's example and position (not
+//! from how the global batch is cut), and every kernel gives the same
 //! bits on any thread count, so a run resumed from a checkpoint ends with
 //! the same weights, bit for bit, as one that never stopped — provided it
 //! resumes with the same data, tokenizer and every setting that shapes the
