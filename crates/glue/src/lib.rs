@@ -29,6 +29,7 @@ mod dataset;
 mod error;
 pub mod loader;
 pub mod metrics;
+mod quiet;
 pub mod read;
 pub mod task;
 pub mod tokenize;

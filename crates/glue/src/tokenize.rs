@@ -9,6 +9,7 @@
 
 use crate::dataset::Dataset;
 use crate::error::{GlueError, Result};
+use crate::quiet;
 use crate::task::Task;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -274,62 +275,56 @@ pub fn encode_dataset(
     })
 }
 
+/// Longest vocabulary piece accepted, in bytes. Real SentencePiece and BPE
+/// pieces are a few dozen bytes; `tokenizers` builds a trie one node per
+/// byte and frees it recursively, so a damaged file with a piece of tens of
+/// kilobytes overflows the stack (a crash no error can report; found by
+/// fuzzing).
+const MAX_PIECE_BYTES: usize = 1024;
+
 /// Parses a `tokenizer.json` and encodes a probe text with it, as an error
 /// message on failure.
 ///
 /// `tokenizers` panics on some damaged files instead of returning an error
 /// (0.22: a `precompiled_charsmap` whose base64 has a 6-bit remainder while
 /// parsing; a post-processor template naming a special token it does not
-/// define at the first encode — both found by fuzzing), so both run under
-/// `catch_unwind`, with the panic's report silenced on this thread only:
-/// the user sees one sentence at load time, not a backtrace mid-run.
+/// define at the first encode), so both run under [`quiet::catch`]; and it
+/// overflows the stack on an overlong vocabulary piece, which is refused
+/// before it gets there.
 fn parse_quietly(file: &Path) -> std::result::Result<tokenizers::Tokenizer, String> {
-    let damaged = |panic| {
-        format!(
-            "cannot load: the file is damaged ({})",
-            panic_message(panic)
-        )
-    };
-    let tokenizer = match quiet_panics(|| tokenizers::Tokenizer::from_file(file)) {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read ({e})"))?;
+    if let Some(len) = longest_piece(&text) {
+        if len > MAX_PIECE_BYTES {
+            return Err(format!(
+                "cannot load: the file is damaged (a vocabulary piece of {len} bytes; real ones are a few dozen)"
+            ));
+        }
+    }
+    let damaged = |why| format!("cannot load: the file is damaged ({why})");
+    let tokenizer = match quiet::catch(|| text.parse::<tokenizers::Tokenizer>()) {
         Ok(Ok(tokenizer)) => tokenizer,
         Ok(Err(e)) => return Err(format!("cannot load ({e})")),
-        Err(panic) => return Err(damaged(panic)),
+        Err(why) => return Err(damaged(why)),
     };
-    match quiet_panics(|| tokenizer.encode("probe text", true).map(drop)) {
+    match quiet::catch(|| tokenizer.encode("probe text", true).map(drop)) {
         Ok(Ok(())) => Ok(tokenizer),
         Ok(Err(e)) => Err(format!("cannot encode a probe text ({e})")),
-        Err(panic) => Err(damaged(panic)),
+        Err(why) => Err(damaged(why)),
     }
 }
 
-/// The message a panic carried.
-fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no reason given".to_string())
-}
-
-thread_local! {
-    /// Set while this thread runs code whose panics become errors.
-    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f`, catching a panic; the panic hook stays silent for it, and for
-/// every other thread and panic it behaves as before.
-fn quiet_panics<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !QUIET.with(|q| q.get()) {
-                previous(info);
-            }
-        }));
-    });
-    QUIET.with(|q| q.set(true));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    QUIET.with(|q| q.set(false));
-    result
+/// The byte length of the longest piece of the model's vocabulary (a list
+/// of `[piece, score]` for Unigram, a map for BPE and WordPiece); `None` when
+/// the text is not JSON (the parser then says why).
+fn longest_piece(text: &str) -> Option<usize> {
+    let json: serde_json::Value = serde_json::from_str(text).ok()?;
+    let vocab = json.get("model")?.get("vocab")?;
+    let pieces: Vec<&str> = match vocab {
+        serde_json::Value::Array(entries) => {
+            entries.iter().filter_map(|e| e.get(0)?.as_str()).collect()
+        }
+        serde_json::Value::Object(map) => map.keys().map(String::as_str).collect(),
+        _ => return None,
+    };
+    pieces.iter().map(|p| p.len()).max()
 }

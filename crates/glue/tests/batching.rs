@@ -130,6 +130,22 @@ fn a_template_naming_an_undefined_special_token_is_refused_at_load() {
     assert!(e.contains("tokenizer.json") && e.contains("damaged"), "{e}");
 }
 
+/// Regression (found by `cargo fuzz run tokenizer_json`): `tokenizers`
+/// builds a trie one node per byte of each Unigram piece and frees it
+/// recursively, so a damaged file with a piece of 100 kB overflowed the
+/// stack (a crash, not even a panic); tessera refuses it first.
+#[test]
+fn an_overlong_vocabulary_piece_is_refused_before_it_can_overflow_the_stack() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(tessera_glue::OWN_TOKENIZER_JSON).unwrap();
+    json["model"]["vocab"][5][0] = "a".repeat(100_000).into();
+    std::fs::write(&path, json.to_string()).unwrap();
+    let e = TextTokenizer::from_file(&path).unwrap_err().to_string();
+    assert!(e.contains("damaged") && e.contains("100000 bytes"), "{e}");
+}
+
 #[test]
 fn truncation_keeps_eos_and_rejects_impossible_lengths() {
     let tk = tiny_tokenizer();

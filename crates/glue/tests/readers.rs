@@ -424,6 +424,20 @@ mod parquet_files {
             "{e}"
         );
     }
+
+    /// Regression (found by `cargo fuzz run glue_readers`; the fuzzer's
+    /// input minimised, its text replaced by x's): `parquet` 58 panics on a
+    /// column chunk whose byte range is negative; tessera reports the file.
+    #[test]
+    fn a_negative_column_range_is_an_error_not_a_panic() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/negative-column-range.parquet");
+        let e = error_text(read_file(&path, Task::mnli(), ReadOptions::default()));
+        assert!(
+            e.contains("negative-column-range.parquet") && e.contains("damaged"),
+            "{e}"
+        );
+    }
 }
 
 #[cfg(not(feature = "parquet"))]

@@ -14,8 +14,20 @@ use parquet::record::{Field, Row};
 use serde_json::{Map, Value};
 use std::path::Path;
 
-/// Reads a Parquet file of `task`, row group by row group.
+/// Reads a Parquet file of `task`, row group by row group. The `parquet`
+/// crate panics on some damaged files (58: a column chunk whose byte range
+/// is negative; found by fuzzing), so the read runs under
+/// [`crate::quiet::catch`] and such a file is an error naming it.
 pub(super) fn read(path: &Path, task: Task, options: ReadOptions) -> Result<Dataset> {
+    crate::quiet::catch(|| read_rows(path, task, options)).unwrap_or_else(|why| {
+        Err(GlueError::file(
+            path,
+            format!("not a readable Parquet file: it is damaged ({why})"),
+        ))
+    })
+}
+
+fn read_rows(path: &Path, task: Task, options: ReadOptions) -> Result<Dataset> {
     let file = std::fs::File::open(path).map_err(|e| GlueError::io(path, e))?;
     let reader = SerializedFileReader::new(file)
         .map_err(|e| GlueError::file(path, format!("not a readable Parquet file ({e})")))?;
