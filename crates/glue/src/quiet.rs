@@ -1,5 +1,5 @@
 //! Running third-party parsers that panic on some damaged files instead of
-//! returning an error (`tokenizers` 0.22, `parquet` 58; each case found by
+//! returning an error (`tokenizers` 0.22, `parquet` 58 and 60; each case found by
 //! fuzzing, see docs/reliability.md): the panic is caught and becomes an
 //! error naming the file, and its report is silenced on this thread only,
 //! so the user sees one sentence, not a backtrace.

@@ -426,17 +426,55 @@ mod parquet_files {
     }
 
     /// Regression (found by `cargo fuzz run glue_readers`; the fuzzer's
-    /// input minimised, its text replaced by x's): `parquet` 58 panics on a
-    /// column chunk whose byte range is negative; tessera reports the file.
+    /// input minimised, every letter of its text replaced by x): `parquet`
+    /// 58 panics on a column chunk whose byte range is negative; tessera
+    /// reports the file.
     #[test]
     fn a_negative_column_range_is_an_error_not_a_panic() {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/negative-column-range.parquet");
-        let e = error_text(read_file(&path, Task::mnli(), ReadOptions::default()));
+        let e = damaged_file_error("negative-column-range.parquet");
+        assert!(e.contains("damaged"), "{e}");
+    }
+
+    /// Regression (found by `cargo fuzz run glue_readers`, input prepared as
+    /// above): a footer whose schema list claims billions of elements made
+    /// `parquet` 58 reserve 24 GB before reading one, an allocation failure
+    /// that aborts the process. `parquet` 60 bounds the count by the bytes
+    /// left (apache/arrow-rs#10979), so tessera requires it.
+    ///
+    /// Whether a 24 GB reservation fails depends on the host's memory and
+    /// overcommit, so the read runs in a child process (this test binary
+    /// again) limited to 2 GB of address space, where it always fails.
+    #[test]
+    fn a_huge_schema_list_is_an_error_not_an_abort() {
+        const CHILD: &str = "TESSERA_TEST_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let e = damaged_file_error("huge-schema-list.parquet");
+            assert!(e.contains("not a readable Parquet file"), "{e}");
+            return;
+        }
+        let name = "parquet_files::a_huge_schema_list_is_an_error_not_an_abort";
+        let out = std::process::Command::new("prlimit")
+            .arg("--as=2000000000")
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--test-threads", "1"])
+            .env(CHILD, "1")
+            .output()
+            .expect("prlimit (util-linux) runs");
         assert!(
-            e.contains("negative-column-range.parquet") && e.contains("damaged"),
-            "{e}"
+            out.status.success(),
+            "reading the file under a 2 GB address-space limit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// The error of reading a damaged file kept in `tests/data`; it names the file.
+    fn damaged_file_error(name: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name);
+        let e = error_text(read_file(&path, Task::mnli(), ReadOptions::default()));
+        assert!(e.contains(name), "{e}");
+        e
     }
 }
 
