@@ -96,21 +96,30 @@ fn tokenizer_json_round_trip_gives_the_same_ids() {
     );
 }
 
+/// The error of loading the built-in tokenizer with `damage` done to its JSON.
+fn damaged_tokenizer_error(damage: impl FnOnce(&mut serde_json::Value)) -> String {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let path = dir.path().join("tokenizer.json");
+    let mut json: serde_json::Value = serde_json::from_str(tessera_glue::OWN_TOKENIZER_JSON)
+        .expect("the built-in tokenizer is JSON");
+    damage(&mut json);
+    std::fs::write(&path, json.to_string()).expect("write the damaged tokenizer");
+    let e = TextTokenizer::from_file(&path)
+        .expect_err("a damaged tokenizer is refused")
+        .to_string();
+    assert!(e.contains("tokenizer.json") && e.contains("damaged"), "{e}");
+    e
+}
+
 /// Regression (found by the mutation pass, tests/mutations.rs in train):
 /// `tokenizers` 0.22 panics on a `precompiled_charsmap` whose base64 has a
 /// 6-bit remainder; loading such a file is an error naming it, not a panic.
 #[test]
 fn damaged_precompiled_charsmap_is_an_error_not_a_panic() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tokenizer.json");
-    tiny_tokenizer().inner().save(&path, false).unwrap();
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    json["normalizer"] =
-        serde_json::json!({"type": "Precompiled", "precompiled_charsmap": "ALwCA"});
-    std::fs::write(&path, json.to_string()).unwrap();
-    let e = TextTokenizer::from_file(&path).unwrap_err().to_string();
-    assert!(e.contains("tokenizer.json") && e.contains("damaged"), "{e}");
+    damaged_tokenizer_error(|json| {
+        json["normalizer"] =
+            serde_json::json!({"type": "Precompiled", "precompiled_charsmap": "ALwCA"});
+    });
 }
 
 /// Regression (found by `cargo fuzz run tokenizer_json`): `tokenizers` 0.22
@@ -119,15 +128,9 @@ fn damaged_precompiled_charsmap_is_an_error_not_a_panic() {
 /// when it loads, naming it, instead of panicking mid-run.
 #[test]
 fn a_template_naming_an_undefined_special_token_is_refused_at_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tokenizer.json");
-    std::fs::write(&path, tessera_glue::OWN_TOKENIZER_JSON).unwrap();
-    let mut json: serde_json::Value =
-        serde_json::from_str(tessera_glue::OWN_TOKENIZER_JSON).unwrap();
-    json["post_processor"]["single"][1]["SpecialToken"]["id"] = "</r>".into();
-    std::fs::write(&path, json.to_string()).unwrap();
-    let e = TextTokenizer::from_file(&path).unwrap_err().to_string();
-    assert!(e.contains("tokenizer.json") && e.contains("damaged"), "{e}");
+    damaged_tokenizer_error(|json| {
+        json["post_processor"]["single"][1]["SpecialToken"]["id"] = "</r>".into();
+    });
 }
 
 /// Regression (found by `cargo fuzz run tokenizer_json`): `tokenizers`
@@ -136,14 +139,10 @@ fn a_template_naming_an_undefined_special_token_is_refused_at_load() {
 /// stack (a crash, not even a panic); tessera refuses it first.
 #[test]
 fn an_overlong_vocabulary_piece_is_refused_before_it_can_overflow_the_stack() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tokenizer.json");
-    let mut json: serde_json::Value =
-        serde_json::from_str(tessera_glue::OWN_TOKENIZER_JSON).unwrap();
-    json["model"]["vocab"][5][0] = "a".repeat(100_000).into();
-    std::fs::write(&path, json.to_string()).unwrap();
-    let e = TextTokenizer::from_file(&path).unwrap_err().to_string();
-    assert!(e.contains("damaged") && e.contains("100000 bytes"), "{e}");
+    let e = damaged_tokenizer_error(|json| {
+        json["model"]["vocab"][5][0] = "a".repeat(100_000).into();
+    });
+    assert!(e.contains("100000 bytes"), "{e}");
 }
 
 #[test]
