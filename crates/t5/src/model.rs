@@ -714,10 +714,10 @@ mod tests {
 
     #[test]
     fn init_uses_t5_standard_deviations_and_is_seeded() {
-        let mut config = T5Config::preset("flan-t5-small").unwrap();
-        config.vocab_size = 1000;
-        config.num_layers = 1;
-        config.num_decoder_layers = Some(1);
+        let config = T5Config::tiny_with(|c| {
+            (c.vocab_size, c.d_model, c.d_kv, c.d_ff, c.num_heads) = (1000, 512, 64, 1024, 6);
+        })
+        .unwrap();
         let model = T5Model::init(config.clone(), 9);
         let p = model.params();
         let std = |name: &str| std_of(p.get(p.find(name).unwrap()));
