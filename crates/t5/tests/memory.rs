@@ -7,14 +7,6 @@
 
 use tessera_t5::{T5Config, T5Model};
 
-/// A field of /proc/self/status in bytes (Linux).
-fn status_bytes(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 #[test]
 fn loading_keeps_one_copy_of_the_weights() {
     // flan-t5-small's widths, two layers and a smaller vocabulary: large
@@ -30,14 +22,11 @@ fn loading_keeps_one_copy_of_the_weights() {
         .join(format!("memory-{}", std::process::id()));
     model.save(&dir).expect("save");
     drop(model);
-    // Reset the peak-RSS counter (writing 5 to clear_refs). A kernel that
-    // refuses it fails the test: it must not pass without measuring.
-    std::fs::write("/proc/self/clear_refs", "5")
-        .expect("resetting the peak RSS through /proc/self/clear_refs");
-    let before = status_bytes("VmRSS:").expect("VmRSS");
-    let loaded = T5Model::load(&dir).expect("load");
-    let peak = status_bytes("VmHWM:").expect("VmHWM");
-    let growth = peak.saturating_sub(before);
+    // A kernel that cannot reset or report the peak fails the test: it must
+    // not pass without measuring.
+    let (loaded, growth) = tessera_tensor::memory::peak_growth(|| T5Model::load(&dir))
+        .expect("the peak resident size is measured");
+    let loaded = loaded.expect("load");
     eprintln!("model {model_bytes} bytes, peak growth while loading {growth} bytes");
     assert!(
         growth < model_bytes + model_bytes / 4,

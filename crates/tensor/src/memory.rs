@@ -53,9 +53,35 @@ pub fn retain_freed_memory() -> bool {
 /// The machine's physical memory in bytes (`MemTotal` of `/proc/meminfo`),
 /// or `None` where that cannot be read.
 pub fn total_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    proc_bytes("/proc/meminfo", "MemTotal:")
+}
+
+/// Runs `f` and returns its result with the rise of this process's peak
+/// resident size over its resident size just before (Linux: `VmHWM` after
+/// resetting it through `/proc/self/clear_refs`, against `VmRSS`). A reader
+/// that kept a whole file mapped beside its copy, or a writer that buffered
+/// one, shows here as a growth of the file's size. An error where the peak
+/// cannot be reset or read: the caller must not report a number it did not
+/// measure.
+pub fn peak_growth<T>(f: impl FnOnce() -> T) -> std::io::Result<(T, u64)> {
+    const STATUS: &str = "/proc/self/status";
+    let field = |name| {
+        proc_bytes(STATUS, name).ok_or_else(|| {
+            std::io::Error::other(format!("{STATUS} has no {name} field (Linux only)"))
+        })
+    };
+    std::fs::write("/proc/self/clear_refs", "5")?;
+    let before = field("VmRSS:")?;
+    let value = f();
+    Ok((value, field("VmHWM:")?.saturating_sub(before)))
+}
+
+/// A `kB` field of a `/proc` file (`/proc/meminfo`, `/proc/self/status`),
+/// in bytes.
+fn proc_bytes(file: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let rest = text.lines().find_map(|l| l.strip_prefix(field))?;
+    let kib: u64 = rest.split_whitespace().next()?.parse().ok()?;
     Some(kib * 1024)
 }
 
@@ -68,6 +94,20 @@ mod tests {
         let total = total_memory();
         assert_eq!(total.is_some(), cfg!(target_os = "linux"));
         assert!(total.is_none_or(|t| t > 1 << 28), "{total:?}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn peak_growth_sees_memory_touched_inside() {
+        let (sum, growth) = peak_growth(|| {
+            vec![1u8; 64 << 20]
+                .iter()
+                .map(|&b| u64::from(b))
+                .sum::<u64>()
+        })
+        .expect("Linux reports the peak");
+        assert_eq!(sum, 64 << 20);
+        assert!(growth >= 60 << 20, "{growth}");
     }
 
     #[test]

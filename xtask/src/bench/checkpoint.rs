@@ -14,7 +14,7 @@
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 use tessera_t5::safetensors::StoredDType;
 use tessera_t5::T5Model;
@@ -102,25 +102,14 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Seconds `f` takes and the rise of the peak resident size it causes.
+/// Seconds `f` takes and the rise of the peak resident size it causes
+/// ([`tessera_tensor::memory::peak_growth`]).
 fn measure(f: impl FnOnce() -> Result<()>) -> Result<(f64, u64)> {
-    std::fs::write("/proc/self/clear_refs", "5")
-        .context("cannot reset the peak resident size (/proc/self/clear_refs; Linux only)")?;
-    let before = status_bytes("VmRSS:")?;
-    let start = Instant::now();
-    f()?;
-    let seconds = start.elapsed().as_secs_f64();
-    Ok((seconds, status_bytes("VmHWM:")?.saturating_sub(before)))
-}
-
-/// A size field of `/proc/self/status`, in bytes.
-fn status_bytes(field: &str) -> Result<u64> {
-    let path = Path::new("/proc/self/status");
-    let status = std::fs::read_to_string(path).context("cannot read /proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .with_context(|| format!("no {field} in /proc/self/status"))
+    let timed = || {
+        let start = Instant::now();
+        f().map(|()| start.elapsed().as_secs_f64())
+    };
+    let (seconds, growth) = tessera_tensor::memory::peak_growth(timed)
+        .context("cannot measure the peak resident size (/proc/self; Linux only)")?;
+    Ok((seconds?, growth))
 }
