@@ -119,21 +119,14 @@ impl StoredDType {
 
     /// Bytes per element.
     pub fn size(self) -> usize {
-        match self {
-            StoredDType::F32 => 4,
-            StoredDType::F16 | StoredDType::BF16 => 2,
-            StoredDType::I64 => 8,
-        }
+        self.dtype().bitsize() / 8
     }
+}
 
-    /// The name used in headers.
-    pub fn name(self) -> &'static str {
-        match self {
-            StoredDType::F32 => "F32",
-            StoredDType::F16 => "F16",
-            StoredDType::BF16 => "BF16",
-            StoredDType::I64 => "I64",
-        }
+/// The name headers use (`F32`, `BF16`, …).
+impl std::fmt::Display for StoredDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.dtype().fmt(f)
     }
 }
 
@@ -306,7 +299,7 @@ impl SafeTensors {
         SafetensorsError::WrongDType {
             path: self.path.clone(),
             name: name.to_string(),
-            dtype: info.dtype.name().to_string(),
+            dtype: info.dtype.to_string(),
             wanted,
         }
     }
@@ -503,7 +496,7 @@ pub fn write_as(
             if !fits {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!("{} has values beyond the range of {}", t.name, dtype.name()),
+                    format!("{} has values beyond the range of {dtype}", t.name),
                 ));
             }
             out.write_all(&buf)?;

@@ -294,7 +294,7 @@ fn saving_in_sixteen_bits_rounds_once_and_refuses_fp16_overflow() {
     let bf16: Round = |v| half::bf16::from_f32(v).to_f32();
     let f16: Round = |v| half::f16::from_f32(v).to_f32();
     for (dtype, round) in [(StoredDType::BF16, bf16), (StoredDType::F16, f16)] {
-        let dir = root.join(dtype.name());
+        let dir = root.join(dtype.to_string());
         model.save_as(&dir, dtype).expect("16-bit save");
         let file = SafeTensors::open(&dir.join("model.safetensors")).expect("readable");
         let first = model.params().entries()[0].name.clone();
@@ -339,16 +339,16 @@ fn sixteen_bit_weights_save_as_they_are_and_refuse_fp16_overflow() {
             .store_weights_in_precision()
             .expect("the fixture fits");
         assert_eq!(narrow.params().dtype(), precision.dtype());
-        let stored = root.join(dtype.name());
+        let stored = root.join(dtype.to_string());
         narrow.save(&stored).expect("save");
-        let rounded = root.join(format!("{}-from-f32", dtype.name()));
+        let rounded = root.join(format!("{dtype}-from-f32"));
         model.save_as(&rounded, dtype).expect("save");
         assert_eq!(
             bytes(&stored),
             bytes(&rounded),
             "rounded once, written as is"
         );
-        let wide = root.join(format!("{}-widened", dtype.name()));
+        let wide = root.join(format!("{dtype}-widened"));
         narrow.save_as(&wide, StoredDType::F32).expect("save");
         let back = T5Model::load(&wide).expect("loads");
         assert!(back.params() == &narrow.params().converted(DType::F32));

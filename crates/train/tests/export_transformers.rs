@@ -75,7 +75,7 @@ fn transformers_loads_the_export_and_agrees_with_tessera() {
         (StoredDType::BF16, "torch.bfloat16"),
         (StoredDType::F16, "torch.float16"),
     ] {
-        let out = tmp.path().join(format!("hf-{}", dtype.name()));
+        let out = tmp.path().join(format!("hf-{dtype}"));
         export_as(&ckpt, &out, dtype).unwrap();
         // The reference is tessera's f32 forward on the values as stored.
         let exported = T5Model::load(&out).unwrap();

@@ -71,10 +71,7 @@ pub(super) fn load(
         if info.dtype != StoredDType::F32 || info.shape != t.shape {
             return Err(bad(format!(
                 "tensor {} is {} {:?}, expected F32 {:?}",
-                t.name,
-                info.dtype.name(),
-                info.shape,
-                t.shape
+                t.name, info.dtype, info.shape, t.shape
             )));
         }
         file.read_f32_into(&t.name, t.data)
