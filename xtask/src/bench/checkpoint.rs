@@ -95,11 +95,7 @@ pub fn run(args: Args) -> Result<()> {
         load_peak_growth_bytes: load_growth,
         model_bytes,
     };
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    if let Some(path) = &args.json {
-        crate::output::write_json(path, &report)?;
-    }
-    Ok(())
+    super::publish(&report, args.json.as_deref())
 }
 
 /// Seconds `f` takes and the rise of the peak resident size it causes

@@ -112,5 +112,5 @@ pub fn run(args: Args) -> Result<()> {
         peak_gflops: peak,
         mfu: super::mfu(flops, seconds, peak),
     };
-    args.common.publish(&result)
+    super::publish(&result, args.common.json.as_deref())
 }

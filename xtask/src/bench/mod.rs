@@ -66,14 +66,12 @@ pub struct ModelArgs {
     json: Option<PathBuf>,
 }
 
-impl ModelArgs {
-    /// Prints `report` as JSON and, with `--json`, writes it there too.
-    fn publish(&self, report: &impl serde::Serialize) -> Result<()> {
-        println!("{}", serde_json::to_string_pretty(report)?);
-        match &self.json {
-            Some(path) => crate::output::write_json(path, report),
-            None => Ok(()),
-        }
+/// Prints `report` as JSON and, with `--json PATH`, writes it there too.
+fn publish(report: &impl serde::Serialize, json: Option<&std::path::Path>) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(report)?);
+    match json {
+        Some(path) => crate::output::write_json(path, report),
+        None => Ok(()),
     }
 }
 

@@ -132,5 +132,5 @@ pub fn run(args: Args) -> Result<()> {
         peak_gflops: peak,
         mfu: super::mfu(flops, seconds, peak),
     };
-    args.common.publish(&report)
+    super::publish(&report, args.common.json.as_deref())
 }
