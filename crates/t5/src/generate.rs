@@ -10,16 +10,21 @@
 //! `generate`: `[decoder_start_token_id, t1, t2, …]`, padded after `</s>`
 //! to the longest row.
 //!
-//! [`T5Model::score_and_generate`] serves evaluation: one encoder pass feeds
-//! both the teacher-forced loss and the generation.
+//! A [`Generator`] packs the weights every step reads once ([`Prepacked`]):
+//! a step multiplies each by a few rows, so packing it anew each time would
+//! cost as much as the product. [`Generator::score_and_generate`] serves
+//! evaluation: one encoder pass feeds both the teacher-forced loss and the
+//! generation.
 
 use crate::attention::{
     offset_buckets, position_bias_forward, split_heads, Attention, Bias, ProbDropout, Qkv, SeqRows,
     Seqs,
 };
-use crate::layers::{linear, norm_forward, sublayer_forward, DropoutPlan, Site, StackContext};
+use crate::layers::{
+    linear, norm_forward, sublayer_forward, DropoutPlan, Prepacked, Site, StackContext, Weights,
+};
 use crate::model::{Batch, Encoded, ModelError, T5Model};
-use crate::params::{AttentionIds, SublayerIds, SublayerKind};
+use crate::params::{AttentionIds, ParamId, SublayerIds, SublayerKind};
 use crate::precision::Operand;
 use crate::stack::{embed, Keep};
 use tessera_tensor::ops::crossentropy::CrossEntropy;
@@ -98,7 +103,61 @@ impl<'a> Step<'a> {
 
 impl T5Model {
     /// Greedy decoding of `sources` (token ids, each ending in `</s>` as
-    /// the tokenizer makes them); returns one row per source.
+    /// the tokenizer makes them); returns one row per source. To decode
+    /// many batches, make one [`Generator`] and reuse it.
+    pub fn generate(
+        &self,
+        sources: &[&[u32]],
+        max_new_tokens: usize,
+    ) -> std::result::Result<Vec<Vec<u32>>, ModelError> {
+        self.generator()?.generate(sources, max_new_tokens)
+    }
+
+    /// A generator for this model, with the weights of a decoding step
+    /// packed (see [`Generator`]).
+    pub fn generator(&self) -> std::result::Result<Generator<'_>, ModelError> {
+        Ok(Generator::new(self)?)
+    }
+}
+
+/// Greedy generation with a model's decoding weights packed once.
+///
+/// The packed copy holds every decoder weight a step reads and the LM head
+/// again (in the precision the matmuls read), so the generator borrows the
+/// model: its weights cannot change while the copy exists. When that copy
+/// would take more than a quarter of the machine's memory (a model of
+/// billions of parameters), the generator packs nothing and each step packs
+/// its weights as a training forward does; the results are the same bits.
+#[derive(Debug)]
+pub struct Generator<'m> {
+    model: &'m T5Model,
+    packed: Option<Prepacked>,
+}
+
+/// The fraction of physical memory a [`Generator`]'s packed weights may take.
+const PACKED_MEMORY_SHARE: u64 = 4;
+
+impl<'m> Generator<'m> {
+    fn new(model: &'m T5Model) -> Result<Self> {
+        let ids = model.step_weights();
+        let bytes: u64 = ids
+            .iter()
+            .map(|&id| model.params().entry(id).numel() as u64 * 4)
+            .sum();
+        let fits = tessera_tensor::memory::total_memory()
+            .is_some_and(|total| bytes <= total / PACKED_MEMORY_SHARE);
+        let packed = fits
+            .then(|| Prepacked::new(model.weights(), ids))
+            .transpose()?;
+        Ok(Generator { model, packed })
+    }
+
+    /// The model's weights, with the packed ones read from their copy.
+    fn weights(&self) -> Weights<'_> {
+        self.model.weights().with_packed(self.packed.as_ref())
+    }
+
+    /// Greedy decoding of `sources`, as [`T5Model::generate`].
     pub fn generate(
         &self,
         sources: &[&[u32]],
@@ -110,8 +169,9 @@ impl T5Model {
                 .enumerate()
                 .map(|(r, s)| (r as u64, *s, &[][..])),
         );
-        batch.validate(self.config())?;
-        let enc = self.encode(&batch, DropoutPlan::OFF, Keep::Nothing)?;
+        let model = self.model;
+        batch.validate(model.config())?;
+        let enc = model.encode(&batch, DropoutPlan::OFF, Keep::Nothing)?;
         Ok(self.generate_from(&enc, max_new_tokens)?)
     }
 
@@ -123,25 +183,23 @@ impl T5Model {
         batch: &Batch,
         max_new_tokens: usize,
     ) -> std::result::Result<(CrossEntropy, Vec<Vec<u32>>), ModelError> {
-        batch.validate(self.config())?;
-        let enc = self.encode(batch, DropoutPlan::OFF, Keep::Nothing)?;
-        let loss = self.target_loss(batch, &enc)?;
+        let model = self.model;
+        batch.validate(model.config())?;
+        let enc = model.encode(batch, DropoutPlan::OFF, Keep::Nothing)?;
+        let loss = model.target_loss(batch, &enc)?;
         Ok((loss, self.generate_from(&enc, max_new_tokens)?))
     }
 
     /// Greedy decoding from an encoder output.
-    pub(crate) fn generate_from(
-        &self,
-        enc: &Encoded,
-        max_new_tokens: usize,
-    ) -> Result<Vec<Vec<u32>>> {
-        let c = self.config();
+    fn generate_from(&self, enc: &Encoded, max_new_tokens: usize) -> Result<Vec<Vec<u32>>> {
+        let model = self.model;
+        let c = model.config();
         let sources = &enc.side.seqs;
         let rows = sources.count();
-        let mut kv = self.cross_kv(enc, max_new_tokens)?;
+        let mut kv = model.cross_kv(enc, max_new_tokens)?;
         let mut out: Vec<Vec<u32>> = vec![vec![c.decoder_start_token_id]; rows];
         let mut active: Vec<usize> = (0..rows).collect();
-        let table = self.params().widened(self.ids().decoder.relative_bias);
+        let table = model.params().widened(model.ids().decoder.relative_bias);
         for t in 0..max_new_tokens {
             if active.is_empty() {
                 break;
@@ -169,7 +227,9 @@ impl T5Model {
         }
         Ok(out)
     }
+}
 
+impl T5Model {
     /// Cross-attention K/V of every decoder layer, and empty self-attention caches.
     fn cross_kv(&self, enc: &Encoded, capacity: usize) -> Result<Vec<LayerKv>> {
         let c = self.config();
@@ -202,22 +262,42 @@ impl T5Model {
             .collect()
     }
 
+    /// The linear weights a decoding step reads: every decoder block's
+    /// except the cross-attention keys and values (projected once per
+    /// source), and the LM head.
+    fn step_weights(&self) -> Vec<ParamId> {
+        let mut ids = vec![self.head_weight()];
+        for sublayer in self.ids().decoder.blocks.iter().flatten() {
+            match sublayer.kind {
+                SublayerKind::SelfAttention(a) => ids.extend([a.q, a.k, a.v, a.o]),
+                SublayerKind::CrossAttention(a) => ids.extend([a.q, a.o]),
+                SublayerKind::FeedForward(f) => {
+                    ids.extend([Some(f.wi), f.wi_gate, Some(f.wo)].into_iter().flatten())
+                }
+            }
+        }
+        ids
+    }
+}
+
+impl Generator<'_> {
     /// Runs the decoder on one new token per running row; returns
     /// `[running rows, vocab]` logits.
     fn decode_step(&self, step: &Step<'_>, tokens: &[u32], kv: &mut [LayerKv]) -> Result<Vec<f32>> {
-        let c = self.config();
+        let c = self.model.config();
         let n = step.active.len();
         let mut x = vec![0.0; n * c.d_model];
         embed(
             &mut x,
-            self.params().view(self.ids().shared),
+            self.model.params().view(self.model.ids().shared),
             tokens,
             c.d_model,
         )?;
         let ff_context = StackContext {
             config: c,
-            params: self.params(),
-            precision: self.precision(),
+            params: self.model.params(),
+            precision: self.model.precision(),
+            packed: self.packed.as_ref(),
             seqs: &step.queries,
             tokens: &[],
             causal: false,
@@ -225,7 +305,7 @@ impl T5Model {
             encoder: None,
             dropout: DropoutPlan::OFF,
         };
-        for (block, layer) in self.ids().decoder.blocks.iter().zip(kv.iter_mut()) {
+        for (block, layer) in self.model.ids().decoder.blocks.iter().zip(kv.iter_mut()) {
             for ids in block {
                 match ids.kind {
                     SublayerKind::SelfAttention(a) => {
@@ -248,11 +328,14 @@ impl T5Model {
         let eps = c.layer_norm_epsilon as f32;
         let hidden = norm_forward(
             &x,
-            &self.params().widened(self.ids().decoder.final_norm),
+            &self
+                .model
+                .params()
+                .widened(self.model.ids().decoder.final_norm),
             eps,
         )?
         .n;
-        Ok(self.head_forward(&hidden, n)?.0)
+        Ok(self.model.head_forward(self.weights(), &hidden, n)?.0)
     }
 
     fn self_attention_step(
@@ -263,14 +346,14 @@ impl T5Model {
         layer: &mut LayerKv,
         x: &mut [f32],
     ) -> Result<()> {
-        let c = self.config();
-        let (h, dk, inner) = (c.num_heads, c.d_kv, c.inner_dim());
+        let c = self.model.config();
+        let (h, dk) = (c.num_heads, c.d_kv);
         let n = self.normed(x, ids)?;
         let rows = step.active.len();
         // With one position per row, [rows, heads·d_kv] is already each row's [heads, 1, d_kv].
-        let q = linear(n.view(), self.weights().get(a.q), rows, inner)?;
+        let q = self.weights().linear(n.view(), a.q, rows)?;
         for (cache, w) in [(&mut layer.self_k, a.k), (&mut layer.self_v, a.v)] {
-            let new = linear(n.view(), self.weights().get(w), rows, inner)?;
+            let new = self.weights().linear(n.view(), w, rows)?;
             for (i, head) in new.chunks(dk).enumerate() {
                 let (row, hh) = (step.active[i / h], i % h);
                 let at = ((row * h + hh) * step.capacity + step.t) * dk;
@@ -293,10 +376,9 @@ impl T5Model {
         layer: &LayerKv,
         x: &mut [f32],
     ) -> Result<()> {
-        let c = self.config();
         let n = self.normed(x, ids)?;
         let rows = step.active.len();
-        let q = linear(n.view(), self.weights().get(a.q), rows, c.inner_dim())?;
+        let q = self.weights().linear(n.view(), a.q, rows)?;
         let qkv = Qkv {
             q: &q,
             k: &layer.cross_k,
@@ -307,9 +389,9 @@ impl T5Model {
 
     /// The sublayer's normed input as its projections' matmul operand.
     fn normed(&self, x: &[f32], ids: &SublayerIds) -> Result<Operand> {
-        let eps = self.config().layer_norm_epsilon as f32;
-        let n = norm_forward(x, &self.params().widened(ids.norm), eps)?.n;
-        Ok(self.precision().keep_activation(n))
+        let eps = self.model.config().layer_norm_epsilon as f32;
+        let n = norm_forward(x, &self.model.params().widened(ids.norm), eps)?.n;
+        Ok(self.model.precision().keep_activation(n))
     }
 
     /// `x += attention(q, k, v) · W_oᵀ` for one query position per running
@@ -323,7 +405,7 @@ impl T5Model {
         a: &AttentionIds,
         x: &mut [f32],
     ) -> Result<()> {
-        let c = self.config();
+        let c = self.model.config();
         let core = Attention {
             heads: c.num_heads,
             d_head: c.d_kv,
@@ -336,13 +418,10 @@ impl T5Model {
         };
         let mut ctx = vec![0.0; core.q_elems()];
         tessera_tensor::attention::decode(&core, &mut ctx)?;
-        let ctx = self.precision().keep_activation(ctx);
-        let y = linear(
-            ctx.view(),
-            self.weights().get(a.o),
-            step.queries.count(),
-            c.d_model,
-        )?;
+        let ctx = self.model.precision().keep_activation(ctx);
+        let y = self
+            .weights()
+            .linear(ctx.view(), a.o, step.queries.count())?;
         residual::add_inplace(x, &y)
     }
 }

@@ -15,7 +15,9 @@
 
 use crate::attention::{self, Attention, AttentionGradsMut, Bias, ProbDropout, Qkv, Seqs};
 use crate::params::{AttentionIds, FeedForwardIds, ParamId, ParamStore, SublayerIds, SublayerKind};
-use crate::precision::{matmul, Dense, Operand, OperandRef, Precision};
+use crate::precision::{
+    matmul, matmul_packed, Dense, Operand, OperandRef, PackedOperand, Precision,
+};
 use tessera_t5_config::{FeedForward, T5Config};
 use tessera_tensor::ops::activation::Activation;
 use tessera_tensor::ops::dropout::dropout_rows;
@@ -25,11 +27,13 @@ use tessera_tensor::{MatMut, Op, Result};
 
 /// The weights a pass's matmuls read: f32 master weights read in the pass's
 /// precision (rounded by the gemm as it packs them, so no 16-bit copy of the
-/// model is kept), or weights stored in 16 bits, read as they are.
+/// model is kept), or weights stored in 16 bits, read as they are; and,
+/// while decoding, some of them packed in advance ([`Prepacked`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Weights<'a> {
     params: &'a ParamStore,
     precision: Precision,
+    packed: Option<&'a Prepacked>,
 }
 
 impl<'a> Weights<'a> {
@@ -37,7 +41,16 @@ impl<'a> Weights<'a> {
     /// it; a 16-bit store is read in its own type, which must be
     /// `precision`'s for the matmuls to accept it).
     pub fn new(params: &'a ParamStore, precision: Precision) -> Self {
-        Weights { params, precision }
+        Weights {
+            params,
+            precision,
+            packed: None,
+        }
+    }
+
+    /// The same weights, with those in `packed` read from their packed copy.
+    pub fn with_packed(self, packed: Option<&'a Prepacked>) -> Self {
+        Weights { packed, ..self }
     }
 
     /// The matmul operand of parameter `id`.
@@ -46,6 +59,50 @@ impl<'a> Weights<'a> {
             OperandRef::F32(w) => self.precision.read(w),
             stored => stored,
         }
+    }
+
+    /// `Y = X·Wᵀ` for the linear weight `id` (`[out, in]`) and `rows` rows
+    /// of `X`, from the packed copy of `W` when there is one (the same bits).
+    pub fn linear(&self, x: OperandRef<'_>, id: ParamId, rows: usize) -> Result<Vec<f32>> {
+        let out_dim = self.params.entry(id).shape[0];
+        let Some(w) = self.packed.and_then(|p| p.get(id)) else {
+            return linear(x, self.get(id), rows, out_dim);
+        };
+        let in_dim = self.params.entry(id).numel() / out_dim;
+        let mut y = vec![0.0; rows * out_dim];
+        let c = MatMut::dense(&mut y, rows, out_dim)?;
+        matmul_packed(1.0, (dense(x, rows, in_dim), Op::N), w, 0.0, c)?;
+        Ok(y)
+    }
+}
+
+/// Linear weights packed once for the many small products that read them
+/// ([`PackedOperand`]): greedy decoding multiplies every decoder weight by a
+/// handful of rows per step, and packing the weight would otherwise cost as
+/// much as the product. Holds a packed copy of each weight (the memory of
+/// those weights again, in the precision the matmuls read).
+#[derive(Debug)]
+pub struct Prepacked {
+    by_param: Vec<Option<PackedOperand>>,
+}
+
+impl Prepacked {
+    /// Packs the linear weights `ids` as `weights` reads them.
+    pub fn new(weights: Weights<'_>, ids: impl IntoIterator<Item = ParamId>) -> Result<Self> {
+        let mut by_param: Vec<Option<PackedOperand>> = Vec::new();
+        for id in ids {
+            let shape = &weights.params.entry(id).shape;
+            let w = dense(weights.get(id), shape[0], shape[1]);
+            if by_param.len() <= id.index() {
+                by_param.resize_with(id.index() + 1, || None);
+            }
+            by_param[id.index()] = Some(PackedOperand::pack(w, Op::T)?);
+        }
+        Ok(Prepacked { by_param })
+    }
+
+    fn get(&self, id: ParamId) -> Option<&PackedOperand> {
+        self.by_param.get(id.index())?.as_ref()
     }
 }
 
@@ -174,6 +231,8 @@ pub struct StackContext<'a> {
     pub params: &'a ParamStore,
     /// The number format the matmuls read (see [`crate::precision`]).
     pub precision: Precision,
+    /// Weights packed in advance (decoding), read instead of `params`'s.
+    pub packed: Option<&'a Prepacked>,
     /// This stack's sequences (packed real tokens).
     pub seqs: &'a Seqs,
     /// The identity of each token (keys its dropout masks; [`token_ids`]).
@@ -197,7 +256,7 @@ impl StackContext<'_> {
 
     /// What the matmuls read: the weights, in the pass's precision.
     fn weights(&self) -> Weights<'_> {
-        Weights::new(self.params, self.precision)
+        Weights::new(self.params, self.precision).with_packed(self.packed)
     }
 }
 
@@ -393,20 +452,19 @@ fn attention_sublayer_forward(
     cross: bool,
 ) -> Result<(Vec<f32>, SublayerCache)> {
     let c = cx.config;
-    let (h, dk, inner) = (c.num_heads, c.d_kv, c.inner_dim());
-    let p = |id| cx.weights().get(id);
+    let (h, dk) = (c.num_heads, c.d_kv);
     let keys = key_side(cx, normed.view(), cross);
     // Q, K and V are kept in the pass's precision (as autocast's 16-bit
     // projections leave them) and widened for the f32 attention kernels.
     let heads = |x: OperandRef<'_>, w, seqs: &Seqs| -> Result<Operand> {
-        let y = linear(x, w, seqs.total(), inner)?;
+        let y = cx.weights().linear(x, w, seqs.total())?;
         Ok(cx
             .precision
             .keep_activation(attention::split_heads(&y, seqs, h, dk)))
     };
-    let q = heads(normed.view(), p(a.q), cx.seqs)?;
-    let k = heads(keys.source, p(a.k), keys.seqs)?;
-    let v = heads(keys.source, p(a.v), keys.seqs)?;
+    let q = heads(normed.view(), a.q, cx.seqs)?;
+    let k = heads(keys.source, a.k, keys.seqs)?;
+    let v = heads(keys.source, a.v, keys.seqs)?;
     let (qf, kf, vf) = (q.widened(), k.widened(), v.widened());
     let qkv = Qkv {
         q: &qf,
@@ -420,7 +478,7 @@ fn attention_sublayer_forward(
     let ctx = cx
         .precision
         .keep_activation(attention::merge_heads(&ctx_h, cx.seqs, h, dk));
-    let y = linear(ctx.view(), p(a.o), cx.rows(), c.d_model)?;
+    let y = cx.weights().linear(ctx.view(), a.o, cx.rows())?;
     let cache = AttentionSublayerCache {
         norm,
         normed,
@@ -538,7 +596,7 @@ fn feed_forward_forward(
     // The projections are kept in the pass's precision, and the activation
     // reads them as kept, so its backward sees the same values.
     let project = |w| -> Result<Operand> {
-        let y = linear(normed.view(), cx.weights().get(w), rows, c.d_ff)?;
+        let y = cx.weights().linear(normed.view(), w, rows)?;
         Ok(cx.precision.keep_activation(y))
     };
     let h0 = project(f.wi)?;
@@ -556,7 +614,7 @@ fn feed_forward_forward(
     };
     cx.dropout.apply(&mut g, cx.tokens, site, DROP_INNER)?;
     let g = cx.precision.keep_activation(g);
-    let y = linear(g.view(), cx.weights().get(f.wo), rows, c.d_model)?;
+    let y = cx.weights().linear(g.view(), f.wo, rows)?;
     let cache = FeedForwardCache {
         norm,
         normed,

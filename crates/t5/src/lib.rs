@@ -25,6 +25,7 @@ pub mod safetensors;
 mod stack;
 
 pub use checkpoint::{CheckpointError, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, WEIGHTS_FILE};
+pub use generate::Generator;
 pub use model::{Batch, ForwardOutput, ModelError, T5Model, TrainOptions};
 pub use params::{
     AttentionIds, FeedForwardIds, FlatMut, ModelIds, ParamEntry, ParamId, ParamStore, StackIds,

@@ -2,9 +2,7 @@
 //! `T5ForConditionalGeneration` computes it, and its hand-written backward.
 
 use crate::attention::{offset_buckets, position_bias_forward, Seqs};
-use crate::layers::{
-    linear, linear_backward, token_ids, DropoutPlan, EncoderView, StackContext, Weights,
-};
+use crate::layers::{linear_backward, token_ids, DropoutPlan, EncoderView, StackContext, Weights};
 use crate::params::{layout, ModelIds, ParamId, ParamStore};
 use crate::precision::{Operand, OperandRef, Precision};
 use crate::stack::{stack_backward, stack_forward, Keep, StackCache, StackRef};
@@ -471,6 +469,7 @@ impl T5Model {
             config: &self.config,
             params: &self.params,
             precision: self.precision,
+            packed: None,
             seqs: &side.seqs,
             tokens: &side.tokens,
             causal: encoder.is_some(),
@@ -557,18 +556,14 @@ impl T5Model {
     /// the matmul read it.
     pub(crate) fn head_forward(
         &self,
+        weights: Weights<'_>,
         hidden: &[f32],
         rows: usize,
     ) -> tessera_tensor::Result<(Vec<f32>, Operand)> {
         let mut scaled = hidden.to_vec();
         scale_inplace(&mut scaled, self.head_scale());
         let scaled = self.precision.keep_activation(scaled);
-        let logits = linear(
-            scaled.view(),
-            self.weights().get(self.head_weight()),
-            rows,
-            self.config.vocab_size,
-        )?;
+        let logits = weights.linear(scaled.view(), self.head_weight(), rows)?;
         Ok((logits, scaled))
     }
 
@@ -604,7 +599,7 @@ impl T5Model {
         labels: &[i64],
     ) -> Result<(Vec<f32>, CrossEntropy), ModelError> {
         let rows = labels.len();
-        let (logits, _) = self.head_forward(hidden, rows)?;
+        let (logits, _) = self.head_forward(self.weights(), hidden, rows)?;
         let mut lse = vec![0.0; rows];
         let loss = cross_entropy_forward(&mut lse, &logits, labels, self.config.vocab_size)?;
         Ok((logits, loss))
@@ -632,7 +627,7 @@ impl T5Model {
         let enc = self.encode(batch, plan, keep)?;
         let (dec_side, dec_out, dec_cache) = self.decode_targets(batch, &enc, plan, keep)?;
         let rows = batch.labels.len();
-        let (mut logits, scaled) = self.head_forward(&dec_out, rows)?;
+        let (mut logits, scaled) = self.head_forward(self.weights(), &dec_out, rows)?;
         let dec_out_len = dec_out.len();
         drop(dec_out);
         let vocab = self.config.vocab_size;

@@ -37,7 +37,9 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
-use tessera_tensor::{bf16, f16, gemm, DType, Element, MatMut, MatRef, Op, Result, TensorError};
+use tessera_tensor::{
+    bf16, f16, gemm, gemm_packed, DType, Element, MatMut, MatRef, Op, PackedB, Result, TensorError,
+};
 
 /// The number format of the model's matmul operands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -323,6 +325,43 @@ pub fn matmul(
         });
     }
     with_mat!(a, ma => with_mat!(b, mb => gemm(alpha, ma, opa, mb, opb, beta, c)))
+}
+
+/// A weight packed once for many matmuls ([`PackedB`]), with the precision
+/// the matmuls read it in.
+#[derive(Debug)]
+pub struct PackedOperand {
+    packed: PackedB,
+    precision: Precision,
+}
+
+impl PackedOperand {
+    /// Packs `op(b)` as [`matmul`] would read it.
+    pub fn pack(b: Dense<'_>, op: Op) -> Result<Self> {
+        let precision = b.data.precision();
+        let packed = with_mat!(b, m => PackedB::pack(m, op));
+        Ok(PackedOperand { packed, precision })
+    }
+}
+
+/// [`matmul`] with B packed in advance; the same bits as [`matmul`] with
+/// the operand `b` was packed from, and the same precision check.
+pub fn matmul_packed(
+    alpha: f32,
+    (a, opa): (Dense<'_>, Op),
+    b: &PackedOperand,
+    beta: f32,
+    c: MatMut<'_>,
+) -> Result<()> {
+    let pa = a.data.precision();
+    if pa != b.precision {
+        return Err(TensorError::DType {
+            op: "mixed-precision matmul",
+            expected: pa.dtype(),
+            found: b.precision.dtype(),
+        });
+    }
+    with_mat!(a, ma => gemm_packed(alpha, ma, opa, &b.packed, beta, c))
 }
 
 #[cfg(test)]

@@ -86,6 +86,7 @@ fn context<'a>(
         config: model.config(),
         params: model.params(),
         precision: model.precision(),
+        packed: None,
         seqs: &m.queries,
         tokens: &m.tokens,
         causal: decoder,

@@ -29,6 +29,6 @@ mod threads;
 pub use convert::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, round_stochastic};
 pub use dtype::{DType, Element};
 pub use error::{Result, TensorError};
-pub use gemm::{gemm, gemm_batched, BatchMut, BatchRef, MatMut, MatRef, Op};
+pub use gemm::{gemm, gemm_batched, gemm_packed, BatchMut, BatchRef, MatMut, MatRef, Op, PackedB};
 pub use half::{bf16, f16};
 pub use threads::{install, num_threads, set_num_threads};

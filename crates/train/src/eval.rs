@@ -8,7 +8,7 @@
 //! means), so it does not depend on the batch size. Batches are the rows in
 //! file order, packed (no padding); the encoder runs once per batch and
 //! serves both the teacher-forced loss and the greedy generation
-//! ([`T5Model::score_and_generate`]).
+//! ([`tessera_t5::Generator::score_and_generate`]).
 //!
 //! [`Evaluator`] tokenizes a dataset once, so a trainer can score the same
 //! validation set every few steps; [`evaluate`] is the one-shot form.
@@ -120,10 +120,11 @@ impl Evaluator {
         let all: Vec<usize> = (0..self.data.len()).collect();
         let mut ids = Vec::with_capacity(all.len());
         let mut loss = CrossEntropy { sum: 0.0, count: 0 };
+        let generator = model.generator()?;
         for rows in all.chunks(self.options.batch_size) {
             let batch = model_batch(&self.data, rows)?;
             let (part, generated) =
-                model.score_and_generate(&batch, self.options.max_new_tokens)?;
+                generator.score_and_generate(&batch, self.options.max_new_tokens)?;
             loss.sum += part.sum;
             loss.count += part.count;
             ids.extend(generated.iter().map(|row| generated_tokens(model, row)));

@@ -34,8 +34,9 @@ pub fn generate_ids(
         ));
     }
     let mut out = Vec::with_capacity(prompts.len());
+    let generator = model.generator()?;
     for batch in prompts.chunks(options.batch_size) {
-        let rows = model.generate(batch, options.max_new_tokens)?;
+        let rows = generator.generate(batch, options.max_new_tokens)?;
         out.extend(rows.iter().map(|row| generated(model, row)));
     }
     Ok(out)

@@ -54,6 +54,79 @@ impl<'a, E> Operand<'a, E> {
     }
 }
 
+/// Where the micro-kernel's B panels come from: packed from an operand
+/// block by block as the product runs, or read from a [`PackedB`] made once
+/// for many products.
+#[derive(Clone, Copy)]
+pub(crate) enum BPanels<'a, B> {
+    Pack(Operand<'a, B>),
+    Packed(&'a PackedB),
+}
+
+/// `op(B)` (`k × n`) packed once in the layout [`block`] reads: for each
+/// `KC`-deep slice `pc`, the `n.div_ceil(nr)` micro-panels of every column,
+/// `kc × nr` slots each, back to back. Products that share B then skip its
+/// packing; their results are bit-identical to packing it each time, as the
+/// same kernel reads the same panels.
+#[derive(Debug)]
+pub struct PackedB {
+    kernel: &'static Kernel,
+    k: usize,
+    n: usize,
+    buf: Vec<f32>,
+    /// Where the 64-byte-aligned panels start in `buf`.
+    start: usize,
+}
+
+impl PackedB {
+    /// Packs `b` (read with strides `(rs, cs)` as `op(B)`, `k × n`) for `kern`.
+    pub(crate) fn new<B: Element>(
+        kern: &'static Kernel,
+        b: Operand<'_, B>,
+        k: usize,
+        n: usize,
+    ) -> Self {
+        let width = n.div_ceil(kern.nr) * kern.nr;
+        let mut buf = Vec::new();
+        let start = aligned(&mut buf, width * k).as_ptr() as usize - buf.as_ptr() as usize;
+        let start = start / std::mem::size_of::<f32>();
+        for pc in (0..k).step_by(kern.blocking.kc) {
+            let kc = kern.blocking.kc.min(k - pc);
+            let dst = &mut buf[start + pc * width..];
+            pack_block(
+                dst,
+                b.at(0, pc, 0),
+                (b.cs, b.rs),
+                (n, kc, kern.nr),
+                (b.round, kern.packing),
+            );
+        }
+        PackedB {
+            kernel: kern,
+            k,
+            n,
+            buf,
+            start,
+        }
+    }
+
+    /// Rows and columns of `op(B)`.
+    pub(crate) fn shape(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// The kernel the panels were packed for.
+    pub(crate) fn kernel(&self) -> &'static Kernel {
+        self.kernel
+    }
+
+    /// The micro-panels of columns `jc..` in the slice of depth `kc` at `pc`.
+    fn panel(&self, pc: usize, jc: usize, kc: usize) -> &[f32] {
+        let width = self.n.div_ceil(self.kernel.nr) * self.kernel.nr;
+        &self.buf[self.start + pc * width + jc * kc..]
+    }
+}
+
 /// The output batch: row-major matrices with row stride `ld`, `stride` apart.
 pub(crate) struct Output<'a> {
     pub data: &'a mut [f32],
@@ -98,6 +171,7 @@ pub(crate) fn run_batch_with<A: Element, B: Element>(
         return;
     }
     let ld = c.ld;
+    let b = BPanels::Pack(b);
     if c.count == 1 {
         return single(kern, threads, p, (a, b, 0), CTile::new(c.data, ld));
     }
@@ -109,6 +183,35 @@ pub(crate) fn run_batch_with<A: Element, B: Element>(
     } else {
         entries.for_each(|(e, cs)| single(kern, threads, p, (a, b, e), CTile::new(cs, ld)));
     }
+}
+
+/// One product whose B was packed in advance, with `packed`'s kernel.
+///
+/// # Panics
+/// If that kernel reads bf16 pairs and A does not hold bf16 values.
+pub(crate) fn run_packed<A: Element>(
+    p: &Problem,
+    a: Operand<'_, A>,
+    packed: &PackedB,
+    c: Output<'_>,
+) {
+    let kern = packed.kernel;
+    assert!(
+        kern.packing == Packing::F32 || a.holds_bf16(),
+        "the {} kernel needs an A that holds bf16 values",
+        kern.name
+    );
+    if p.m == 0 || p.n == 0 {
+        return;
+    }
+    let b = BPanels::<f32>::Packed(packed);
+    single(
+        kern,
+        crate::num_threads(),
+        p,
+        (a, b, 0),
+        CTile::new(c.data, c.ld),
+    );
 }
 
 /// A raw view of C that thread tasks share; each task writes a disjoint block.
@@ -141,7 +244,7 @@ fn single<A: Element, B: Element>(
     kern: &Kernel,
     threads: usize,
     p: &Problem,
-    (a, b, entry): (Operand<'_, A>, Operand<'_, B>, usize),
+    (a, b, entry): (Operand<'_, A>, BPanels<'_, B>, usize),
     c: CTile,
 ) {
     if p.k == 0 || p.alpha == 0.0 {
@@ -260,7 +363,7 @@ impl Drop for FlushSubnormals {
 fn block<A: Element, B: Element>(
     kern: &Kernel,
     p: &Problem,
-    (a, b, e): (Operand<'_, A>, Operand<'_, B>, usize),
+    (a, b, e): (Operand<'_, A>, BPanels<'_, B>, usize),
     c: CTile,
     (m0, m1): (usize, usize),
     (n0, n1): (usize, usize),
@@ -287,13 +390,22 @@ fn block<A: Element, B: Element>(
             }
         }
         let ncb = bl.nc_for(m1 - m0);
-        let bpack = aligned(bbuf, ncb.min((n1 - n0).div_ceil(nr) * nr) * bl.kc);
+        let bpack = match b {
+            BPanels::Pack(_) => aligned(bbuf, ncb.min((n1 - n0).div_ceil(nr) * nr) * bl.kc),
+            BPanels::Packed(_) => &mut [],
+        };
         for jc in (n0..n1).step_by(ncb) {
             let nc = ncb.min(n1 - jc);
             for pc in (0..p.k).step_by(bl.kc) {
                 let kc = bl.kc.min(p.k - pc);
-                let how = (b.round, kern.packing);
-                pack_block(bpack, b.at(e, pc, jc), (b.cs, b.rs), (nc, kc, nr), how);
+                let bp: &[f32] = match b {
+                    BPanels::Pack(b) => {
+                        let how = (b.round, kern.packing);
+                        pack_block(bpack, b.at(e, pc, jc), (b.cs, b.rs), (nc, kc, nr), how);
+                        bpack
+                    }
+                    BPanels::Packed(packed) => packed.panel(pc, jc, kc),
+                };
                 let beta = if pc == 0 { p.beta } else { 1.0 };
                 for ic in (m0..m1).step_by(bl.mc) {
                     let mc = bl.mc.min(m1 - ic);
@@ -313,7 +425,8 @@ fn block<A: Element, B: Element>(
                                 beta,
                             };
                             // SAFETY: the packed slivers hold kc * mr and kc * nr
-                            // floats; the tile lies inside this task's block of C,
+                            // floats (a `PackedB` holds every column's slivers for
+                            // every slice, as its own packing wrote them); the tile lies inside this task's block of C,
                             // which the public API checked against C's buffer and
                             // no other task writes; the kernel was selected for
                             // this CPU (and, for bf16 pairs, these operands) by
@@ -323,7 +436,7 @@ fn block<A: Element, B: Element>(
                                 (kern.run)(
                                     kc,
                                     ap.as_ptr().add(ir * kc),
-                                    bpack.as_ptr().add(jr * kc),
+                                    bp.as_ptr().add(jr * kc),
                                     cptr,
                                     c.ld,
                                     tile,

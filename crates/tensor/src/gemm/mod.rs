@@ -26,6 +26,7 @@ mod pack;
 
 use crate::error::{shape_err, Result, TensorError};
 use crate::{DType, Element};
+pub use driver::PackedB;
 
 /// The name of the micro-kernel this CPU runs for operands of `dtype` (e.g.
 /// `"avx2-6x16"`, or `"avx512bf16-8x32"` for bf16 where the CPU has
@@ -310,6 +311,71 @@ pub fn gemm<A: Element, B: Element>(
     c: MatMut<'_>,
 ) -> Result<()> {
     gemm_batched(alpha, a.into(), op_a, b.into(), op_b, beta, c.into())
+}
+
+impl PackedB {
+    /// Packs `op(b)` once for [`gemm_packed`]: for products that read the
+    /// same B many times with few rows of A (greedy decoding reads every
+    /// decoder weight once per step), packing is then a one-time cost
+    /// instead of the largest part of each product. Packed for the kernel
+    /// [`gemm`] would choose for this B with an A of the same kind (bf16
+    /// pairs when `b` holds bf16 values and the CPU has AVX-512 BF16).
+    pub fn pack<E: Element>(b: MatRef<'_, E>, op: Op) -> Self {
+        let (k, n) = op_shape(op, b.rows, b.cols);
+        let operand = driver::Operand::new(b.data, op_strides(op, b.ld), 0, b.round);
+        let kern = kernel::best(operand.holds_bf16());
+        PackedB::new(kern, operand, k, n)
+    }
+
+    /// Whether products with this B need an A that holds bf16 values.
+    pub fn needs_bf16(&self) -> bool {
+        self.kernel().packing == kernel::Packing::Bf16Pairs
+    }
+}
+
+/// `C = alpha * op(A) * B + beta * C` with B packed in advance
+/// ([`PackedB::pack`]); bit-identical to [`gemm`] with the B it was packed
+/// from.
+pub fn gemm_packed<A: Element>(
+    alpha: f32,
+    a: MatRef<'_, A>,
+    op_a: Op,
+    b: &PackedB,
+    beta: f32,
+    c: MatMut<'_>,
+) -> Result<()> {
+    let (m, ka) = op_shape(op_a, a.rows, a.cols);
+    let (kb, n) = b.shape();
+    if ka != kb || c.rows != m || c.cols != n {
+        let detail = format!(
+            "op(A) is {m}×{ka} ({op_a:?}), B is {kb}×{n}, C is {}×{}",
+            c.rows, c.cols
+        );
+        return Err(shape_err("gemm_packed", detail));
+    }
+    let a = driver::Operand::new(a.data, op_strides(op_a, a.ld), 0, a.round);
+    if b.needs_bf16() && !a.holds_bf16() {
+        return Err(TensorError::DType {
+            op: "gemm_packed (B packed as bf16 pairs)",
+            expected: DType::BF16,
+            found: A::DTYPE,
+        });
+    }
+    let problem = driver::Problem {
+        m,
+        n,
+        k: ka,
+        alpha,
+        beta,
+    };
+    let output = driver::Output {
+        data: c.data,
+        ld: c.ld,
+        count: 1,
+        stride: 0,
+    };
+    driver::run_packed(&problem, a, b, output);
+    Ok(())
 }
 
 /// `C[i] = alpha * op(A[i]) * op(B[i]) + beta * C[i]` for every `i` of a batch.

@@ -496,3 +496,82 @@ fn subnormal_inputs_count_as_zero_and_the_fp_mode_is_restored() {
     let after = std::hint::black_box(tiny) * 0.5;
     assert!(after > 0.0 && after == before, "{after} vs {before}");
 }
+
+/// `gemm_packed` against `gemm` with the B it was packed from, to the bit.
+fn packed_matches_gemm<E: Element>(
+    m: usize,
+    n: usize,
+    k: usize,
+    ops: (Op, Op),
+    round: DType,
+    seed: u64,
+) {
+    let s = Setup::<E>::new(m, n, k, ops, 1, seed);
+    let (ar, ac) = if ops.0 == Op::N { (m, k) } else { (k, m) };
+    let (br, bc) = if ops.1 == Op::N { (k, n) } else { (n, k) };
+    let a = MatRef::new(&s.a, ar, ac, s.lda)
+        .expect("A")
+        .rounded_to(round);
+    let b = MatRef::new(&s.b, br, bc, s.ldb)
+        .expect("B")
+        .rounded_to(round);
+    let mut want = s.c.clone();
+    let c = MatMut::new(&mut want, m, n, s.ldc).expect("C");
+    gemm(0.5, a, ops.0, b, ops.1, 1.5, c).expect("gemm");
+    let packed = PackedB::pack(b, ops.1);
+    let mut got = s.c.clone();
+    let c = MatMut::new(&mut got, m, n, s.ldc).expect("C");
+    gemm_packed(0.5, a, ops.0, &packed, 1.5, c).expect("gemm_packed");
+    assert!(
+        want.iter()
+            .zip(&got)
+            .all(|(x, y)| x.to_bits() == y.to_bits()),
+        "{m}×{n}×{k} {ops:?} {round:?}: packed B gives other bits"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn packed_b_gives_the_bits_of_gemm(m in dims(), n in dims(), k in dims(), ops in ops(), seed: u64) {
+        packed_matches_gemm::<f32>(m, n, k, ops, DType::F32, seed);
+        packed_matches_gemm::<f32>(m, n, k, ops, DType::BF16, seed);
+        packed_matches_gemm::<bf16>(m, n, k, ops, DType::F32, seed);
+        packed_matches_gemm::<f16>(m, n, k, ops, DType::F32, seed);
+    }
+}
+
+#[test]
+fn packed_b_across_block_edges_gives_the_bits_of_gemm() {
+    // Several KC slices, partial micro-panels, one A panel and several, and
+    // products large enough to split over threads.
+    for (m, n, k) in [
+        (1, 4100, 1100),
+        (16, 517, 513),
+        (145, 300, 257),
+        (300, 33, 600),
+    ] {
+        for ops in [(Op::N, Op::T), (Op::T, Op::N)] {
+            packed_matches_gemm::<f32>(m, n, k, ops, DType::F32, 3);
+            packed_matches_gemm::<f32>(m, n, k, ops, DType::BF16, 3);
+        }
+    }
+}
+
+#[test]
+fn packed_b_refuses_a_mismatched_a() {
+    let w = vec![0.25f32; 8 * 6];
+    let b = MatRef::dense(&w, 8, 6).expect("B").rounded_to(DType::BF16);
+    let packed = PackedB::pack(b, Op::T);
+    let x = vec![1.0f32; 2 * 6];
+    let mut y = vec![0.0f32; 2 * 8];
+    let a = MatRef::dense(&x, 2, 6).expect("A");
+    let wrong = MatMut::dense(&mut y[..8], 1, 8).expect("C");
+    let err = gemm_packed(1.0, a, Op::N, &packed, 0.0, wrong).expect_err("2 rows into 1");
+    assert!(err.to_string().contains("C is 1×8"), "{err}");
+    let c = MatMut::dense(&mut y, 2, 8).expect("C");
+    let f32_a = gemm_packed(1.0, a, Op::N, &packed, 0.0, c);
+    // Only a B packed as bf16 pairs (a CPU with AVX-512 BF16) needs a bf16 A.
+    assert_eq!(f32_a.is_err(), packed.needs_bf16(), "{f32_a:?}");
+}
