@@ -107,6 +107,14 @@ pub enum CheckpointError {
     /// Writing the folder failed.
     #[error(transparent)]
     Folder(#[from] FolderError),
+    /// A LoRA adapter folder (PEFT's format) that cannot be used as it is.
+    #[error("LoRA adapter {path}: {reason}")]
+    Adapter {
+        /// The adapter's config or weights file, or its folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// The weight files of a folder: `(file, tensor names it should hold)`.
@@ -300,7 +308,11 @@ impl T5Model {
     }
 }
 
-fn check_tensor(file: &SafeTensors, name: &str, expected: &[usize]) -> Result<(), CheckpointError> {
+pub(crate) fn check_tensor(
+    file: &SafeTensors,
+    name: &str,
+    expected: &[usize],
+) -> Result<(), CheckpointError> {
     let info = file.info(name)?;
     if info.shape != expected {
         return Err(CheckpointError::Shape {
@@ -313,7 +325,7 @@ fn check_tensor(file: &SafeTensors, name: &str, expected: &[usize]) -> Result<()
     Ok(())
 }
 
-fn check_finite(values: &[f32], name: &str, path: &Path) -> Result<(), CheckpointError> {
+pub(crate) fn check_finite(values: &[f32], name: &str, path: &Path) -> Result<(), CheckpointError> {
     match values.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(CheckpointError::NonFinite {
             name: name.to_string(),

@@ -295,9 +295,7 @@ impl Generator<'_> {
         )?;
         let ff_context = StackContext {
             config: c,
-            params: self.model.params(),
-            precision: self.model.precision(),
-            packed: self.packed.as_ref(),
+            weights: self.weights(),
             seqs: &step.queries,
             tokens: &[],
             causal: false,

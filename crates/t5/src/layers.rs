@@ -14,6 +14,7 @@
 //! residual stream stay f32.
 
 use crate::attention::{self, Attention, AttentionGradsMut, Bias, ProbDropout, Qkv, Seqs};
+use crate::lora::Lora;
 use crate::params::{AttentionIds, FeedForwardIds, ParamId, ParamStore, SublayerIds, SublayerKind};
 use crate::precision::{
     matmul, matmul_packed, Dense, Operand, OperandRef, PackedOperand, Precision,
@@ -27,13 +28,15 @@ use tessera_tensor::{MatMut, Op, Result};
 
 /// The weights a pass's matmuls read: f32 master weights read in the pass's
 /// precision (rounded by the gemm as it packs them, so no 16-bit copy of the
-/// model is kept), or weights stored in 16 bits, read as they are; and,
-/// while decoding, some of them packed in advance ([`Prepacked`]).
+/// model is kept), or weights stored in 16 bits, read as they are; while
+/// decoding, some of them packed in advance ([`Prepacked`]); and the LoRA
+/// adapters beside them ([`crate::lora`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Weights<'a> {
     params: &'a ParamStore,
     precision: Precision,
     packed: Option<&'a Prepacked>,
+    lora: Option<&'a Lora>,
 }
 
 impl<'a> Weights<'a> {
@@ -45,7 +48,23 @@ impl<'a> Weights<'a> {
             params,
             precision,
             packed: None,
+            lora: None,
         }
+    }
+
+    /// The same weights with `lora`'s adapters added to the ones it adapts.
+    pub fn with_lora(self, lora: Option<&'a Lora>) -> Self {
+        Weights { lora, ..self }
+    }
+
+    /// Every parameter as stored (norms, embeddings, bias tables).
+    pub fn params(&self) -> &'a ParamStore {
+        self.params
+    }
+
+    /// The number format the matmuls read (see [`crate::precision`]).
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The same weights, with those in `packed` read from their packed copy.
@@ -62,17 +81,163 @@ impl<'a> Weights<'a> {
     }
 
     /// `Y = X·Wᵀ` for the linear weight `id` (`[out, in]`) and `rows` rows
-    /// of `X`, from the packed copy of `W` when there is one (the same bits).
+    /// of `X`, from the packed copy of `W` when there is one (the same
+    /// bits); plus `s·(X·Aᵀ)·Bᵀ` when LoRA adapts `W`.
     pub fn linear(&self, x: OperandRef<'_>, id: ParamId, rows: usize) -> Result<Vec<f32>> {
         let out_dim = self.params.entry(id).shape[0];
-        let Some(w) = self.packed.and_then(|p| p.get(id)) else {
-            return linear(x, self.get(id), rows, out_dim);
+        let mut y = match self.packed.and_then(|p| p.get(id)) {
+            None => linear(x, self.get(id), rows, out_dim)?,
+            Some(w) => {
+                let in_dim = self.params.entry(id).numel() / out_dim;
+                let mut y = vec![0.0; rows * out_dim];
+                let c = MatMut::dense(&mut y, rows, out_dim)?;
+                matmul_packed(1.0, (dense(x, rows, in_dim), Op::N), w, 0.0, c)?;
+                y
+            }
         };
-        let in_dim = self.params.entry(id).numel() / out_dim;
-        let mut y = vec![0.0; rows * out_dim];
-        let c = MatMut::dense(&mut y, rows, out_dim)?;
-        matmul_packed(1.0, (dense(x, rows, in_dim), Op::N), w, 0.0, c)?;
+        if let Some(adapter) = self.adapter(id) {
+            let u = self.precision.keep_activation(adapter.down(x, rows)?);
+            let b = dense(adapter.b, out_dim, adapter.rank);
+            let c = MatMut::dense(&mut y, rows, out_dim)?;
+            let u = dense(u.view(), rows, adapter.rank);
+            matmul(adapter.scale, (u, Op::N), (b, Op::T), 1.0, c)?;
+        }
         Ok(y)
+    }
+
+    /// Backward of [`Weights::linear`] for `dY` of `rows` rows: `dX = dY·W +
+    /// dx_beta·dX` (plus the adapter's share), `dW += dYᵀ·X` when `W`
+    /// trains, and the adapter's `dA`, `dB` when LoRA adapts `W`.
+    pub fn linear_backward(
+        &self,
+        (dy, x): (&[f32], OperandRef<'_>),
+        (id, rows): (ParamId, usize),
+        grads: &mut ParamGrads<'_>,
+        (dx, dx_beta): (&mut [f32], f32),
+    ) -> Result<()> {
+        let w = self.get(id);
+        let out_dim = self.params.entry(id).shape[0];
+        linear_backward(dy, x, w, (rows, out_dim), grads.base(id), dx, dx_beta)?;
+        let Some(adapter) = self.adapter(id) else {
+            return Ok(());
+        };
+        let (r, in_dim, s) = (adapter.rank, w.len() / out_dim, adapter.scale);
+        let dy = dense(w.precision().read(dy), rows, out_dim);
+        let u = self.precision.keep_activation(adapter.down(x, rows)?);
+        let mut g = vec![0.0; rows * r];
+        let b = dense(adapter.b, out_dim, r);
+        matmul(
+            1.0,
+            (dy, Op::N),
+            (b, Op::N),
+            0.0,
+            MatMut::dense(&mut g, rows, r)?,
+        )?;
+        let g = self.precision.keep_activation(g);
+        let g = dense(g.view(), rows, r);
+        let a = dense(adapter.a, r, in_dim);
+        matmul(
+            s,
+            (g, Op::N),
+            (a, Op::N),
+            1.0,
+            MatMut::dense(dx, rows, in_dim)?,
+        )?;
+        let (da, db) = grads.adapter_pair(adapter.ids);
+        if let (Some(da), Some(db)) = (da, db) {
+            let u = dense(u.view(), rows, r);
+            matmul(
+                s,
+                (dy, Op::T),
+                (u, Op::N),
+                1.0,
+                MatMut::dense(db, out_dim, r)?,
+            )?;
+            let x = dense(x, rows, in_dim);
+            matmul(
+                s,
+                (g, Op::T),
+                (x, Op::N),
+                1.0,
+                MatMut::dense(da, r, in_dim)?,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The LoRA adapter of weight `id`, read in this pass's precision.
+    fn adapter(&self, id: ParamId) -> Option<Adapter<'a>> {
+        let lora = self.lora?;
+        let (a, b) = lora.pair(id)?;
+        let store = lora.adapters();
+        Some(Adapter {
+            ids: (a, b),
+            a: self.precision.read(store.get(a)),
+            b: self.precision.read(store.get(b)),
+            rank: lora.config().rank,
+            scale: lora.config().scale(),
+        })
+    }
+}
+
+/// One LoRA adapter as a pass reads it.
+struct Adapter<'a> {
+    ids: (ParamId, ParamId),
+    /// `A: [rank, in]`.
+    a: OperandRef<'a>,
+    /// `B: [out, rank]`.
+    b: OperandRef<'a>,
+    rank: usize,
+    scale: f32,
+}
+
+impl Adapter<'_> {
+    /// `X·Aᵀ`, `[rows, rank]`.
+    fn down(&self, x: OperandRef<'_>, rows: usize) -> Result<Vec<f32>> {
+        linear(x, self.a, rows, self.rank)
+    }
+}
+
+/// Where a backward adds parameter gradients: into every weight's (full
+/// fine-tuning), or only into the LoRA adapters' with the base frozen, when
+/// no base weight gradient is computed at all.
+#[derive(Debug)]
+pub enum ParamGrads<'a> {
+    /// Gradients of every parameter, in the model's layout.
+    Full(&'a mut ParamStore),
+    /// Gradients of the adapters, in [`Lora::adapters`]'s layout.
+    Adapters(&'a mut ParamStore),
+}
+
+impl ParamGrads<'_> {
+    /// The gradient of base parameter `id`, when the base trains.
+    pub fn base(&mut self, id: ParamId) -> Option<&mut [f32]> {
+        match self {
+            ParamGrads::Full(g) => Some(g.get_mut(id)),
+            ParamGrads::Adapters(_) => None,
+        }
+    }
+
+    /// The same sink, borrowed again (for a sublayer's share of a stack).
+    pub fn reborrow(&mut self) -> ParamGrads<'_> {
+        match self {
+            ParamGrads::Full(g) => ParamGrads::Full(g),
+            ParamGrads::Adapters(g) => ParamGrads::Adapters(g),
+        }
+    }
+
+    /// The gradients of an adapter's `A` and `B`, when adapters train.
+    fn adapter_pair(
+        &mut self,
+        (a, b): (ParamId, ParamId),
+    ) -> (Option<&mut [f32]>, Option<&mut [f32]>) {
+        match self {
+            ParamGrads::Full(_) => (None, None),
+            ParamGrads::Adapters(g) => {
+                let (da, db) = g.get_pair_mut(a, b);
+                (Some(da), Some(db))
+            }
+        }
     }
 }
 
@@ -130,26 +295,28 @@ fn dense(data: OperandRef<'_>, rows: usize, cols: usize) -> Dense<'_> {
 }
 
 /// Backward of [`linear`] (`rows` rows, `W: [out_dim, in]`):
-/// `dW += dYᵀ·X` and `dX = dY·W + dx_beta·dX`, with `dY` read in the
-/// precision of `W`.
+/// `dW += dYᵀ·X` (when `dw` is given: a frozen weight has none) and
+/// `dX = dY·W + dx_beta·dX`, with `dY` read in the precision of `W`.
 pub fn linear_backward(
     dy: &[f32],
     x: OperandRef<'_>,
     w: OperandRef<'_>,
     (rows, out_dim): (usize, usize),
-    dw: &mut [f32],
+    dw: Option<&mut [f32]>,
     dx: &mut [f32],
     dx_beta: f32,
 ) -> Result<()> {
     let in_dim = w.len() / out_dim;
     let dy = dense(w.precision().read(dy), rows, out_dim);
-    matmul(
-        1.0,
-        (dy, Op::T),
-        (dense(x, rows, in_dim), Op::N),
-        1.0,
-        MatMut::dense(dw, out_dim, in_dim)?,
-    )?;
+    if let Some(dw) = dw {
+        matmul(
+            1.0,
+            (dy, Op::T),
+            (dense(x, rows, in_dim), Op::N),
+            1.0,
+            MatMut::dense(dw, out_dim, in_dim)?,
+        )?;
+    }
     matmul(
         1.0,
         (dy, Op::N),
@@ -227,12 +394,9 @@ pub struct EncoderView<'a> {
 pub struct StackContext<'a> {
     /// Model configuration.
     pub config: &'a T5Config,
-    /// Master weights (norms, embeddings, bias tables).
-    pub params: &'a ParamStore,
-    /// The number format the matmuls read (see [`crate::precision`]).
-    pub precision: Precision,
-    /// Weights packed in advance (decoding), read instead of `params`'s.
-    pub packed: Option<&'a Prepacked>,
+    /// The weights: master weights (norms, embeddings, bias tables) and
+    /// the matmuls' operands, in the pass's precision.
+    pub weights: Weights<'a>,
     /// This stack's sequences (packed real tokens).
     pub seqs: &'a Seqs,
     /// The identity of each token (keys its dropout masks; [`token_ids`]).
@@ -253,18 +417,13 @@ impl StackContext<'_> {
     fn rows(&self) -> usize {
         self.seqs.total()
     }
-
-    /// What the matmuls read: the weights, in the pass's precision.
-    fn weights(&self) -> Weights<'_> {
-        Weights::new(self.params, self.precision).with_packed(self.packed)
-    }
 }
 
 /// Where a backward pass adds its gradients.
 #[derive(Debug)]
 pub struct GradSinks<'a> {
     /// Parameter gradients.
-    pub grads: &'a mut ParamStore,
+    pub grads: ParamGrads<'a>,
     /// Gradient of the stack's position bias `[heads, 2·max_len - 1]`.
     pub dbias: &'a mut [f32],
     /// Gradient of the encoder output (decoder only).
@@ -303,11 +462,17 @@ pub fn norm_forward(x: &[f32], weight: &[f32], eps: f32) -> Result<NormCache> {
 pub fn norm_backward(
     stats: &NormStats,
     weight: &[f32],
-    dweight: &mut [f32],
+    dweight: Option<&mut [f32]>,
     dn: &[f32],
     dx: &mut [f32],
 ) -> Result<()> {
     let mut dxn = vec![0.0; dn.len()];
+    // A frozen norm's weight gradient goes to a scratch row and is dropped.
+    let mut scratch = Vec::new();
+    let dweight = dweight.unwrap_or_else(|| {
+        scratch.resize(weight.len(), 0.0);
+        &mut scratch
+    });
     norm::rms_norm_backward(&mut dxn, dweight, dn, &stats.x, weight, &stats.rstd)?;
     residual::add_inplace(dx, &dxn)
 }
@@ -353,8 +518,8 @@ pub fn sublayer_forward(
     x: &mut [f32],
 ) -> Result<SublayerCache> {
     let eps = cx.config.layer_norm_epsilon as f32;
-    let NormCache { stats, n } = norm_forward(x, &cx.params.widened(ids.norm), eps)?;
-    let normed = (stats, cx.precision.keep_activation(n));
+    let NormCache { stats, n } = norm_forward(x, &cx.weights.params().widened(ids.norm), eps)?;
+    let normed = (stats, cx.weights.precision().keep_activation(n));
     let (mut y, cache) = match ids.kind {
         SublayerKind::SelfAttention(a) => attention_sublayer_forward(cx, site, &a, normed, false)?,
         SublayerKind::CrossAttention(a) => attention_sublayer_forward(cx, site, &a, normed, true)?,
@@ -391,8 +556,8 @@ pub fn sublayer_backward(
         }
         _ => unreachable!("caches are built by the matching forward"),
     };
-    let w = cx.params.widened(ids.norm);
-    norm_backward(norm, &w, sinks.grads.get_mut(ids.norm), &dn, dx)
+    let w = cx.weights.params().widened(ids.norm);
+    norm_backward(norm, &w, sinks.grads.base(ids.norm), &dn, dx)
 }
 
 /// Keys, values and bias an attention sublayer attends with.
@@ -457,9 +622,10 @@ fn attention_sublayer_forward(
     // Q, K and V are kept in the pass's precision (as autocast's 16-bit
     // projections leave them) and widened for the f32 attention kernels.
     let heads = |x: OperandRef<'_>, w, seqs: &Seqs| -> Result<Operand> {
-        let y = cx.weights().linear(x, w, seqs.total())?;
+        let y = cx.weights.linear(x, w, seqs.total())?;
         Ok(cx
-            .precision
+            .weights
+            .precision()
             .keep_activation(attention::split_heads(&y, seqs, h, dk)))
     };
     let q = heads(normed.view(), a.q, cx.seqs)?;
@@ -476,9 +642,10 @@ fn attention_sublayer_forward(
     let mut lse = vec![0.0; call.lse_elems()];
     tessera_tensor::attention::forward(&call, &mut ctx_h, &mut lse)?;
     let ctx = cx
-        .precision
+        .weights
+        .precision()
         .keep_activation(attention::merge_heads(&ctx_h, cx.seqs, h, dk));
-    let y = cx.weights().linear(ctx.view(), a.o, cx.rows())?;
+    let y = cx.weights.linear(ctx.view(), a.o, cx.rows())?;
     let cache = AttentionSublayerCache {
         norm,
         normed,
@@ -504,17 +671,13 @@ fn attention_sublayer_backward(
 ) -> Result<Vec<f32>> {
     let c = cx.config;
     let (h, dk, inner, rows) = (c.num_heads, c.d_kv, c.inner_dim(), cx.rows());
-    let p = |id| cx.weights().get(id);
     let keys = key_side(cx, cache.normed.view(), cross);
     let mut dctx = vec![0.0; rows * inner];
-    linear_backward(
-        dy,
-        cache.ctx.view(),
-        p(a.o),
-        (rows, c.d_model),
-        sinks.grads.get_mut(a.o),
-        &mut dctx,
-        0.0,
+    cx.weights.linear_backward(
+        (dy, cache.ctx.view()),
+        (a.o, rows),
+        &mut sinks.grads,
+        (&mut dctx, 0.0),
     )?;
     let dctx_h = attention::split_heads(&dctx, cx.seqs, h, dk);
     let (qf, kf, vf) = (cache.q.widened(), cache.k.widened(), cache.v.widened());
@@ -541,14 +704,11 @@ fn attention_sublayer_backward(
     let dkey = attention::merge_heads(&dk_h, keys.seqs, h, dk);
     let dval = attention::merge_heads(&dv_h, keys.seqs, h, dk);
     let mut dn = vec![0.0; rows * c.d_model];
-    linear_backward(
-        &dq,
-        cache.normed.view(),
-        p(a.q),
-        (rows, inner),
-        sinks.grads.get_mut(a.q),
-        &mut dn,
-        0.0,
+    cx.weights.linear_backward(
+        (&dq, cache.normed.view()),
+        (a.q, rows),
+        &mut sinks.grads,
+        (&mut dn, 0.0),
     )?;
     let krows = keys.seqs.total();
     let dsource: &mut [f32] = match (cross, sinks.dencoder.as_deref_mut()) {
@@ -556,23 +716,17 @@ fn attention_sublayer_backward(
         (true, None) => unreachable!("the decoder backward always provides an encoder gradient"),
         (false, _) => &mut dn,
     };
-    linear_backward(
-        &dkey,
-        keys.source,
-        p(a.k),
-        (krows, inner),
-        sinks.grads.get_mut(a.k),
-        dsource,
-        1.0,
+    cx.weights.linear_backward(
+        (&dkey, keys.source),
+        (a.k, krows),
+        &mut sinks.grads,
+        (dsource, 1.0),
     )?;
-    linear_backward(
-        &dval,
-        keys.source,
-        p(a.v),
-        (krows, inner),
-        sinks.grads.get_mut(a.v),
-        dsource,
-        1.0,
+    cx.weights.linear_backward(
+        (&dval, keys.source),
+        (a.v, krows),
+        &mut sinks.grads,
+        (dsource, 1.0),
     )?;
     Ok(dn)
 }
@@ -596,8 +750,8 @@ fn feed_forward_forward(
     // The projections are kept in the pass's precision, and the activation
     // reads them as kept, so its backward sees the same values.
     let project = |w| -> Result<Operand> {
-        let y = cx.weights().linear(normed.view(), w, rows)?;
-        Ok(cx.precision.keep_activation(y))
+        let y = cx.weights.linear(normed.view(), w, rows)?;
+        Ok(cx.weights.precision().keep_activation(y))
     };
     let h0 = project(f.wi)?;
     let mut g = vec![0.0; rows * c.d_ff];
@@ -613,8 +767,8 @@ fn feed_forward_forward(
         }
     };
     cx.dropout.apply(&mut g, cx.tokens, site, DROP_INNER)?;
-    let g = cx.precision.keep_activation(g);
-    let y = cx.weights().linear(g.view(), f.wo, rows)?;
+    let g = cx.weights.precision().keep_activation(g);
+    let y = cx.weights.linear(g.view(), f.wo, rows)?;
     let cache = FeedForwardCache {
         norm,
         normed,
@@ -635,16 +789,12 @@ fn feed_forward_backward(
 ) -> Result<Vec<f32>> {
     let c = cx.config;
     let (rows, act) = (cx.rows(), activation(c.feed_forward_proj));
-    let p = |id| cx.weights().get(id);
     let mut dg = vec![0.0; cache.g.view().len()];
-    linear_backward(
-        dy,
-        cache.g.view(),
-        p(f.wo),
-        (rows, c.d_model),
-        sinks.grads.get_mut(f.wo),
-        &mut dg,
-        0.0,
+    cx.weights.linear_backward(
+        (dy, cache.g.view()),
+        (f.wo, rows),
+        &mut sinks.grads,
+        (&mut dg, 0.0),
     )?;
     cx.dropout.apply(&mut dg, cx.tokens, site, DROP_INNER)?;
     let n = cache.normed.view();
@@ -653,26 +803,12 @@ fn feed_forward_backward(
     if let (Some(w1), Some(h1)) = (f.wi_gate, &cache.h1) {
         let mut dh1 = vec![0.0; dg.len()];
         act.gated_backward(&mut dh0, &mut dh1, &cache.h0.widened(), &h1.widened(), &dg)?;
-        linear_backward(
-            &dh1,
-            n,
-            p(w1),
-            (rows, c.d_ff),
-            sinks.grads.get_mut(w1),
-            &mut dn,
-            0.0,
-        )?;
+        cx.weights
+            .linear_backward((&dh1, n), (w1, rows), &mut sinks.grads, (&mut dn, 0.0))?;
     } else {
         act.backward(&mut dh0, &cache.h0.widened(), &dg)?;
     }
-    linear_backward(
-        &dh0,
-        n,
-        p(f.wi),
-        (rows, c.d_ff),
-        sinks.grads.get_mut(f.wi),
-        &mut dn,
-        1.0,
-    )?;
+    cx.weights
+        .linear_backward((&dh0, n), (f.wi, rows), &mut sinks.grads, (&mut dn, 1.0))?;
     Ok(dn)
 }

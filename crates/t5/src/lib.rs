@@ -13,19 +13,23 @@
 //!   or bf16/fp16 weights) with a table of Hugging Face names and offsets,
 //!   which optimizers walk against the f32 gradients' flat slice.
 
+mod adapter;
 pub mod attention;
 mod checkpoint;
 pub mod folder;
 mod generate;
 pub mod layers;
+pub mod lora;
 mod model;
 mod params;
 pub mod precision;
 pub mod safetensors;
 mod stack;
 
+pub use adapter::{read_adapter_config, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 pub use checkpoint::{CheckpointError, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, WEIGHTS_FILE};
 pub use generate::Generator;
+pub use lora::{Lora, LoraConfig, LoraError};
 pub use model::{Batch, ForwardOutput, ModelError, T5Model, TrainOptions};
 pub use params::{
     AttentionIds, FeedForwardIds, FlatMut, ModelIds, ParamEntry, ParamId, ParamStore, StackIds,

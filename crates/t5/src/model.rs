@@ -2,7 +2,8 @@
 //! `T5ForConditionalGeneration` computes it, and its hand-written backward.
 
 use crate::attention::{offset_buckets, position_bias_forward, Seqs};
-use crate::layers::{linear_backward, token_ids, DropoutPlan, EncoderView, StackContext, Weights};
+use crate::layers::{token_ids, DropoutPlan, EncoderView, ParamGrads, StackContext, Weights};
+use crate::lora::{Lora, LoraConfig, LoraError};
 use crate::params::{layout, ModelIds, ParamId, ParamStore};
 use crate::precision::{Operand, OperandRef, Precision};
 use crate::stack::{stack_backward, stack_forward, Keep, StackCache, StackRef};
@@ -267,6 +268,8 @@ pub struct T5Model {
     params: ParamStore,
     ids: ModelIds,
     precision: Precision,
+    /// LoRA adapters: when present, they are what trains and `params` is frozen.
+    lora: Option<Lora>,
 }
 
 /// Position buckets and the gathered bias of one stack, per offset `j - i`.
@@ -349,6 +352,7 @@ impl T5Model {
             params,
             ids,
             precision: Precision::F32,
+            lora: None,
         }
     }
 
@@ -405,9 +409,42 @@ impl T5Model {
         Ok(())
     }
 
-    /// What the matmuls read: the weights in this model's precision.
+    /// What the matmuls read: the weights in this model's precision, and
+    /// the LoRA adapters when there are some.
     pub fn weights(&self) -> Weights<'_> {
-        Weights::new(&self.params, self.precision)
+        Weights::new(&self.params, self.precision).with_lora(self.lora.as_ref())
+    }
+
+    /// Adds LoRA adapters ([`Lora::new`]): from now on they are the
+    /// trainable parameters ([`T5Model::trainable`]) and the base weights
+    /// are frozen. Replaces any adapters already there.
+    pub fn add_lora(&mut self, config: LoraConfig, seed: u64) -> Result<(), LoraError> {
+        self.lora = Some(Lora::new(config, &self.params, seed)?);
+        Ok(())
+    }
+
+    /// The LoRA adapters, if the model has some.
+    pub fn lora(&self) -> Option<&Lora> {
+        self.lora.as_ref()
+    }
+
+    /// The LoRA adapters, mutable (to load them).
+    pub fn lora_mut(&mut self) -> Option<&mut Lora> {
+        self.lora.as_mut()
+    }
+
+    /// The parameters a training step updates: the LoRA adapters when the
+    /// model has some, else every weight.
+    pub fn trainable(&self) -> &ParamStore {
+        self.lora.as_ref().map_or(&self.params, Lora::adapters)
+    }
+
+    /// [`T5Model::trainable`], mutable (what an optimizer step writes).
+    pub fn trainable_mut(&mut self) -> &mut ParamStore {
+        match &mut self.lora {
+            Some(lora) => lora.adapters_mut(),
+            None => &mut self.params,
+        }
     }
 
     /// Parameter ids by role.
@@ -415,9 +452,10 @@ impl T5Model {
         &self.ids
     }
 
-    /// A zeroed gradient store in the parameters' layout.
+    /// A zeroed gradient store in the layout of the trainable parameters
+    /// ([`T5Model::trainable`]).
     pub fn new_gradients(&self) -> ParamStore {
-        self.params.zeros_like()
+        self.trainable().zeros_like()
     }
 
     fn stack_ref(&self, decoder: bool) -> StackRef<'_> {
@@ -467,9 +505,7 @@ impl T5Model {
     ) -> StackContext<'a> {
         StackContext {
             config: &self.config,
-            params: &self.params,
-            precision: self.precision,
-            packed: None,
+            weights: self.weights(),
             seqs: &side.seqs,
             tokens: &side.tokens,
             causal: encoder.is_some(),
@@ -640,16 +676,13 @@ impl T5Model {
             0.0
         };
         cross_entropy_backward_inplace(&mut logits, &lse, &batch.labels, vocab, scale)?;
-        let head = self.head_weight();
+        let mut grads = self.grad_sink(grads)?;
         let mut ddec = vec![0.0; dec_out_len];
-        linear_backward(
-            &logits,
-            scaled.view(),
-            self.weights().get(head),
-            (rows, vocab),
-            grads.get_mut(head),
-            &mut ddec,
-            0.0,
+        self.weights().linear_backward(
+            (&logits, scaled.view()),
+            (self.head_weight(), rows),
+            &mut grads,
+            (&mut ddec, 0.0),
         )?;
         drop(logits);
         scale_inplace(&mut ddec, self.head_scale());
@@ -661,7 +694,7 @@ impl T5Model {
             self.stack_ref(true),
             &dec_cache,
             ddec,
-            grads,
+            grads.reborrow(),
             Some(&mut denc),
         )?;
         let enc_cx = self.context(&enc.side, None, plan);
@@ -671,6 +704,25 @@ impl T5Model {
             .expect("a training forward keeps its cache");
         stack_backward(&enc_cx, self.stack_ref(false), enc_cache, denc, grads, None)?;
         Ok(loss)
+    }
+
+    /// Where this model's backward adds gradients: `grads` (from
+    /// [`T5Model::new_gradients`]) as every weight's, or as the adapters'
+    /// when the model has LoRA adapters.
+    fn grad_sink<'g>(&self, grads: &'g mut ParamStore) -> Result<ParamGrads<'g>, ModelError> {
+        let want = self.trainable();
+        if grads.entries() != want.entries() {
+            return Err(ModelError::Batch(format!(
+                "the gradient store holds {} tensors, not the {} trainable ones of this model \
+                 (make it with new_gradients)",
+                grads.entries().len(),
+                want.entries().len()
+            )));
+        }
+        Ok(match self.lora {
+            Some(_) => ParamGrads::Adapters(grads),
+            None => ParamGrads::Full(grads),
+        })
     }
 }
 

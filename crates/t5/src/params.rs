@@ -84,7 +84,7 @@ pub enum FlatMut<'a> {
 }
 
 impl ParamStore {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         ParamStore {
             entries: Vec::new(),
             values: Operand::F32(Vec::new()),
@@ -92,7 +92,7 @@ impl ParamStore {
     }
 
     /// Registers a zero-filled parameter and returns its id.
-    fn push(&mut self, name: String, shape: Vec<usize>) -> ParamId {
+    pub(crate) fn push(&mut self, name: String, shape: Vec<usize>) -> ParamId {
         let entry = ParamEntry {
             name,
             shape,
@@ -239,6 +239,27 @@ impl ParamStore {
         let e = &self.entries[id.0];
         let (start, len) = (e.offset, e.numel());
         &mut self.f32s_mut()[start..start + len]
+    }
+
+    /// Two different parameters of an f32 store, both mutable.
+    ///
+    /// # Panics
+    /// If `a == b`, or the store is not f32.
+    pub fn get_pair_mut(&mut self, a: ParamId, b: ParamId) -> (&mut [f32], &mut [f32]) {
+        assert_ne!(a, b, "two different parameters");
+        let (ea, eb) = (&self.entries[a.index()], &self.entries[b.index()]);
+        let (ra, rb) = (
+            ea.offset..ea.offset + ea.numel(),
+            eb.offset..eb.offset + eb.numel(),
+        );
+        let data = self.f32s_mut();
+        if ra.start < rb.start {
+            let (lo, hi) = data.split_at_mut(rb.start);
+            (&mut lo[ra], &mut hi[..rb.len()])
+        } else {
+            let (lo, hi) = data.split_at_mut(ra.start);
+            (&mut hi[..ra.len()], &mut lo[rb])
+        }
     }
 
     /// All values of an f32 store as one vector, in entry order.

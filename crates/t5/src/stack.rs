@@ -7,10 +7,10 @@
 
 use crate::attention::position_bias_backward;
 use crate::layers::{
-    norm_backward, norm_forward, sublayer_backward, sublayer_forward, GradSinks, NormCache, Site,
-    StackContext, SublayerCache,
+    norm_backward, norm_forward, sublayer_backward, sublayer_forward, GradSinks, NormCache,
+    ParamGrads, Site, StackContext, SublayerCache,
 };
-use crate::params::{ParamId, ParamStore, StackIds, SublayerIds};
+use crate::params::{ParamId, StackIds, SublayerIds};
 use crate::precision::OperandRef;
 use tessera_tensor::ops::embedding;
 use tessera_tensor::Result;
@@ -104,7 +104,7 @@ pub fn stack_forward(
 ) -> Result<(Vec<f32>, Option<StackCache>)> {
     let d = cx.config.d_model;
     let mut x = vec![0.0; tokens.len() * d];
-    embed(&mut x, cx.params.view(stack.embedding), tokens, d)?;
+    embed(&mut x, cx.weights.params().view(stack.embedding), tokens, d)?;
     cx.dropout
         .apply(&mut x, cx.tokens, stack_site(stack.number, 0), 0)?;
     let mut blocks = Vec::new();
@@ -118,7 +118,7 @@ pub fn stack_forward(
         }
     }
     let eps = cx.config.layer_norm_epsilon as f32;
-    let final_norm = norm_forward(&x, &cx.params.widened(stack.ids.final_norm), eps)?;
+    let final_norm = norm_forward(&x, &cx.weights.params().widened(stack.ids.final_norm), eps)?;
     let mut out = final_norm.n.clone();
     cx.dropout
         .apply(&mut out, cx.tokens, stack_site(stack.number, 1), 0)?;
@@ -153,24 +153,24 @@ pub fn stack_backward(
     stack: StackRef<'_>,
     cache: &StackCache,
     mut dout: Vec<f32>,
-    grads: &mut ParamStore,
+    mut grads: ParamGrads<'_>,
     dencoder: Option<&mut [f32]>,
 ) -> Result<()> {
     let d = cx.config.d_model;
     cx.dropout
         .apply(&mut dout, cx.tokens, stack_site(stack.number, 1), 0)?;
     let mut dx = vec![0.0; dout.len()];
-    let final_w = cx.params.widened(stack.ids.final_norm);
+    let final_w = cx.weights.params().widened(stack.ids.final_norm);
     norm_backward(
         &cache.final_norm.stats,
         &final_w,
-        grads.get_mut(stack.ids.final_norm),
+        grads.base(stack.ids.final_norm),
         &dout,
         &mut dx,
     )?;
     let mut dbias = vec![0.0; cx.bias.len()];
     let mut sinks = GradSinks {
-        grads: &mut *grads,
+        grads: grads.reborrow(),
         dbias: &mut dbias,
         dencoder,
     };
@@ -195,13 +195,13 @@ pub fn stack_backward(
         }
     }
     let heads = cx.config.num_heads;
-    position_bias_backward(
-        grads.get_mut(stack.ids.relative_bias),
-        &dbias,
-        &cache.buckets,
-        heads,
-    );
+    if let Some(dtable) = grads.base(stack.ids.relative_bias) {
+        position_bias_backward(dtable, &dbias, &cache.buckets, heads);
+    }
+    let Some(dembedding) = grads.base(stack.embedding) else {
+        return Ok(());
+    };
     cx.dropout
         .apply(&mut dx, cx.tokens, stack_site(stack.number, 0), 0)?;
-    embedding::embedding_backward(grads.get_mut(stack.embedding), &dx, &cache.tokens, d)
+    embedding::embedding_backward(dembedding, &dx, &cache.tokens, d)
 }

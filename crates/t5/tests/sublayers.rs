@@ -12,8 +12,8 @@
 use proptest::prelude::*;
 use tessera_t5::attention::Seqs;
 use tessera_t5::layers::{
-    sublayer_backward, sublayer_forward, token_ids, DropoutPlan, EncoderView, GradSinks, Site,
-    StackContext,
+    sublayer_backward, sublayer_forward, token_ids, DropoutPlan, EncoderView, GradSinks,
+    ParamGrads, Site, StackContext,
 };
 use tessera_t5::precision::OperandRef;
 use tessera_t5::{SublayerIds, SublayerKind, T5Config, T5Model};
@@ -84,9 +84,7 @@ fn context<'a>(
 ) -> StackContext<'a> {
     StackContext {
         config: model.config(),
-        params: model.params(),
-        precision: model.precision(),
-        packed: None,
+        weights: model.weights(),
         seqs: &m.queries,
         tokens: &m.tokens,
         causal: decoder,
@@ -146,7 +144,7 @@ proptest! {
             let cache = sublayer_forward(&cx, SITE, &ids, &mut x).expect("forward");
             let mut grads = model.new_gradients();
             let (mut dbias, mut denc, mut dx) = (vec![0.0; p.bias.len()], vec![0.0; p.enc.len()], p.g.clone());
-            let mut sinks = GradSinks { grads: &mut grads, dbias: &mut dbias, dencoder: Some(&mut denc) };
+            let mut sinks = GradSinks { grads: ParamGrads::Full(&mut grads), dbias: &mut dbias, dencoder: Some(&mut denc) };
             sublayer_backward(&cx, SITE, &ids, &cache, &mut dx, &mut sinks).expect("backward");
             let kind = match ids.kind {
                 SublayerKind::SelfAttention(_) => "self-attention",

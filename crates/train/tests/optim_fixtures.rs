@@ -3,7 +3,7 @@
 //! the Hugging Face-initialised model (`adamw-trajectory`), and both
 //! optimizers alone on random tensors (`optimizers`).
 
-use tessera_fixtures::{check_close, load, Fixture};
+use tessera_fixtures::{check_close, data_dir, load, Fixture};
 use tessera_t5::{Batch, T5Model, TrainOptions};
 use tessera_train::optim::{clip_grad_norm, Optimizer, OptimizerConfig, OptimizerKind};
 
@@ -32,33 +32,44 @@ fn setting(fx: &Fixture, key: &str) -> f32 {
         .expect("optimizer setting") as f32
 }
 
-#[test]
-fn adamw_trajectory_matches_torch() {
-    let fx = load("adamw-trajectory").expect("fixture group");
-    let init = load("models/t5-gated-untied-hf-init").expect("initial weights");
-    let mut model = T5Model::load(init.dir()).expect("fixture checkpoint loads");
+/// Three steps of the `adamw-trajectory` recipe on the trainable
+/// parameters of `model` (every weight, or the LoRA adapters), with the
+/// batches of `batches`; returns the losses and pre-clip gradient norms.
+fn run_adamw(model: &mut T5Model, batches: &Fixture) -> (Vec<f32>, Vec<f32>) {
+    let recipe = load("adamw-trajectory").expect("fixture group");
     let config = OptimizerConfig {
         kind: OptimizerKind::AdamW,
-        beta1: setting(&fx, "betas/0"),
-        beta2: setting(&fx, "betas/1"),
-        eps: setting(&fx, "eps"),
-        weight_decay: setting(&fx, "weight_decay"),
+        beta1: setting(&recipe, "betas/0"),
+        beta2: setting(&recipe, "betas/1"),
+        eps: setting(&recipe, "eps"),
+        weight_decay: setting(&recipe, "weight_decay"),
         ..OptimizerConfig::default()
     };
-    let (lr, max_norm) = (setting(&fx, "lr"), setting(&fx, "max_grad_norm"));
-    let mut opt = Optimizer::new(&config, model.params()).expect("valid config");
+    let (lr, max_norm) = (setting(&recipe, "lr"), setting(&recipe, "max_grad_norm"));
+    let mut opt = Optimizer::new(&config, model.trainable()).expect("valid config");
     let opts = TrainOptions::from_config(model.config());
     let (mut losses, mut norms) = (Vec::new(), Vec::new());
     for step in 0..3 {
         let mut grads = model.new_gradients();
         let loss = model
-            .forward_backward(&batch(&fx, step), &mut grads, &opts)
+            .forward_backward(&batch(batches, step), &mut grads, &opts)
             .expect("forward/backward");
         losses.push(loss.mean());
         norms.push(clip_grad_norm(&mut grads, max_norm));
-        opt.step(model.params_mut(), &grads, lr);
+        opt.step(model.trainable_mut(), &grads, lr);
     }
     assert_eq!(opt.steps(), 3);
+    (losses, norms)
+}
+
+/// Checks a trajectory's losses, norms and final trainable parameters
+/// against `fx` (`final.<name>`, tolerance `final_key`).
+fn check_trajectory(
+    fx: &Fixture,
+    model: &T5Model,
+    (losses, norms): (Vec<f32>, Vec<f32>),
+    final_key: &str,
+) {
     let tol = |what: &str| {
         fx.number(&format!("/tolerances/{what}"))
             .expect("tolerance")
@@ -68,15 +79,41 @@ fn adamw_trajectory_matches_torch() {
         check_close(what, got, &want, tol(what)).unwrap_or_else(|e| panic!("{e}"));
     }
     let mut worst = 0.0f64;
-    for (entry, got) in model.params().iter() {
+    for (entry, got) in model.trainable().iter() {
         let want = fx
             .f32s(&format!("final.{}", entry.name))
             .expect("final weight");
-        let c = check_close(&entry.name, got, &want, tol("final_weights"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let c =
+            check_close(&entry.name, got, &want, tol(final_key)).unwrap_or_else(|e| panic!("{e}"));
         worst = worst.max(c.rel_error);
     }
-    eprintln!("adamw-trajectory: worst final-weight rel. error {worst:.2e}");
+    eprintln!("{}: worst final rel. error {worst:.2e}", fx.name());
+}
+
+#[test]
+fn adamw_trajectory_matches_torch() {
+    let fx = load("adamw-trajectory").expect("fixture group");
+    let init = load("models/t5-gated-untied-hf-init").expect("initial weights");
+    let mut model = T5Model::load(init.dir()).expect("fixture checkpoint loads");
+    let run = run_adamw(&mut model, &fx);
+    check_trajectory(&fx, &model, run, "final_weights");
+}
+
+#[test]
+fn lora_adamw_trajectories_match_peft() {
+    for case in ["lora/qv", "lora/gated-all", "lora/relu-all"] {
+        let fx = load(case).expect("fixture group");
+        let base = fx.meta_at("/base").expect("base").as_str().expect("a path");
+        let mut model = T5Model::load(&data_dir().join(base)).expect("base loads");
+        model.load_adapter(fx.dir()).expect("PEFT adapter loads");
+        let frozen = model.params().clone();
+        let run = run_adamw(&mut model, &fx);
+        check_trajectory(&fx, &model, run, "final_adapters");
+        assert!(
+            model.params() == &frozen,
+            "{case}: a frozen base weight moved"
+        );
+    }
 }
 
 /// The settings of one case of the `optimizers` group.
