@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use tessera_t5::safetensors::StoredDType;
 
 /// Write a checkpoint as a Hugging Face folder (weights, configs, tokenizer files) that
-/// `transformers` loads; the optimizer state and trainer files stay behind.
+/// `transformers` loads; the optimizer state and trainer files stay behind. A LoRA
+/// checkpoint becomes a PEFT adapter folder (or, with --merge, a whole model).
 #[derive(clap::Args)]
 pub struct Args {
     /// A checkpoint folder (OUTPUT/checkpoints/step-N).
@@ -18,6 +19,10 @@ pub struct Args {
     /// half the size, as the Hub's bf16/fp16 checkpoints).
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     dtype: StoredDType,
+    /// For a LoRA checkpoint: write the whole model with the adapters
+    /// merged into its weights, instead of a PEFT adapter folder.
+    #[arg(long)]
+    merge: bool,
 }
 
 fn parse_dtype(s: &str) -> Result<StoredDType, String> {
@@ -31,7 +36,7 @@ fn parse_dtype(s: &str) -> Result<StoredDType, String> {
 
 /// Exports and says where the files went.
 pub fn run(args: Args) -> Result<()> {
-    tessera_train::export::export_as(&args.checkpoint, &args.output, args.dtype)?;
+    tessera_train::export::export_as(&args.checkpoint, &args.output, args.dtype, args.merge)?;
     println!(
         "exported {} to {}",
         args.checkpoint.display(),

@@ -1,12 +1,12 @@
-//! The model, tokenizer and thread flags that `eval` and `generate` share.
+//! The model, adapter, tokenizer and thread flags that `eval` and `generate` share.
 
 use anyhow::Result;
 use std::path::PathBuf;
 use tessera_glue::TextTokenizer;
 use tessera_t5::{Precision, T5Model};
-use tessera_train::model_source::{load_model_and_tokenizer, ModelSpec};
+use tessera_train::model_source::{load_model_and_tokenizer, put_adapter, ModelSpec};
 
-/// `--model`, `--tokenizer`, `--seed`, `--threads`, `--precision`.
+/// `--model`, `--adapter`, `--tokenizer`, `--seed`, `--threads`, `--precision`.
 #[derive(clap::Args)]
 pub struct ModelArgs {
     /// A model folder (config.json + model.safetensors); a bare preset name
@@ -28,6 +28,10 @@ pub struct ModelArgs {
     /// f32 accumulation; see docs/precision.md).
     #[arg(long, default_value = "f32")]
     precision: Precision,
+    /// A LoRA adapter folder to put on the model: tessera's LoRA checkpoint
+    /// or export, or one PEFT saved (adapter_config.json + adapter_model.safetensors).
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -41,6 +45,9 @@ impl ModelArgs {
         let (loaded, tokenizer) =
             load_model_and_tokenizer(&spec, self.tokenizer.as_deref(), self.seed)?;
         let mut model = loaded.model;
+        if let Some(dir) = &self.adapter {
+            put_adapter(&mut model, dir)?;
+        }
         model.set_precision(self.precision);
         Ok((model, tokenizer))
     }

@@ -167,6 +167,19 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     stochastic_rounding: bool,
+    /// LoRA: adapter rank; turns LoRA on (only the adapters train, the base
+    /// is frozen and kept in --precision).
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// LoRA: lora_alpha (the adapters' output is scaled by alpha / rank) [default: 8].
+    #[arg(long)]
+    lora_alpha: Option<f32>,
+    /// LoRA: dropout of the adapters' input (only 0 trains today).
+    #[arg(long)]
+    lora_dropout: Option<f32>,
+    /// LoRA: modules to adapt, comma-separated: q,k,v,o,wi,wi_0,wi_1,wo [default: q,v].
+    #[arg(long)]
+    lora_targets: Option<String>,
 }
 
 impl Args {

@@ -163,6 +163,43 @@ impl Lora {
     }
 }
 
+impl crate::T5Model {
+    /// Folds the LoRA adapters into the weights they adapt, `W += s·B·A`
+    /// (in f32, then stored back in the weights' own type), and removes
+    /// them: the result is a plain model that computes what the adapted
+    /// one did, up to the rounding of the sum. Nothing changes when the
+    /// model has no adapters.
+    pub fn merge_lora(&mut self) -> Result<(), crate::ModelError> {
+        let Some(lora) = self.lora().cloned() else {
+            return Ok(());
+        };
+        let (r, s) = (lora.config.rank, lora.config.scale());
+        let mut merged = self.params().converted(tessera_tensor::DType::F32);
+        for id in merged.ids().collect::<Vec<_>>() {
+            let Some((a, b)) = lora.pair(id) else {
+                continue;
+            };
+            let (out, inp) = (merged.entry(id).shape[0], merged.entry(id).shape[1]);
+            let (a, b) = (lora.adapters.get(a), lora.adapters.get(b));
+            let w = tessera_tensor::MatMut::dense(merged.get_mut(id), out, inp)?;
+            let a = tessera_tensor::MatRef::dense(a, r, inp)?;
+            let b = tessera_tensor::MatRef::dense(b, out, r)?;
+            tessera_tensor::gemm(
+                s,
+                b,
+                tessera_tensor::Op::N,
+                a,
+                tessera_tensor::Op::N,
+                1.0,
+                w,
+            )?;
+        }
+        self.replace_weights(merged.converted(self.params().dtype()))?;
+        self.drop_lora();
+        Ok(())
+    }
+}
+
 /// The module of a `<module>.weight` parameter whose last name is one of
 /// `targets` (PEFT's suffix match on module names).
 fn targeted_module<'a>(name: &'a str, targets: &[String]) -> Option<&'a str> {

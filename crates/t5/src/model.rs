@@ -423,6 +423,27 @@ impl T5Model {
         Ok(())
     }
 
+    /// Removes the LoRA adapters: every weight trains again.
+    pub fn drop_lora(&mut self) {
+        self.lora = None;
+    }
+
+    /// Replaces every weight with `params` (same layout), refusing a
+    /// non-finite value.
+    pub(crate) fn replace_weights(&mut self, params: ParamStore) -> Result<(), ModelError> {
+        assert_eq!(params.entries(), self.params.entries(), "the same layout");
+        if let Some((id, index)) = params.first_non_finite() {
+            return Err(ModelError::WeightRange {
+                name: params.entry(id).name.clone(),
+                index,
+                value: params.widened(id)[index],
+                dtype: params.dtype(),
+            });
+        }
+        self.params = params;
+        Ok(())
+    }
+
     /// The LoRA adapters, if the model has some.
     pub fn lora(&self) -> Option<&Lora> {
         self.lora.as_ref()

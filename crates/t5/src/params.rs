@@ -129,6 +129,42 @@ impl ParamStore {
         }
     }
 
+    /// XXH3-128 (hex) of every parameter's name, shape and values as
+    /// stored (little-endian, in the store's dtype): equal for the same
+    /// weights loaded the same way, different for any other. A LoRA
+    /// checkpoint records its base's, and a resume checks it.
+    pub fn fingerprint(&self) -> String {
+        use std::io::Write;
+        let mut h = crate::folder::HashingWriter::new(std::io::sink());
+        let mut put = |bytes: &[u8]| h.write_all(bytes).expect("a sink takes every byte");
+        put(self.dtype().to_string().as_bytes());
+        for e in &self.entries {
+            put(e.name.as_bytes());
+            for d in &e.shape {
+                put(&(*d as u64).to_le_bytes());
+            }
+        }
+        let mut buf = Vec::with_capacity(1 << 16);
+        let mut flush = |buf: &mut Vec<u8>| {
+            put(buf);
+            buf.clear();
+        };
+        macro_rules! values {
+            ($v:expr) => {
+                for chunk in $v.chunks(1 << 14) {
+                    buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+                    flush(&mut buf);
+                }
+            };
+        }
+        match &self.values {
+            Operand::F32(v) => values!(v),
+            Operand::Bf16(v) => values!(v),
+            Operand::F16(v) => values!(v),
+        }
+        h.digest().1
+    }
+
     /// The parameter and index of the first infinite or NaN value.
     pub fn first_non_finite(&self) -> Option<(ParamId, usize)> {
         self.ids().find_map(|id| {

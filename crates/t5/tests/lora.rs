@@ -164,3 +164,31 @@ fn saved_adapters_load_back_exactly() {
     again.load_adapter(&out).expect("load");
     assert_eq!(again.lora(), model.lora());
 }
+
+#[test]
+fn merged_adapters_compute_what_the_adapted_model_did() {
+    for case in CASES {
+        let (model, fx) = adapted(case);
+        let batch = batch(&fx, "");
+        let adapted = model.forward(&batch).expect("forward").logits;
+        let mut merged = model.clone();
+        merged.merge_lora().expect("merge");
+        assert!(merged.lora().is_none());
+        let logits = merged.forward(&batch).expect("forward").logits;
+        check_close(case, &logits, &adapted, 1e-5).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn the_fingerprint_of_the_base_sees_any_change() {
+    let (model, _) = adapted("lora/qv");
+    let base = model.params();
+    let again = T5Model::load(&data_dir().join("models/t5-gated-untied-hf-init")).expect("base");
+    assert_eq!(again.params().fingerprint(), base.fingerprint());
+    let mut changed = again.clone();
+    let id = changed.params().ids().nth(3).expect("a weight");
+    changed.params_mut().get_mut(id)[0] += 1e-3;
+    assert_ne!(changed.params().fingerprint(), base.fingerprint());
+    let narrow = base.converted(tessera_tensor::DType::BF16);
+    assert_ne!(narrow.fingerprint(), base.fingerprint());
+}

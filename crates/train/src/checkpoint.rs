@@ -8,6 +8,8 @@
 //! - `optimizer.safetensors`: the optimizer's state in f32;
 //! - `trainer_state.json`: run id, step, data cursor, the run configuration
 //!   and the fingerprints of the training data and tokenizer;
+//! - for a LoRA run, `adapter_config.json` and `adapter_model.safetensors`
+//!   (PEFT's format) instead of the weights, the base named in the manifest;
 //! - `manifest.json`, written last: what kind of checkpoint this is, whose
 //!   run and step, and every other file's size and XXH3-128 hash, taken as
 //!   the bytes were written ([`Manifest`]).
@@ -47,6 +49,23 @@ pub const MANIFEST_VERSION: u32 = 1;
 pub enum CheckpointKind {
     /// A full training checkpoint: weights, optimizer state, trainer state.
     Training,
+    /// A LoRA training checkpoint: the adapters in PEFT's format
+    /// (`adapter_config.json`, `adapter_model.safetensors`), their optimizer
+    /// state and the trainer state; the frozen base is not copied but named
+    /// in the manifest ([`BaseModel`]).
+    Adapter,
+}
+
+/// The frozen base model of a LoRA checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseModel {
+    /// The model as the run named it (a folder, a preset, a Hub id).
+    pub model: String,
+    /// The seed a preset is initialised from.
+    pub seed: u64,
+    /// [`tessera_t5::ParamStore::fingerprint`] of the base as loaded, so a
+    /// resume on other weights is refused.
+    pub fingerprint: String,
 }
 
 /// `manifest.json`: the checkpoint's identity and its files' sizes and hashes.
@@ -62,6 +81,9 @@ pub struct Manifest {
     pub run: String,
     /// Optimizer steps taken when it was written.
     pub step: u64,
+    /// The frozen base ([`CheckpointKind::Adapter`] only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseModel>,
     /// Every other file of the folder.
     pub files: Vec<FileRecord>,
 }
@@ -148,7 +170,7 @@ pub fn step_dir(root: &Path, step: u64) -> PathBuf {
 /// another run's). Returns the checkpoint's folder.
 pub fn save(
     root: &Path,
-    model: &T5Model,
+    (model, base): (&T5Model, Option<&BaseModel>),
     tokenizer: &TokenizerFiles,
     optimizer: &Optimizer,
     state: &TrainerState,
@@ -157,8 +179,17 @@ pub fn save(
     fs::create_dir_all(root).map_err(|e| TrainError::io("cannot create", root, e))?;
     let target = step_dir(root, state.step);
     folder::build(&target, |staging| {
-        let dtype = model.params().dtype().into();
-        model.write_into(staging, DEFAULT_MAX_SHARD_BYTES, dtype)?;
+        let kind = match base {
+            Some(base) => {
+                model.write_adapter_into(staging, &base.model)?;
+                CheckpointKind::Adapter
+            }
+            None => {
+                let dtype = model.params().dtype().into();
+                model.write_into(staging, DEFAULT_MAX_SHARD_BYTES, dtype)?;
+                CheckpointKind::Training
+            }
+        };
         tokenizer.write(staging)?;
         staging.write(OPTIMIZER_FILE, |w| optimizer.write_to(w))?;
         let json = serde_json::to_vec_pretty(state).expect("the trainer state serialises");
@@ -166,9 +197,10 @@ pub fn save(
         let manifest = Manifest {
             format: MANIFEST_FORMAT.into(),
             version: MANIFEST_VERSION,
-            kind: CheckpointKind::Training,
+            kind,
             run: state.run.clone(),
             step: state.step,
+            base: base.cloned(),
             files: staging.files().to_vec(),
         };
         let json = serde_json::to_vec_pretty(&manifest).expect("the manifest serialises");

@@ -12,7 +12,7 @@ use crate::schedule::Schedule;
 use crate::{Result, TrainError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use tessera_t5::Precision;
+use tessera_t5::{LoraConfig, LoraError, Precision};
 
 /// The learning-rate schedule families a run can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +132,30 @@ pub struct RunConfig {
     /// the weights). Off: f32 master weights read in 16 bits.
     #[serde(default)]
     pub stochastic_rounding: bool,
+    /// LoRA: the rank of the adapters; set, it turns LoRA on (only the
+    /// adapters train; the base weights are frozen and kept in the run's
+    /// precision, bf16/fp16 with no f32 copy). Unset: full fine-tuning.
+    #[serde(default)]
+    pub lora_rank: Option<usize>,
+    /// LoRA: PEFT's `lora_alpha`; the adapters' output is scaled by
+    /// `lora_alpha / lora_rank`.
+    #[serde(default = "default_lora_alpha")]
+    pub lora_alpha: f32,
+    /// LoRA: PEFT's `lora_dropout` (only 0 trains today).
+    #[serde(default)]
+    pub lora_dropout: f32,
+    /// LoRA: the modules to adapt, PEFT's names separated by commas
+    /// (any of q, k, v, o, wi, wi_0, wi_1, wo; PEFT's default for T5 is q,v).
+    #[serde(default = "default_lora_targets")]
+    pub lora_targets: String,
+}
+
+fn default_lora_alpha() -> f32 {
+    8.0
+}
+
+fn default_lora_targets() -> String {
+    tessera_t5::lora::DEFAULT_LORA_TARGETS.join(",")
 }
 
 fn default_loss_scale_init() -> f32 {
@@ -223,6 +247,10 @@ impl RunConfig {
             loss_scale_init: loss_scale::INITIAL_SCALE,
             loss_scale_growth_interval: loss_scale::GROWTH_INTERVAL,
             stochastic_rounding: false,
+            lora_rank: None,
+            lora_alpha: default_lora_alpha(),
+            lora_dropout: 0.0,
+            lora_targets: default_lora_targets(),
         }
     }
 
@@ -365,8 +393,44 @@ impl RunConfig {
                 "keeps the weights in 16 bits, so it needs --precision bf16 or fp16",
             ));
         }
+        self.lora()?;
         self.schedule().validate()?;
         self.optimizer_config().validate()
+    }
+
+    /// The LoRA settings of this run (`None`: full fine-tuning), checked.
+    pub fn lora(&self) -> Result<Option<LoraConfig>> {
+        let Some(rank) = self.lora_rank else {
+            return Ok(None);
+        };
+        let config = LoraConfig {
+            rank,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+            targets: self
+                .lora_targets
+                .split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect(),
+        };
+        config.validate().map_err(|e| {
+            let LoraError::Setting { setting, reason } = &e;
+            TrainError::setting(lora_flag(setting), reason.clone())
+        })?;
+        if config.dropout > 0.0 {
+            return Err(TrainError::setting(
+                "--lora-dropout",
+                "LoRA dropout is not implemented in training yet; use 0",
+            ));
+        }
+        if self.stochastic_rounding {
+            return Err(TrainError::setting(
+                "--stochastic-rounding",
+                "updates the weights in 16 bits, but with LoRA the base is frozen (already kept in 16 bits) and the adapters stay f32",
+            ));
+        }
+        Ok(Some(config))
     }
 
     /// A fresh fp16 loss scaler for this run, or `None` when the precision
@@ -410,6 +474,16 @@ impl RunConfig {
     /// Rows per optimizer step.
     pub fn global_batch(&self) -> usize {
         self.batch_size * self.grad_accum
+    }
+}
+
+/// The flag of a LoRA setting [`LoraError`] names.
+fn lora_flag(setting: &str) -> &'static str {
+    match setting {
+        "rank" => "--lora-rank",
+        "alpha" => "--lora-alpha",
+        "dropout" => "--lora-dropout",
+        _ => "--lora-targets",
     }
 }
 

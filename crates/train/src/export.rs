@@ -14,6 +14,11 @@
 //!   `transformers`' `T5Tokenizer`: `<pad>`/`</s>`/`<unk>`, the
 //!   `<extra_id_N>` sentinels the vocabulary has, `model_max_length` 512.
 //!
+//! A LoRA checkpoint exports as a PEFT adapter folder instead
+//! (`adapter_config.json` naming the base, `adapter_model.safetensors`, the
+//! tokenizer files), which `PeftModel.from_pretrained(base, folder)` loads;
+//! or, merged, as a whole model folder as above.
+//!
 //! A checkpoint with a manifest is verified against it first. The folder is
 //! built under a staging name beside `output`, fsynced and renamed into
 //! place ([`tessera_t5::folder`]), so a reader never sees half an export. An existing `output`
@@ -21,14 +26,19 @@
 //! the files an export writes); any other folder is refused, so an export
 //! never deletes a checkpoint or unrelated files.
 
+use crate::checkpoint::CheckpointKind;
 use crate::error::{Result, TrainError};
+use crate::model_source::load_adapted;
 use serde_json::{json, Value};
 use std::fs;
 use std::path::Path;
 use tessera_glue::TextTokenizer;
 use tessera_t5::folder::{self, Staging};
 use tessera_t5::safetensors::StoredDType;
-use tessera_t5::{T5Model, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, WEIGHTS_FILE};
+use tessera_t5::{
+    T5Model, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE,
+    WEIGHTS_FILE,
+};
 
 /// The tokenizer file a checkpoint must hold.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -38,11 +48,13 @@ pub const SPIECE_FILE: &str = "spiece.model";
 pub const MODEL_MAX_LENGTH: usize = 512;
 
 /// The files an export writes, besides weight shards `model-NNNNN-of-NNNNN.safetensors`.
-const EXPORT_FILES: [&str; 8] = [
+const EXPORT_FILES: [&str; 10] = [
     "config.json",
     "generation_config.json",
     WEIGHTS_FILE,
     INDEX_FILE,
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
     TOKENIZER_FILE,
     SPIECE_FILE,
     "tokenizer_config.json",
@@ -51,13 +63,16 @@ const EXPORT_FILES: [&str; 8] = [
 
 /// Writes the Hugging Face export of `checkpoint` to `output` (see the module docs).
 pub fn export(checkpoint: &Path, output: &Path) -> Result<()> {
-    export_as(checkpoint, output, StoredDType::F32)
+    export_as(checkpoint, output, StoredDType::F32, false)
 }
 
 /// [`export`] with the weights stored as `dtype` (F32, F16 or BF16): half
 /// the file size in 16 bits, which `transformers` loads as it loads the
-/// Hub's bf16/fp16 checkpoints.
-pub fn export_as(checkpoint: &Path, output: &Path, dtype: StoredDType) -> Result<()> {
+/// Hub's bf16/fp16 checkpoints. A LoRA checkpoint exports as a PEFT adapter
+/// folder (its base named in `adapter_config.json`), or with `merge` as a
+/// whole model with the adapters merged into the weights (in f32, then
+/// stored as `dtype`).
+pub fn export_as(checkpoint: &Path, output: &Path, dtype: StoredDType, merge: bool) -> Result<()> {
     if !checkpoint.is_dir() {
         return Err(TrainError::setting(
             "--checkpoint",
@@ -72,11 +87,23 @@ pub fn export_as(checkpoint: &Path, output: &Path, dtype: StoredDType) -> Result
             format!("{} has no {TOKENIZER_FILE}", checkpoint.display()),
         ));
     }
-    crate::checkpoint::verify_if_manifest(checkpoint)?;
+    let manifest = match checkpoint.join(crate::checkpoint::MANIFEST_FILE).is_file() {
+        true => Some(crate::checkpoint::verify(checkpoint)?),
+        false => None,
+    };
     let tokenizer = TextTokenizer::from_file(&tokenizer_file)?;
-    let model = T5Model::load(checkpoint)?;
+    let (mut model, base) = match manifest {
+        Some(m) if m.kind == CheckpointKind::Adapter => load_adapted(checkpoint, m.base)?,
+        _ => (T5Model::load(checkpoint)?, None),
+    };
+    if merge {
+        model.merge_lora()?;
+    }
     folder::build(output, |staging| {
-        model.write_into(staging, DEFAULT_MAX_SHARD_BYTES, dtype)?;
+        match (&base, merge) {
+            (Some(base), false) => model.write_adapter_into(staging, &base.model)?,
+            _ => model.write_into(staging, DEFAULT_MAX_SHARD_BYTES, dtype)?,
+        }
         build(&tokenizer, checkpoint, staging)
     })
     .map(drop)

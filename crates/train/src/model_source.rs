@@ -28,6 +28,7 @@
 //! vocabulary has exactly its size: the Flan-T5 presets (32,128 tokens) need
 //! `--tokenizer`. A tokenizer with more tokens than the model is rejected.
 
+use crate::checkpoint::{self, BaseModel, CheckpointKind};
 use crate::error::{Result, TrainError};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -136,6 +137,9 @@ pub fn load_model(spec: &ModelSpec, seed: u64) -> Result<LoadedModel> {
         ModelSpec::Folder(dir) => dir.clone(),
         ModelSpec::Hub(id) => fetch_from_hub(id)?,
     };
+    if let Some(loaded) = load_adapter_folder(&folder, seed)? {
+        return Ok(loaded);
+    }
     let config = T5Config::from_file(&folder.join("config.json"))
         .map_err(tessera_t5::CheckpointError::from)?;
     check_memory(spec, &config, tessera_tensor::memory::total_memory())?;
@@ -144,6 +148,80 @@ pub fn load_model(spec: &ModelSpec, seed: u64) -> Result<LoadedModel> {
         model: T5Model::load(&folder)?,
         folder: Some(folder),
     })
+}
+
+/// A LoRA folder with its base: a tessera LoRA checkpoint (the base its
+/// manifest names, fingerprint checked) or a PEFT adapter folder (the base
+/// its `base_model_name_or_path` names; a preset from `seed`). `None` for
+/// any other folder. The tokenizer is looked for in the adapter's folder,
+/// then the base's.
+fn load_adapter_folder(dir: &Path, seed: u64) -> Result<Option<LoadedModel>> {
+    let own_tokenizer = dir.join(crate::export::TOKENIZER_FILE).is_file();
+    let (model, base_folder) = if dir.join(checkpoint::MANIFEST_FILE).is_file() {
+        let manifest = checkpoint::verify(dir)?;
+        if manifest.kind != CheckpointKind::Adapter {
+            return Ok(None);
+        }
+        (load_adapted(dir, manifest.base)?.0, None)
+    } else if dir.join(tessera_t5::ADAPTER_CONFIG_FILE).is_file()
+        && !dir.join("config.json").is_file()
+    {
+        let config_path = dir.join(tessera_t5::ADAPTER_CONFIG_FILE);
+        let (_, base) = tessera_t5::read_adapter_config(&config_path)?;
+        let base = base.ok_or_else(|| {
+            TrainError::setting(
+                "--model",
+                format!("{} names no base model (base_model_name_or_path); pass the base as --model and this folder as --adapter", config_path.display()),
+            )
+        })?;
+        let base = load_model(&ModelSpec::parse(&base)?, seed)?;
+        let mut model = base.model;
+        model.load_adapter(dir)?;
+        (model, base.folder)
+    } else {
+        return Ok(None);
+    };
+    let folder = match own_tokenizer {
+        true => Some(dir.to_path_buf()),
+        false => base_folder,
+    };
+    Ok(Some(LoadedModel { model, folder }))
+}
+
+/// The model of a LoRA checkpoint `dir`: the base its manifest names, with
+/// the checkpoint's adapters ([`put_adapter`]).
+pub fn load_adapted(dir: &Path, base: Option<BaseModel>) -> Result<(T5Model, Option<BaseModel>)> {
+    let base = base.ok_or_else(|| TrainError::Damaged {
+        dir: dir.to_path_buf(),
+        reason: "its manifest is of a LoRA checkpoint but names no base model".into(),
+    })?;
+    let mut model = load_model(&ModelSpec::parse(&base.model)?, base.seed)?.model;
+    put_adapter(&mut model, dir)?;
+    Ok((model, Some(base)))
+}
+
+/// Loads the LoRA adapters of folder `dir` onto `model` (PEFT's format). A
+/// tessera checkpoint is verified against its manifest first, and its base
+/// must be `model`'s weights: their fingerprints must agree.
+pub fn put_adapter(model: &mut T5Model, dir: &Path) -> Result<()> {
+    if dir.join(checkpoint::MANIFEST_FILE).is_file() {
+        let manifest = checkpoint::verify(dir)?;
+        if let Some(base) = manifest.base {
+            let found = model.params().fingerprint();
+            if found != base.fingerprint {
+                return Err(TrainError::setting(
+                    "--model",
+                    format!(
+                        "the LoRA checkpoint {} was trained on {} (weights fingerprint {}), not on these weights (fingerprint {found})",
+                        dir.display(),
+                        base.model,
+                        base.fingerprint
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(model.load_adapter(dir)?)
 }
 
 /// Fails, with the estimate and the machine's memory in the sentence, when

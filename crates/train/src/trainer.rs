@@ -21,12 +21,14 @@
 //! **Output.** A run writes only into an output folder it has claimed
 //! ([`RunFolder`]): locked, and holding no other run's checkpoints.
 
-use crate::checkpoint::{self, Fingerprint, TokenizerFiles, TrainerState};
+use crate::checkpoint::{
+    self, BaseModel, CheckpointKind, Fingerprint, TokenizerFiles, TrainerState,
+};
 use crate::config::RunConfig;
 use crate::data::DataReport;
 use crate::eval::{model_batch, EvalOptions, EvalReport, Evaluator};
 use crate::metrics::{MetricsLog, METRICS_FILE};
-use crate::model_source::check_fits;
+use crate::model_source::{check_fits, load_adapted};
 use crate::optim::{clip, Optimizer};
 use crate::run_folder::{RunFolder, CHECKPOINTS};
 use crate::{Result, TrainError};
@@ -156,6 +158,8 @@ struct Resumed {
 pub struct Trainer {
     config: RunConfig,
     model: T5Model,
+    /// The frozen base of a LoRA run (`None`: full fine-tuning).
+    base: Option<BaseModel>,
     grads: ParamStore,
     optimizer: Optimizer,
     tokenizer_files: TokenizerFiles,
@@ -180,7 +184,9 @@ impl Trainer {
         train: &Dataset,
         eval_set: Option<Dataset>,
     ) -> Result<Self> {
-        let optimizer = Optimizer::new(&config.optimizer_config(), model.params())?;
+        let mut model = model;
+        let base = add_lora(&mut model, &config)?;
+        let optimizer = Optimizer::new(&config.optimizer_config(), model.trainable())?;
         let state = TrainerState {
             run: new_run_id(),
             step: 0,
@@ -191,7 +197,7 @@ impl Trainer {
             loss_scaler: None,
         };
         Self::assemble(
-            model,
+            (model, base),
             optimizer,
             tokenizer,
             tokenizer_files,
@@ -227,13 +233,16 @@ impl Trainer {
                 ),
             });
         }
-        let model = T5Model::load(dir)?;
+        let (model, base) = match manifest.kind {
+            CheckpointKind::Training => (T5Model::load(dir)?, None),
+            CheckpointKind::Adapter => load_adapted(dir, manifest.base)?,
+        };
         let tokenizer_path = dir.join(checkpoint::TOKENIZER_FILE);
         let tokenizer = TextTokenizer::from_file(&tokenizer_path)?;
         let tokenizer_files = TokenizerFiles::of(&tokenizer, Some(&tokenizer_path))?;
         let optimizer = Optimizer::load(
             &config.optimizer_config(),
-            model.params(),
+            model.trainable(),
             &dir.join(checkpoint::OPTIMIZER_FILE),
         )?;
         if optimizer.steps() != state.step {
@@ -268,7 +277,7 @@ impl Trainer {
         state.config = config;
         state.fingerprint = Some(fingerprint);
         let mut trainer = Self::assemble(
-            model,
+            (model, base),
             optimizer,
             tokenizer,
             tokenizer_files,
@@ -285,7 +294,7 @@ impl Trainer {
     }
 
     fn assemble(
-        mut model: T5Model,
+        (mut model, base): (T5Model, Option<BaseModel>),
         optimizer: Optimizer,
         tokenizer: TextTokenizer,
         tokenizer_files: TokenizerFiles,
@@ -295,7 +304,8 @@ impl Trainer {
     ) -> Result<Self> {
         let config = state.config.clone();
         model.set_precision(config.precision);
-        if config.stochastic_rounding {
+        // A frozen LoRA base needs no f32 master copy either.
+        if config.stochastic_rounding || base.is_some() {
             model.store_weights_in_precision()?;
         }
         // A resumed fp16 run goes on with its saved scale; any other
@@ -351,6 +361,7 @@ impl Trainer {
             grads: model.new_gradients(),
             config,
             model,
+            base,
             optimizer,
             tokenizer_files,
             loader,
@@ -525,8 +536,12 @@ impl Trainer {
             return Err(self.diverged(step, loss, grad_norm));
         }
         let lr = self.config.schedule().lr(self.config.lr, self.state.step);
-        self.optimizer
-            .step_scaled(self.model.params_mut(), &mut self.grads, lr, clipped.scale);
+        self.optimizer.step_scaled(
+            self.model.trainable_mut(),
+            &mut self.grads,
+            lr,
+            clipped.scale,
+        );
         self.state.step = step;
         Ok((lr, grad_norm))
     }
@@ -560,7 +575,7 @@ impl Trainer {
         self.claim_output(false)?;
         let dir = checkpoint::save(
             &self.config.output.join(CHECKPOINTS),
-            &self.model,
+            (&self.model, self.base.as_ref()),
             &self.tokenizer_files,
             &self.optimizer,
             &self.state,
@@ -645,6 +660,23 @@ impl Trainer {
 
 /// A fresh run's identity: start time, process and a counter, so two runs
 /// never share one.
+/// Adds the LoRA adapters of `config` to `model`, if it asks for them, and
+/// returns the frozen base's record for the checkpoints.
+fn add_lora(model: &mut T5Model, config: &RunConfig) -> Result<Option<BaseModel>> {
+    let Some(lora) = config.lora()? else {
+        return Ok(None);
+    };
+    let fingerprint = model.params().fingerprint();
+    model
+        .add_lora(lora, config.seed)
+        .map_err(|e| TrainError::setting("--lora-targets", e.to_string()))?;
+    Ok(Some(BaseModel {
+        model: config.model.clone(),
+        seed: config.seed,
+        fingerprint,
+    }))
+}
+
 fn new_run_id() -> String {
     static RUNS: AtomicU64 = AtomicU64::new(0);
     let secs = std::time::SystemTime::now()

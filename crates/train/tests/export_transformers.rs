@@ -76,7 +76,7 @@ fn transformers_loads_the_export_and_agrees_with_tessera() {
         (StoredDType::F16, "torch.float16"),
     ] {
         let out = tmp.path().join(format!("hf-{dtype}"));
-        export_as(&ckpt, &out, dtype).unwrap();
+        export_as(&ckpt, &out, dtype, false).unwrap();
         // The reference is tessera's f32 forward on the values as stored.
         let exported = T5Model::load(&out).unwrap();
         let reference_file = tmp.path().join("reference.json");

@@ -517,3 +517,95 @@ fn non_finite_weights_are_never_saved() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "nothing is written: {left:?}");
 }
+
+/// A LoRA run from a base folder: straight through, and interrupted after
+/// step 4 then resumed, on the micro model with dropout on.
+#[test]
+fn a_lora_run_trains_only_its_adapters_resumes_exactly_and_exports_for_peft() {
+    use tessera_train::model_source::{load_model, ModelSpec};
+    let train = rows(40);
+    let dir = tempfile::tempdir().unwrap();
+    let base_dir = dir.path().join("base");
+    let base = T5Model::init(micro_config(), 11);
+    base.save(&base_dir).unwrap();
+    let layer = format!(
+        "model = {:?}\nlora_rank = 4\nlora_alpha = 16.0\nlora_targets = \"q,v,wo\"\n",
+        base_dir.display().to_string()
+    );
+    let lora_trainer = |output: &Path| {
+        let path = tokenizer_path();
+        let tokenizer = TextTokenizer::from_file(&path).unwrap();
+        let files = TokenizerFiles::of(&tokenizer, Some(&path)).unwrap();
+        let model = T5Model::load(&base_dir).unwrap();
+        Trainer::new(
+            run_config(output, &layer),
+            model,
+            tokenizer,
+            files,
+            &train,
+            None,
+        )
+        .unwrap()
+    };
+    let straight = dir.path().join("straight");
+    let Outcome::Finished(end_a) = finish(&mut lora_trainer(&straight), None) else {
+        panic!("the straight run finishes")
+    };
+    let broken = dir.path().join("broken");
+    let Outcome::Interrupted(saved) = finish(&mut lora_trainer(&broken), Some(4)) else {
+        panic!("the run stops when asked")
+    };
+    let manifest = checkpoint::verify(&saved).unwrap();
+    assert_eq!(manifest.kind, checkpoint::CheckpointKind::Adapter);
+    let names: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
+    assert!(
+        names.contains(&tessera_t5::ADAPTER_WEIGHTS_FILE),
+        "{names:?}"
+    );
+    assert!(!names.contains(&tessera_t5::WEIGHTS_FILE), "{names:?}");
+    let config = checkpoint::read_state(&saved).unwrap().config;
+    let mut resumed = Trainer::resume(&saved, config.clone(), &train, None, false).unwrap();
+    let Outcome::Finished(end_b) = finish(&mut resumed, None) else {
+        panic!("the resumed run finishes")
+    };
+    let load = |d: &Path| {
+        load_model(&ModelSpec::Folder(d.to_path_buf()), 0)
+            .unwrap()
+            .model
+    };
+    let (a, b) = (load(&end_a), load(&end_b));
+    assert!(a.params() == base.params(), "the base moved");
+    assert_eq!(a.lora(), b.lora());
+    let trained = a.lora().unwrap().adapters();
+    assert!(trained
+        .iter()
+        .any(|(e, v)| e.name.contains("lora_B") && v.iter().any(|&x| x != 0.0)));
+    assert_eq!(
+        std::fs::read(end_a.join(checkpoint::OPTIMIZER_FILE)).unwrap(),
+        std::fs::read(end_b.join(checkpoint::OPTIMIZER_FILE)).unwrap()
+    );
+
+    // PEFT's folder, and a merged model that computes the same.
+    let peft = dir.path().join("peft");
+    tessera_train::export::export(&end_a, &peft).unwrap();
+    assert!(peft.join(tessera_t5::ADAPTER_CONFIG_FILE).is_file());
+    assert!(!peft.join(tessera_t5::WEIGHTS_FILE).exists());
+    let mut from_peft = base.clone();
+    from_peft.load_adapter(&peft).unwrap();
+    assert_eq!(from_peft.lora(), a.lora());
+    let merged_dir = dir.path().join("merged");
+    tessera_train::export::export_as(&end_a, &merged_dir, StoredDType::F32, true).unwrap();
+    let merged = T5Model::load(&merged_dir).unwrap();
+    let prompt: Vec<u32> = vec![5, 9, 33, 7, 1];
+    assert_eq!(
+        merged.generate(&[&prompt], 4).unwrap(),
+        a.generate(&[&prompt], 4).unwrap()
+    );
+
+    // Another base under the same name is refused on resume.
+    T5Model::init(micro_config(), 12).save(&base_dir).unwrap();
+    let err = Trainer::resume(&saved, config, &train, None, false)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("not on these weights"), "{err}");
+}
