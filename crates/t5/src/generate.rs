@@ -21,7 +21,7 @@ use crate::attention::{
     Seqs,
 };
 use crate::layers::{
-    linear, norm_forward, sublayer_forward, DropoutPlan, Prepacked, Site, StackContext, Weights,
+    norm_forward, sublayer_forward, DropoutPlan, Prepacked, Site, StackContext, Weights,
 };
 use crate::model::{Batch, Encoded, ModelError, T5Model};
 use crate::params::{AttentionIds, ParamId, SublayerIds, SublayerKind};
@@ -233,10 +233,10 @@ impl T5Model {
     /// Cross-attention K/V of every decoder layer, and empty self-attention caches.
     fn cross_kv(&self, enc: &Encoded, capacity: usize) -> Result<Vec<LayerKv>> {
         let c = self.config();
-        let (h, dk, inner) = (c.num_heads, c.d_kv, c.inner_dim());
+        let (h, dk) = (c.num_heads, c.d_kv);
         let seqs = &enc.side.seqs;
         let heads = |w| -> Result<Vec<f32>> {
-            let y = linear(enc.operand(), self.weights().get(w), seqs.total(), inner)?;
+            let y = self.weights().linear(enc.operand(), w, seqs.total())?;
             Ok(split_heads(&y, seqs, h, dk))
         };
         let cache_len = seqs.count() * h * capacity * dk;

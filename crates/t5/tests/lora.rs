@@ -192,3 +192,20 @@ fn the_fingerprint_of_the_base_sees_any_change() {
     let narrow = base.converted(tessera_tensor::DType::BF16);
     assert_ne!(narrow.fingerprint(), base.fingerprint());
 }
+
+#[test]
+fn adapted_generation_is_the_merged_models() {
+    for case in CASES {
+        let (model, fx) = adapted(case);
+        let batch = batch(&fx, "");
+        let mut merged = model.clone();
+        merged.merge_lora().expect("merge");
+        let sources = batch.source_rows();
+        let got = model.generate(&sources, 6).expect("generate");
+        assert_eq!(
+            got,
+            merged.generate(&sources, 6).expect("generate"),
+            "{case}"
+        );
+    }
+}

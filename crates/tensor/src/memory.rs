@@ -56,6 +56,12 @@ pub fn total_memory() -> Option<u64> {
     proc_bytes("/proc/meminfo", "MemTotal:")
 }
 
+/// This process's peak resident size so far in bytes (Linux `VmHWM`), or
+/// `None` where that cannot be read.
+pub fn peak_rss() -> Option<u64> {
+    proc_bytes("/proc/self/status", "VmHWM:")
+}
+
 /// Runs `f` and returns its result with the rise of this process's peak
 /// resident size over its resident size just before (Linux: `VmHWM` after
 /// resetting it through `/proc/self/clear_refs`, against `VmRSS`). A reader
@@ -93,6 +99,12 @@ mod tests {
     fn total_memory_is_read_on_linux() {
         let total = total_memory();
         assert_eq!(total.is_some(), cfg!(target_os = "linux"));
+        let peak = peak_rss();
+        assert_eq!(peak.is_some(), cfg!(target_os = "linux"));
+        assert!(
+            peak.is_none_or(|p| p > 1 << 20 && total.is_some_and(|t| p < t)),
+            "{peak:?}"
+        );
         assert!(total.is_none_or(|t| t > 1 << 28), "{total:?}");
     }
 

@@ -64,7 +64,9 @@ pub struct StepReport {
     /// Source tokens in the global batch (real tokens: batches carry no padding).
     pub source_tokens: usize,
     /// Useful FLOPs of the step: 3× the forward's
-    /// ([`tessera_t5::T5Config::forward_flops`]), for model FLOP utilisation.
+    /// ([`tessera_t5::T5Config::forward_flops`]) when every weight trains,
+    /// 2× with LoRA (no weight gradients of the frozen base; the adapters'
+    /// own FLOPs are not counted), for model FLOP utilisation.
     pub flops: f64,
     /// Training rows per second of wall time of this step.
     pub examples_per_s: f64,
@@ -482,9 +484,10 @@ impl Trainer {
             .filter(|&&l| l != IGNORE_INDEX)
             .count();
         let config = self.model.config();
+        let passes = if self.base.is_some() { 2.0 } else { 3.0 };
         let flops = micro
             .iter()
-            .map(|b| 3.0 * config.forward_flops(&b.src_lens, &b.tgt_lens))
+            .map(|b| passes * config.forward_flops(&b.src_lens, &b.tgt_lens))
             .sum();
         let examples = micro.iter().map(tessera_t5::Batch::rows).sum();
         let source_tokens = micro.iter().map(|b| b.input_ids.len()).sum();

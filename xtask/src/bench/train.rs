@@ -40,6 +40,13 @@ pub struct Args {
     /// rounding (no f32 master copy).
     #[arg(long)]
     stochastic_rounding: bool,
+    /// LoRA of this rank (alpha 16, on --lora-targets) instead of full
+    /// fine-tuning; the twin runs PEFT with the same settings.
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// LoRA targets (PEFT module names, comma-separated).
+    #[arg(long, default_value = "q,v")]
+    lora_targets: String,
 }
 
 /// What `bench train` prints and writes.
@@ -49,6 +56,12 @@ struct Report {
     precision: Precision,
     optimizer: String,
     stochastic_rounding: bool,
+    /// LoRA rank and targets (`None`: full fine-tuning).
+    lora: Option<(usize, String)>,
+    /// Parameters the step trains.
+    trainable_parameters: usize,
+    /// Peak resident memory of the process so far (Linux `VmHWM`), bytes.
+    peak_rss: Option<u64>,
     parameters: usize,
     batch_size: usize,
     threads: usize,
@@ -82,6 +95,11 @@ pub fn run(args: Args) -> Result<()> {
         "stochastic_rounding".into(),
         args.stochastic_rounding.into(),
     );
+    if let Some(rank) = args.lora_rank {
+        layer.insert("lora_rank".into(), (rank as i64).into());
+        layer.insert("lora_alpha".into(), 16.0.into());
+        layer.insert("lora_targets".into(), args.lora_targets.clone().into());
+    }
     if let Some(t) = &args.common.tokenizer {
         layer.insert("tokenizer".into(), t.display().to_string().into());
     }
@@ -113,6 +131,9 @@ pub fn run(args: Args) -> Result<()> {
     let flops: f64 = timed.iter().map(|r| r.flops).sum();
     let source_tokens: Vec<usize> = timed.iter().map(|r| r.source_tokens).collect();
     let report = Report {
+        lora: args.lora_rank.map(|r| (r, args.lora_targets.clone())),
+        trainable_parameters: trainer.model().trainable().len(),
+        peak_rss: tessera_tensor::memory::peak_rss(),
         parameters: trainer.model().config().num_parameters(),
         model: args.common.model.clone(),
         precision: args.common.precision,
