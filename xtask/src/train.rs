@@ -174,7 +174,7 @@ pub struct Args {
     /// LoRA: lora_alpha (the adapters' output is scaled by alpha / rank) [default: 8].
     #[arg(long)]
     lora_alpha: Option<f32>,
-    /// LoRA: dropout of the adapters' input (only 0 trains today).
+    /// LoRA: dropout of the adapters' input (PEFT's lora_dropout) [default: 0].
     #[arg(long)]
     lora_dropout: Option<f32>,
     /// LoRA: modules to adapt, comma-separated: q,k,v,o,wi,wi_0,wi_1,wo [default: q,v].

@@ -236,7 +236,9 @@ impl T5Model {
         let (h, dk) = (c.num_heads, c.d_kv);
         let seqs = &enc.side.seqs;
         let heads = |w| -> Result<Vec<f32>> {
-            let y = self.weights().linear(enc.operand(), w, seqs.total())?;
+            let y = self
+                .weights()
+                .linear(enc.operand(), w, (seqs.total(), &[]))?;
             Ok(split_heads(&y, seqs, h, dk))
         };
         let cache_len = seqs.count() * h * capacity * dk;
@@ -301,7 +303,6 @@ impl Generator<'_> {
             causal: false,
             bias: &[],
             encoder: None,
-            dropout: DropoutPlan::OFF,
         };
         for (block, layer) in self.model.ids().decoder.blocks.iter().zip(kv.iter_mut()) {
             for ids in block {
@@ -349,9 +350,9 @@ impl Generator<'_> {
         let n = self.normed(x, ids)?;
         let rows = step.active.len();
         // With one position per row, [rows, heads·d_kv] is already each row's [heads, 1, d_kv].
-        let q = self.weights().linear(n.view(), a.q, rows)?;
+        let q = self.weights().linear(n.view(), a.q, (rows, &[]))?;
         for (cache, w) in [(&mut layer.self_k, a.k), (&mut layer.self_v, a.v)] {
-            let new = self.weights().linear(n.view(), w, rows)?;
+            let new = self.weights().linear(n.view(), w, (rows, &[]))?;
             for (i, head) in new.chunks(dk).enumerate() {
                 let (row, hh) = (step.active[i / h], i % h);
                 let at = ((row * h + hh) * step.capacity + step.t) * dk;
@@ -376,7 +377,7 @@ impl Generator<'_> {
     ) -> Result<()> {
         let n = self.normed(x, ids)?;
         let rows = step.active.len();
-        let q = self.weights().linear(n.view(), a.q, rows)?;
+        let q = self.weights().linear(n.view(), a.q, (rows, &[]))?;
         let qkv = Qkv {
             q: &q,
             k: &layer.cross_k,
@@ -419,7 +420,7 @@ impl Generator<'_> {
         let ctx = self.model.precision().keep_activation(ctx);
         let y = self
             .weights()
-            .linear(ctx.view(), a.o, step.queries.count())?;
+            .linear(ctx.view(), a.o, (step.queries.count(), &[]))?;
         residual::add_inplace(x, &y)
     }
 }

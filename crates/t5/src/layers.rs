@@ -37,6 +37,7 @@ pub struct Weights<'a> {
     precision: Precision,
     packed: Option<&'a Prepacked>,
     lora: Option<&'a Lora>,
+    dropout: DropoutPlan,
 }
 
 impl<'a> Weights<'a> {
@@ -49,7 +50,14 @@ impl<'a> Weights<'a> {
             precision,
             packed: None,
             lora: None,
+            dropout: DropoutPlan::OFF,
         }
+    }
+
+    /// The same weights in a pass with `dropout` (a training pass: its
+    /// `adapter_p` drops the LoRA adapters' input).
+    pub fn with_dropout(self, dropout: DropoutPlan) -> Self {
+        Weights { dropout, ..self }
     }
 
     /// The same weights with `lora`'s adapters added to the ones it adapts.
@@ -80,10 +88,17 @@ impl<'a> Weights<'a> {
         }
     }
 
-    /// `Y = X·Wᵀ` for the linear weight `id` (`[out, in]`) and `rows` rows
-    /// of `X`, from the packed copy of `W` when there is one (the same
-    /// bits); plus `s·(X·Aᵀ)·Bᵀ` when LoRA adapts `W`.
-    pub fn linear(&self, x: OperandRef<'_>, id: ParamId, rows: usize) -> Result<Vec<f32>> {
+    /// `Y = X·Wᵀ` for the linear weight `id` (`[out, in]`) and the `rows`
+    /// rows of `X`, from the packed copy of `W` when there is one (the same
+    /// bits); plus `s·(drop(X)·Aᵀ)·Bᵀ` when LoRA adapts `W`, its dropout
+    /// keyed by each row's token identity in `tokens` (may be empty when the
+    /// pass has no adapter dropout).
+    pub fn linear(
+        &self,
+        x: OperandRef<'_>,
+        id: ParamId,
+        (rows, tokens): (usize, &[u64]),
+    ) -> Result<Vec<f32>> {
         let out_dim = self.params.entry(id).shape[0];
         let mut y = match self.packed.and_then(|p| p.get(id)) {
             None => linear(x, self.get(id), rows, out_dim)?,
@@ -96,6 +111,8 @@ impl<'a> Weights<'a> {
             }
         };
         if let Some(adapter) = self.adapter(id) {
+            let dropped = self.adapter_input(x, id, tokens)?;
+            let x = dropped.as_ref().map_or(x, Operand::view);
             let u = self.precision.keep_activation(adapter.down(x, rows)?);
             let b = dense(adapter.b, out_dim, adapter.rank);
             let c = MatMut::dense(&mut y, rows, out_dim)?;
@@ -106,12 +123,13 @@ impl<'a> Weights<'a> {
     }
 
     /// Backward of [`Weights::linear`] for `dY` of `rows` rows: `dX = dY·W +
-    /// dx_beta·dX` (plus the adapter's share), `dW += dYᵀ·X` when `W`
-    /// trains, and the adapter's `dA`, `dB` when LoRA adapts `W`.
+    /// dx_beta·dX` (plus the adapter's share, through its dropout), `dW +=
+    /// dYᵀ·X` when `W` trains, and the adapter's `dA`, `dB` when LoRA
+    /// adapts `W`; `tokens` as for the forward.
     pub fn linear_backward(
         &self,
         (dy, x): (&[f32], OperandRef<'_>),
-        (id, rows): (ParamId, usize),
+        (id, (rows, tokens)): (ParamId, (usize, &[u64])),
         grads: &mut ParamGrads<'_>,
         (dx, dx_beta): (&mut [f32], f32),
     ) -> Result<()> {
@@ -123,26 +141,33 @@ impl<'a> Weights<'a> {
         };
         let (r, in_dim, s) = (adapter.rank, w.len() / out_dim, adapter.scale);
         let dy = dense(w.precision().read(dy), rows, out_dim);
+        let dropped = self.adapter_input(x, id, tokens)?;
+        let x = dropped.as_ref().map_or(x, Operand::view);
         let u = self.precision.keep_activation(adapter.down(x, rows)?);
         let mut g = vec![0.0; rows * r];
         let b = dense(adapter.b, out_dim, r);
-        matmul(
-            1.0,
-            (dy, Op::N),
-            (b, Op::N),
-            0.0,
-            MatMut::dense(&mut g, rows, r)?,
-        )?;
+        let c = MatMut::dense(&mut g, rows, r)?;
+        matmul(1.0, (dy, Op::N), (b, Op::N), 0.0, c)?;
         let g = self.precision.keep_activation(g);
         let g = dense(g.view(), rows, r);
         let a = dense(adapter.a, r, in_dim);
-        matmul(
-            s,
-            (g, Op::N),
-            (a, Op::N),
-            1.0,
-            MatMut::dense(dx, rows, in_dim)?,
-        )?;
+        if dropped.is_none() {
+            matmul(
+                s,
+                (g, Op::N),
+                (a, Op::N),
+                1.0,
+                MatMut::dense(dx, rows, in_dim)?,
+            )?;
+        } else {
+            // Back through the dropout: the same mask, on the gradient.
+            let mut dxa = vec![0.0; rows * in_dim];
+            let c = MatMut::dense(&mut dxa, rows, in_dim)?;
+            matmul(s, (g, Op::N), (a, Op::N), 0.0, c)?;
+            let site = Site::adapter(id);
+            self.adapter_dropout().apply(&mut dxa, tokens, site, 0)?;
+            residual::add_inplace(dx, &dxa)?;
+        }
         let (da, db) = grads.adapter_pair(adapter.ids);
         if let (Some(da), Some(db)) = (da, db) {
             let u = dense(u.view(), rows, r);
@@ -163,6 +188,31 @@ impl<'a> Weights<'a> {
             )?;
         }
         Ok(())
+    }
+
+    /// The LoRA dropout of this pass, as a plan for [`DropoutPlan::apply`].
+    fn adapter_dropout(&self) -> DropoutPlan {
+        DropoutPlan {
+            p: self.dropout.adapter_p,
+            ..self.dropout
+        }
+    }
+
+    /// The adapter's input `drop(X)` when this pass drops it (kept in the
+    /// pass's precision), `None` when it reads `X` as it is.
+    fn adapter_input(
+        &self,
+        x: OperandRef<'_>,
+        id: ParamId,
+        tokens: &[u64],
+    ) -> Result<Option<Operand>> {
+        let plan = self.adapter_dropout();
+        if plan.p == 0.0 {
+            return Ok(None);
+        }
+        let mut dropped = x.widened().into_owned();
+        plan.apply(&mut dropped, tokens, Site::adapter(id), 0)?;
+        Ok(Some(self.precision.keep_activation(dropped)))
     }
 
     /// The LoRA adapter of weight `id`, read in this pass's precision.
@@ -331,13 +381,19 @@ pub fn linear_backward(
 pub struct DropoutPlan {
     /// Drop probability.
     pub p: f32,
+    /// Drop probability of the LoRA adapters' input (PEFT's `lora_dropout`).
+    pub adapter_p: f32,
     /// Seed of this pass (the trainer varies it per step).
     pub seed: u64,
 }
 
 impl DropoutPlan {
     /// No dropout (evaluation).
-    pub const OFF: DropoutPlan = DropoutPlan { p: 0.0, seed: 0 };
+    pub const OFF: DropoutPlan = DropoutPlan {
+        p: 0.0,
+        adapter_p: 0.0,
+        seed: 0,
+    };
 
     /// The mask key of one dropout site.
     pub fn key(&self, site: Site, what: u64) -> u64 {
@@ -352,7 +408,9 @@ impl DropoutPlan {
     }
 }
 
-/// Where a dropout happens: stack (0 encoder, 1 decoder), block, sublayer.
+/// Where a dropout happens: stack (0 encoder, 1 decoder), block, sublayer;
+/// the input of a LoRA adapter is stack 2, its weight's parameter index as
+/// the block ([`Site::adapter`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Site {
     /// 0 for the encoder, 1 for the decoder.
@@ -361,6 +419,17 @@ pub struct Site {
     pub block: u64,
     /// Sublayer index within the block.
     pub sublayer: u64,
+}
+
+impl Site {
+    /// The site of the dropout on the input of the adapter of weight `id`.
+    pub fn adapter(id: ParamId) -> Site {
+        Site {
+            stack: 2,
+            block: id.index() as u64,
+            sublayer: 0,
+        }
+    }
 }
 
 /// The identity of every token of packed sequences, `(example << 32) |
@@ -387,6 +456,9 @@ pub struct EncoderView<'a> {
     pub hidden: OperandRef<'a>,
     /// The source sequences.
     pub seqs: &'a Seqs,
+    /// The identity of each source token (keys the LoRA dropout of the
+    /// key/value projections; [`token_ids`]).
+    pub tokens: &'a [u64],
 }
 
 /// Everything a sublayer reads besides its own parameters and input.
@@ -409,13 +481,16 @@ pub struct StackContext<'a> {
     pub bias: &'a [f32],
     /// The encoder output (decoder only).
     pub encoder: Option<EncoderView<'a>>,
-    /// Dropout of this pass.
-    pub dropout: DropoutPlan,
 }
 
 impl StackContext<'_> {
     fn rows(&self) -> usize {
         self.seqs.total()
+    }
+
+    /// Dropout of this pass (the weights' plan: one plan per pass).
+    pub fn dropout(&self) -> DropoutPlan {
+        self.weights.dropout
     }
 }
 
@@ -525,7 +600,7 @@ pub fn sublayer_forward(
         SublayerKind::CrossAttention(a) => attention_sublayer_forward(cx, site, &a, normed, true)?,
         SublayerKind::FeedForward(f) => feed_forward_forward(cx, site, &f, normed)?,
     };
-    cx.dropout.apply(&mut y, cx.tokens, site, DROP_OUTPUT)?;
+    cx.dropout().apply(&mut y, cx.tokens, site, DROP_OUTPUT)?;
     residual::add_inplace(x, &y)?;
     Ok(cache)
 }
@@ -541,7 +616,7 @@ pub fn sublayer_backward(
     sinks: &mut GradSinks<'_>,
 ) -> Result<()> {
     let mut dy = dx.to_vec();
-    cx.dropout.apply(&mut dy, cx.tokens, site, DROP_OUTPUT)?;
+    cx.dropout().apply(&mut dy, cx.tokens, site, DROP_OUTPUT)?;
     let (dn, norm) = match (ids.kind, cache) {
         (SublayerKind::SelfAttention(a), SublayerCache::Attention(c)) => (
             attention_sublayer_backward(cx, site, &a, c, &dy, sinks, false)?,
@@ -564,6 +639,7 @@ pub fn sublayer_backward(
 struct KeySide<'a> {
     source: OperandRef<'a>,
     seqs: &'a Seqs,
+    tokens: &'a [u64],
     bias: Option<Bias<'a>>,
 }
 
@@ -572,12 +648,14 @@ fn key_side<'a>(cx: &StackContext<'a>, normed: OperandRef<'a>, cross: bool) -> K
         (true, Some(e)) => KeySide {
             source: e.hidden,
             seqs: e.seqs,
+            tokens: e.tokens,
             bias: None,
         },
         (true, None) => unreachable!("cross-attention only runs in the decoder"),
         (false, _) => KeySide {
             source: normed,
             seqs: cx.seqs,
+            tokens: cx.tokens,
             bias: Some(Bias::Relative(cx.bias)),
         },
     }
@@ -602,8 +680,8 @@ fn attention_call<'a>(
         bias: keys.bias,
         causal: cx.causal && !cross,
         dropout: ProbDropout {
-            p: cx.dropout.p,
-            key: cx.dropout.key(site, DROP_INNER),
+            p: cx.dropout().p,
+            key: cx.dropout().key(site, DROP_INNER),
             rows: cx.tokens,
         },
     }
@@ -621,16 +699,16 @@ fn attention_sublayer_forward(
     let keys = key_side(cx, normed.view(), cross);
     // Q, K and V are kept in the pass's precision (as autocast's 16-bit
     // projections leave them) and widened for the f32 attention kernels.
-    let heads = |x: OperandRef<'_>, w, seqs: &Seqs| -> Result<Operand> {
-        let y = cx.weights.linear(x, w, seqs.total())?;
+    let heads = |x: OperandRef<'_>, w, seqs: &Seqs, tokens| -> Result<Operand> {
+        let y = cx.weights.linear(x, w, (seqs.total(), tokens))?;
         Ok(cx
             .weights
             .precision()
             .keep_activation(attention::split_heads(&y, seqs, h, dk)))
     };
-    let q = heads(normed.view(), a.q, cx.seqs)?;
-    let k = heads(keys.source, a.k, keys.seqs)?;
-    let v = heads(keys.source, a.v, keys.seqs)?;
+    let q = heads(normed.view(), a.q, cx.seqs, cx.tokens)?;
+    let k = heads(keys.source, a.k, keys.seqs, keys.tokens)?;
+    let v = heads(keys.source, a.v, keys.seqs, keys.tokens)?;
     let (qf, kf, vf) = (q.widened(), k.widened(), v.widened());
     let qkv = Qkv {
         q: &qf,
@@ -645,7 +723,7 @@ fn attention_sublayer_forward(
         .weights
         .precision()
         .keep_activation(attention::merge_heads(&ctx_h, cx.seqs, h, dk));
-    let y = cx.weights.linear(ctx.view(), a.o, cx.rows())?;
+    let y = cx.weights.linear(ctx.view(), a.o, (cx.rows(), cx.tokens))?;
     let cache = AttentionSublayerCache {
         norm,
         normed,
@@ -675,7 +753,7 @@ fn attention_sublayer_backward(
     let mut dctx = vec![0.0; rows * inner];
     cx.weights.linear_backward(
         (dy, cache.ctx.view()),
-        (a.o, rows),
+        (a.o, (rows, cx.tokens)),
         &mut sinks.grads,
         (&mut dctx, 0.0),
     )?;
@@ -706,7 +784,7 @@ fn attention_sublayer_backward(
     let mut dn = vec![0.0; rows * c.d_model];
     cx.weights.linear_backward(
         (&dq, cache.normed.view()),
-        (a.q, rows),
+        (a.q, (rows, cx.tokens)),
         &mut sinks.grads,
         (&mut dn, 0.0),
     )?;
@@ -718,13 +796,13 @@ fn attention_sublayer_backward(
     };
     cx.weights.linear_backward(
         (&dkey, keys.source),
-        (a.k, krows),
+        (a.k, (krows, keys.tokens)),
         &mut sinks.grads,
         (dsource, 1.0),
     )?;
     cx.weights.linear_backward(
         (&dval, keys.source),
-        (a.v, krows),
+        (a.v, (krows, keys.tokens)),
         &mut sinks.grads,
         (dsource, 1.0),
     )?;
@@ -750,7 +828,7 @@ fn feed_forward_forward(
     // The projections are kept in the pass's precision, and the activation
     // reads them as kept, so its backward sees the same values.
     let project = |w| -> Result<Operand> {
-        let y = cx.weights.linear(normed.view(), w, rows)?;
+        let y = cx.weights.linear(normed.view(), w, (rows, cx.tokens))?;
         Ok(cx.weights.precision().keep_activation(y))
     };
     let h0 = project(f.wi)?;
@@ -766,9 +844,9 @@ fn feed_forward_forward(
             None
         }
     };
-    cx.dropout.apply(&mut g, cx.tokens, site, DROP_INNER)?;
+    cx.dropout().apply(&mut g, cx.tokens, site, DROP_INNER)?;
     let g = cx.weights.precision().keep_activation(g);
-    let y = cx.weights.linear(g.view(), f.wo, rows)?;
+    let y = cx.weights.linear(g.view(), f.wo, (rows, cx.tokens))?;
     let cache = FeedForwardCache {
         norm,
         normed,
@@ -792,23 +870,31 @@ fn feed_forward_backward(
     let mut dg = vec![0.0; cache.g.view().len()];
     cx.weights.linear_backward(
         (dy, cache.g.view()),
-        (f.wo, rows),
+        (f.wo, (rows, cx.tokens)),
         &mut sinks.grads,
         (&mut dg, 0.0),
     )?;
-    cx.dropout.apply(&mut dg, cx.tokens, site, DROP_INNER)?;
+    cx.dropout().apply(&mut dg, cx.tokens, site, DROP_INNER)?;
     let n = cache.normed.view();
     let mut dn = vec![0.0; rows * c.d_model];
     let mut dh0 = vec![0.0; dg.len()];
     if let (Some(w1), Some(h1)) = (f.wi_gate, &cache.h1) {
         let mut dh1 = vec![0.0; dg.len()];
         act.gated_backward(&mut dh0, &mut dh1, &cache.h0.widened(), &h1.widened(), &dg)?;
-        cx.weights
-            .linear_backward((&dh1, n), (w1, rows), &mut sinks.grads, (&mut dn, 0.0))?;
+        cx.weights.linear_backward(
+            (&dh1, n),
+            (w1, (rows, cx.tokens)),
+            &mut sinks.grads,
+            (&mut dn, 0.0),
+        )?;
     } else {
         act.backward(&mut dh0, &cache.h0.widened(), &dg)?;
     }
-    cx.weights
-        .linear_backward((&dh0, n), (f.wi, rows), &mut sinks.grads, (&mut dn, 1.0))?;
+    cx.weights.linear_backward(
+        (&dh0, n),
+        (f.wi, (rows, cx.tokens)),
+        &mut sinks.grads,
+        (&mut dn, 1.0),
+    )?;
     Ok(dn)
 }

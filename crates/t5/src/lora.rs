@@ -32,7 +32,7 @@ pub struct LoraConfig {
     /// `lora_alpha`: the adapters' output is scaled by `alpha / rank`.
     pub alpha: f32,
     /// `lora_dropout`: the drop probability of the adapters' input while
-    /// training (recorded and exported; training needs 0 for now).
+    /// training, its masks keyed per token as every dropout of tessera.
     pub dropout: f32,
     /// Module names to adapt, each one of [`LORA_TARGETS`].
     pub targets: Vec<String>,

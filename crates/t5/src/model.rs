@@ -526,7 +526,7 @@ impl T5Model {
     ) -> StackContext<'a> {
         StackContext {
             config: &self.config,
-            weights: self.weights(),
+            weights: self.weights().with_dropout(dropout),
             seqs: &side.seqs,
             tokens: &side.tokens,
             causal: encoder.is_some(),
@@ -534,8 +534,8 @@ impl T5Model {
             encoder: encoder.map(|enc| EncoderView {
                 hidden: enc.operand(),
                 seqs: &enc.side.seqs,
+                tokens: &enc.side.tokens,
             }),
-            dropout,
         }
     }
 
@@ -620,7 +620,7 @@ impl T5Model {
         let mut scaled = hidden.to_vec();
         scale_inplace(&mut scaled, self.head_scale());
         let scaled = self.precision.keep_activation(scaled);
-        let logits = weights.linear(scaled.view(), self.head_weight(), rows)?;
+        let logits = weights.linear(scaled.view(), self.head_weight(), (rows, &[]))?;
         Ok((logits, scaled))
     }
 
@@ -674,6 +674,7 @@ impl T5Model {
         batch.validate(&self.config)?;
         let plan = DropoutPlan {
             p: opts.dropout,
+            adapter_p: self.lora.as_ref().map_or(0.0, |l| l.config().dropout),
             seed: opts.seed,
         };
         let keep = if opts.recompute_blocks {
@@ -701,7 +702,7 @@ impl T5Model {
         let mut ddec = vec![0.0; dec_out_len];
         self.weights().linear_backward(
             (&logits, scaled.view()),
-            (self.head_weight(), rows),
+            (self.head_weight(), (rows, &[])),
             &mut grads,
             (&mut ddec, 0.0),
         )?;

@@ -105,7 +105,7 @@ pub fn stack_forward(
     let d = cx.config.d_model;
     let mut x = vec![0.0; tokens.len() * d];
     embed(&mut x, cx.weights.params().view(stack.embedding), tokens, d)?;
-    cx.dropout
+    cx.dropout()
         .apply(&mut x, cx.tokens, stack_site(stack.number, 0), 0)?;
     let mut blocks = Vec::new();
     for (i, sublayers) in stack.ids.blocks.iter().enumerate() {
@@ -120,7 +120,7 @@ pub fn stack_forward(
     let eps = cx.config.layer_norm_epsilon as f32;
     let final_norm = norm_forward(&x, &cx.weights.params().widened(stack.ids.final_norm), eps)?;
     let mut out = final_norm.n.clone();
-    cx.dropout
+    cx.dropout()
         .apply(&mut out, cx.tokens, stack_site(stack.number, 1), 0)?;
     let cache = (keep != Keep::Nothing).then(|| StackCache {
         tokens: tokens.to_vec(),
@@ -157,7 +157,7 @@ pub fn stack_backward(
     dencoder: Option<&mut [f32]>,
 ) -> Result<()> {
     let d = cx.config.d_model;
-    cx.dropout
+    cx.dropout()
         .apply(&mut dout, cx.tokens, stack_site(stack.number, 1), 0)?;
     let mut dx = vec![0.0; dout.len()];
     let final_w = cx.weights.params().widened(stack.ids.final_norm);
@@ -201,7 +201,7 @@ pub fn stack_backward(
     let Some(dembedding) = grads.base(stack.embedding) else {
         return Ok(());
     };
-    cx.dropout
+    cx.dropout()
         .apply(&mut dx, cx.tokens, stack_site(stack.number, 0), 0)?;
     embedding::embedding_backward(dembedding, &dx, &cache.tokens, d)
 }

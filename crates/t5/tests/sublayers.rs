@@ -63,15 +63,19 @@ struct Layout {
     queries: Seqs,
     sources: Seqs,
     tokens: Vec<u64>,
+    source_tokens: Vec<u64>,
 }
 
 fn layout() -> Layout {
     let queries = Seqs::new(LENS.to_vec());
     let tokens = token_ids(&[3, 8], &queries);
+    let sources = Seqs::new(SRC_LENS.to_vec());
+    let source_tokens = token_ids(&[3, 8], &sources);
     Layout {
         queries,
-        sources: Seqs::new(SRC_LENS.to_vec()),
+        sources,
         tokens,
+        source_tokens,
     }
 }
 
@@ -84,7 +88,7 @@ fn context<'a>(
 ) -> StackContext<'a> {
     StackContext {
         config: model.config(),
-        weights: model.weights(),
+        weights: model.weights().with_dropout(plan),
         seqs: &m.queries,
         tokens: &m.tokens,
         causal: decoder,
@@ -92,8 +96,8 @@ fn context<'a>(
         encoder: Some(EncoderView {
             hidden: OperandRef::F32(&p.enc),
             seqs: &m.sources,
+            tokens: &m.source_tokens,
         }),
-        dropout: plan,
     }
 }
 
@@ -127,7 +131,7 @@ proptest! {
     fn sublayer_input_gradients_match_central_differences(seed in any::<u64>(), dropout in prop::bool::ANY) {
         let model = T5Model::init(config(seed), seed);
         let (d, h) = (model.config().d_model, model.config().num_heads);
-        let plan = DropoutPlan { p: if dropout { 0.25 } else { 0.0 }, seed };
+        let plan = DropoutPlan { p: if dropout { 0.25 } else { 0.0 }, adapter_p: 0.0, seed };
         let block = &model.ids().decoder.blocks[0];
         let cases = [(model.ids().encoder.blocks[0][0], false), (block[0], true), (block[1], true), (block[2], true)];
         for (ids, decoder) in cases {

@@ -141,7 +141,8 @@ pub struct RunConfig {
     /// `lora_alpha / lora_rank`.
     #[serde(default = "default_lora_alpha")]
     pub lora_alpha: f32,
-    /// LoRA: PEFT's `lora_dropout` (only 0 trains today).
+    /// LoRA: PEFT's `lora_dropout`, the drop probability of the adapters'
+    /// input while training.
     #[serde(default)]
     pub lora_dropout: f32,
     /// LoRA: the modules to adapt, PEFT's names separated by commas
@@ -418,12 +419,6 @@ impl RunConfig {
             let LoraError::Setting { setting, reason } = &e;
             TrainError::setting(lora_flag(setting), reason.clone())
         })?;
-        if config.dropout > 0.0 {
-            return Err(TrainError::setting(
-                "--lora-dropout",
-                "LoRA dropout is not implemented in training yet; use 0",
-            ));
-        }
         if self.stochastic_rounding {
             return Err(TrainError::setting(
                 "--stochastic-rounding",
