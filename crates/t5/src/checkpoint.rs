@@ -16,7 +16,7 @@
 
 use crate::folder::{self, FolderError, Staging};
 use crate::model::T5Model;
-use crate::params::layout;
+use crate::params::layout_as;
 use crate::safetensors::{write_as, SafeTensors, SafetensorsError, StoredDType, TensorToWrite};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +24,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tessera_t5_config::{ConfigError, T5Config};
+use tessera_tensor::DType;
 
 /// The single-file weights name.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -159,8 +160,18 @@ fn weight_files(dir: &Path) -> Result<WeightFiles, CheckpointError> {
 impl T5Model {
     /// Loads a Hugging Face T5 folder (`config.json` plus single or sharded safetensors).
     pub fn load(dir: &Path) -> Result<Self, CheckpointError> {
+        Self::load_as(dir, DType::F32)
+    }
+
+    /// [`T5Model::load`] with the weights kept as `dtype`: each tensor is
+    /// read in f32 and rounded to nearest-even into the store, so a bf16
+    /// model never has an f32 copy of its weights (peak memory: the bf16
+    /// weights and one tensor in f32). A value beyond fp16's range is an
+    /// error naming the tensor.
+    pub fn load_as(dir: &Path, dtype: DType) -> Result<Self, CheckpointError> {
         let config = T5Config::from_file(&dir.join("config.json"))?;
-        let (mut params, ids) = layout(&config);
+        let (mut params, ids) = layout_as(&config, dtype);
+        let mut wide = Vec::new();
         let mut loaded = vec![false; params.entries().len()];
         for (path, expected_names) in weight_files(dir)? {
             let file = SafeTensors::open(&path)?;
@@ -185,9 +196,17 @@ impl T5Model {
                     });
                 };
                 check_tensor(&file, name, &params.entry(id).shape)?;
-                let dst = params.get_mut(id);
-                file.read_f32_into(name, dst)?;
-                check_finite(dst, name, &path)?;
+                wide.resize(params.entry(id).numel(), 0.0);
+                file.read_f32_into(name, &mut wide)?;
+                check_finite(&wide, name, &path)?;
+                if let Some(index) = params.set_from_f32(id, &wide) {
+                    return Err(CheckpointError::NonFinite {
+                        name: name.to_string(),
+                        path,
+                        index,
+                        value: wide[index],
+                    });
+                }
                 loaded[id.index()] = true;
             }
         }

@@ -4,7 +4,7 @@
 use crate::attention::{offset_buckets, position_bias_forward, Seqs};
 use crate::layers::{token_ids, DropoutPlan, EncoderView, ParamGrads, StackContext, Weights};
 use crate::lora::{Lora, LoraConfig, LoraError};
-use crate::params::{layout, ModelIds, ParamId, ParamStore};
+use crate::params::{layout, layout_as, ModelIds, ParamId, ParamStore};
 use crate::precision::{Operand, OperandRef, Precision};
 use crate::stack::{stack_backward, stack_forward, Keep, StackCache, StackRef};
 use tessera_t5_config::T5Config;
@@ -317,7 +317,15 @@ impl T5Model {
     /// (normal with T5's per-weight standard deviations times the config's
     /// `initializer_factor`, norms at 1), deterministic in `seed`.
     pub fn init(config: T5Config, seed: u64) -> Self {
-        let mut model = Self::zeros(config);
+        Self::init_as(config, seed, DType::F32)
+    }
+
+    /// [`T5Model::init`] with the weights kept as `dtype` (each drawn in
+    /// f32 and rounded to nearest-even; no f32 copy of the model is made).
+    /// The f32 draws are [`T5Model::init`]'s.
+    pub fn init_as(config: T5Config, seed: u64, dtype: DType) -> Self {
+        let (params, ids) = layout_as(&config, dtype);
+        let mut model = Self::from_parts(config, params, ids);
         let c = model.config.clone();
         let (d, ff, inner) = (c.d_model as f32, c.d_ff as f32, c.inner_dim() as f32);
         let factor = c
@@ -328,9 +336,11 @@ impl T5Model {
         let ids: Vec<ParamId> = model.params.ids().collect();
         for (index, id) in ids.into_iter().enumerate() {
             let name = model.params.entry(id).name.clone();
+            let mut values = vec![0.0; model.params.entry(id).numel()];
             let std = match name.rsplit('.').nth(1).unwrap_or("") {
                 _ if name.contains("layer_norm") => {
-                    model.params.get_mut(id).fill(1.0);
+                    values.fill(1.0);
+                    model.params.set_from_f32(id, &values);
                     continue;
                 }
                 "shared" | "lm_head" => 1.0,
@@ -340,7 +350,9 @@ impl T5Model {
                 "wo" => ff.powf(-0.5),
                 _ => unreachable!("every parameter name is covered: {name}"),
             };
-            fill_normal(model.params.get_mut(id), factor * std, seed, index as u64);
+            fill_normal(&mut values, factor * std, seed, index as u64);
+            // T5's init draws a few standard deviations at most: finite in 16 bits.
+            model.params.set_from_f32(id, &values);
         }
         model
     }

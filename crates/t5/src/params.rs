@@ -14,7 +14,7 @@
 use crate::precision::{Operand, OperandRef, Precision};
 use std::borrow::Cow;
 use tessera_t5_config::{FeedForward, T5Config};
-use tessera_tensor::{bf16, f16, DType};
+use tessera_tensor::{bf16, f16, DType, Element};
 
 /// Index of one parameter in a [`ParamStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,9 +85,19 @@ pub enum FlatMut<'a> {
 
 impl ParamStore {
     pub(crate) fn new() -> Self {
+        Self::new_as(DType::F32)
+    }
+
+    /// An empty store whose values are kept as `dtype`.
+    fn new_as(dtype: DType) -> Self {
+        let values = match dtype {
+            DType::F32 => Operand::F32(Vec::new()),
+            DType::BF16 => Operand::Bf16(Vec::new()),
+            DType::F16 => Operand::F16(Vec::new()),
+        };
         ParamStore {
             entries: Vec::new(),
-            values: Operand::F32(Vec::new()),
+            values,
         }
     }
 
@@ -98,10 +108,34 @@ impl ParamStore {
             shape,
             offset: self.len(),
         };
-        let data = self.f32s_mut();
-        data.resize(data.len() + entry.numel(), 0.0);
+        let len = self.len() + entry.numel();
+        match &mut self.values {
+            Operand::F32(v) => v.resize(len, 0.0),
+            Operand::Bf16(v) => v.resize(len, bf16::ZERO),
+            Operand::F16(v) => v.resize(len, f16::ZERO),
+        }
         self.entries.push(entry);
         ParamId(self.entries.len() - 1)
+    }
+
+    /// Sets parameter `id` to `values`, rounded to nearest-even when the
+    /// store is 16-bit. Returns the index of the first value that is not
+    /// finite once stored (an fp16 overflow), leaving the parameter set.
+    pub(crate) fn set_from_f32(&mut self, id: ParamId, values: &[f32]) -> Option<usize> {
+        let e = &self.entries[id.index()];
+        let range = e.offset..e.offset + e.numel();
+        assert_eq!(
+            values.len(),
+            range.len(),
+            "{}: one value per element",
+            e.name
+        );
+        match &mut self.values {
+            Operand::F32(v) => v[range].copy_from_slice(values),
+            Operand::Bf16(v) => bf16::slice_from_f32(values, &mut v[range]),
+            Operand::F16(v) => f16::slice_from_f32(values, &mut v[range]),
+        }
+        self.view(id).first_non_finite().map(|(i, _)| i)
     }
 
     /// An f32 store with the same layout, all zeros (for gradients or
@@ -387,7 +421,12 @@ pub struct ModelIds {
 
 /// Builds the zeroed parameter store for a config, in Hugging Face's order.
 pub fn layout(config: &T5Config) -> (ParamStore, ModelIds) {
-    let mut store = ParamStore::new();
+    layout_as(config, DType::F32)
+}
+
+/// [`layout`] with the values kept as `dtype`.
+pub fn layout_as(config: &T5Config, dtype: DType) -> (ParamStore, ModelIds) {
+    let mut store = ParamStore::new_as(dtype);
     let d = config.d_model;
     let shared = store.push("shared.weight".into(), vec![config.vocab_size, d]);
     let encoder = stack_layout(&mut store, config, "encoder", config.num_layers);

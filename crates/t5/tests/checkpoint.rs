@@ -372,3 +372,35 @@ fn sixteen_bit_weights_save_as_they_are_and_refuse_fp16_overflow() {
         "the weights are left as they were"
     );
 }
+
+#[test]
+fn loading_or_initialising_straight_into_sixteen_bits_rounds_as_converting_does() {
+    use tessera_tensor::DType;
+    let dir = fixture_dir("t5-gated-untied");
+    let wide = T5Model::load(&dir).unwrap();
+    let config = wide.config().clone();
+    for dtype in [DType::BF16, DType::F16] {
+        let narrow = T5Model::load_as(&dir, dtype).unwrap();
+        assert_eq!(narrow.params().dtype(), dtype);
+        assert!(
+            narrow.params() == &wide.params().converted(dtype),
+            "{dtype}"
+        );
+        let init = T5Model::init_as(config.clone(), 4, dtype);
+        let converted = T5Model::init(config.clone(), 4).params().converted(dtype);
+        assert!(init.params() == &converted, "{dtype}");
+    }
+    // A value beyond fp16's range is named, not stored as infinity.
+    let scratch_dir = scratch("fp16-overflow");
+    let mut big = tensors(&wide);
+    big[3].2[0] = 1e6;
+    write_folder(&scratch_dir, &config, &big);
+    let err = T5Model::load_as(&scratch_dir, DType::F16)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&big[3].0) && err.contains("non-finite"),
+        "{err}"
+    );
+    assert!(T5Model::load_as(&scratch_dir, DType::BF16).is_ok());
+}

@@ -29,7 +29,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use tessera_glue::{Cursor, TextTokenizer};
 use tessera_t5::folder::{self, FileRecord, Staging};
-use tessera_t5::{T5Model, DEFAULT_MAX_SHARD_BYTES};
+use tessera_t5::{Precision, T5Model, DEFAULT_MAX_SHARD_BYTES};
 
 /// The trainer's own file in a checkpoint.
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -63,8 +63,10 @@ pub struct BaseModel {
     pub model: String,
     /// The seed a preset is initialised from.
     pub seed: u64,
-    /// [`tessera_t5::ParamStore::fingerprint`] of the base as loaded, so a
-    /// resume on other weights is refused.
+    /// The precision the base was loaded in and is kept in (the run's).
+    pub precision: Precision,
+    /// [`tessera_t5::ParamStore::fingerprint`] of the base as loaded in
+    /// `precision`, so a resume on other weights is refused.
     pub fingerprint: String,
 }
 

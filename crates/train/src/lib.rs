@@ -32,7 +32,7 @@ pub use error::{Result, TrainError};
 
 use checkpoint::TokenizerFiles;
 use config::RunConfig;
-use model_source::{load_model, load_tokenizer, ModelSpec};
+use model_source::{load_model_as, load_tokenizer, ModelSpec};
 use tessera_glue::Dataset;
 use trainer::Trainer;
 
@@ -42,7 +42,12 @@ use trainer::Trainer;
 /// on `train` and validating on `eval`.
 pub fn fresh_trainer(config: RunConfig, train: &Dataset, eval: Option<Dataset>) -> Result<Trainer> {
     let spec = ModelSpec::parse(&config.model)?;
-    let loaded = load_model(&spec, config.seed)?;
+    // A LoRA base is frozen: it is loaded straight into the run's precision.
+    let dtype = match config.lora_rank {
+        Some(_) => config.precision.dtype(),
+        None => tessera_tensor::DType::F32,
+    };
+    let loaded = load_model_as(&spec, config.seed, dtype)?;
     let vocab = loaded.model.config().vocab_size;
     let tokenizer = load_tokenizer(config.tokenizer.as_deref(), loaded.folder.as_deref(), vocab)?;
     let origin = config

@@ -34,6 +34,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use tessera_glue::{TextTokenizer, OWN_TOKENIZER_JSON};
 use tessera_t5::{T5Config, T5Model};
+use tessera_tensor::DType;
 
 /// How the built-in tokenizer is named in messages.
 pub const OWN_TOKENIZER_NAME: &str = "the built-in tokenizer";
@@ -125,12 +126,19 @@ pub struct LoadedModel {
 /// before anything is allocated; a tessera checkpoint is verified against
 /// its manifest first.
 pub fn load_model(spec: &ModelSpec, seed: u64) -> Result<LoadedModel> {
+    load_model_as(spec, seed, DType::F32)
+}
+
+/// [`load_model`] with the weights kept as `dtype` from the start (a bf16
+/// LoRA base never has an f32 copy; see [`T5Model::load_as`]). A LoRA
+/// folder's adapters stay f32.
+pub fn load_model_as(spec: &ModelSpec, seed: u64, dtype: DType) -> Result<LoadedModel> {
     let folder = match spec {
         ModelSpec::Preset(name) => {
             let config = preset_config(name)?;
-            check_memory(spec, &config, tessera_tensor::memory::total_memory())?;
+            check_memory(spec, &config, dtype, tessera_tensor::memory::total_memory())?;
             return Ok(LoadedModel {
-                model: T5Model::init(config, seed),
+                model: T5Model::init_as(config, seed, dtype),
                 folder: None,
             });
         }
@@ -142,10 +150,10 @@ pub fn load_model(spec: &ModelSpec, seed: u64) -> Result<LoadedModel> {
     }
     let config = T5Config::from_file(&folder.join("config.json"))
         .map_err(tessera_t5::CheckpointError::from)?;
-    check_memory(spec, &config, tessera_tensor::memory::total_memory())?;
+    check_memory(spec, &config, dtype, tessera_tensor::memory::total_memory())?;
     crate::checkpoint::verify_if_manifest(&folder)?;
     Ok(LoadedModel {
-        model: T5Model::load(&folder)?,
+        model: T5Model::load_as(&folder, dtype)?,
         folder: Some(folder),
     })
 }
@@ -195,7 +203,8 @@ pub fn load_adapted(dir: &Path, base: Option<BaseModel>) -> Result<(T5Model, Opt
         dir: dir.to_path_buf(),
         reason: "its manifest is of a LoRA checkpoint but names no base model".into(),
     })?;
-    let mut model = load_model(&ModelSpec::parse(&base.model)?, base.seed)?.model;
+    let spec = ModelSpec::parse(&base.model)?;
+    let mut model = load_model_as(&spec, base.seed, base.precision.dtype())?.model;
     put_adapter(&mut model, dir)?;
     Ok((model, Some(base)))
 }
@@ -207,7 +216,13 @@ pub fn put_adapter(model: &mut T5Model, dir: &Path) -> Result<()> {
     if dir.join(checkpoint::MANIFEST_FILE).is_file() {
         let manifest = checkpoint::verify(dir)?;
         if let Some(base) = manifest.base {
-            let found = model.params().fingerprint();
+            // The base was fingerprinted as the run kept it (16-bit for a
+            // bf16/fp16 LoRA run); rounding f32 weights gives the same values.
+            let kept = base.precision.dtype();
+            let found = match model.params().dtype() == kept {
+                true => model.params().fingerprint(),
+                false => model.params().converted(kept).fingerprint(),
+            };
             if found != base.fingerprint {
                 return Err(TrainError::setting(
                     "--model",
@@ -225,20 +240,26 @@ pub fn put_adapter(model: &mut T5Model, dir: &Path) -> Result<()> {
 }
 
 /// Fails, with the estimate and the machine's memory in the sentence, when
-/// `config`'s weights in f32 need more than `memory` bytes (the optimizer
-/// and activations need more again; this catches what cannot work at all).
-fn check_memory(spec: &ModelSpec, config: &T5Config, memory: Option<u64>) -> Result<()> {
+/// `config`'s weights as `dtype` need more than `memory` bytes (the
+/// optimizer and activations need more again; this catches what cannot
+/// work at all).
+fn check_memory(
+    spec: &ModelSpec,
+    config: &T5Config,
+    dtype: DType,
+    memory: Option<u64>,
+) -> Result<()> {
     let Some(memory) = memory else {
         return Ok(());
     };
-    let need = config.num_parameters() as f64 * 4.0;
+    let need = config.num_parameters() as f64 * dtype.size() as f64;
     if need <= memory as f64 {
         return Ok(());
     }
     Err(TrainError::setting(
         "--model",
         format!(
-            "{spec} has {} parameters, whose f32 weights alone need {:.1} GB, more than this machine's {:.1} GB of memory",
+            "{spec} has {} parameters, whose {dtype} weights alone need {:.1} GB, more than this machine's {:.1} GB of memory",
             config.num_parameters(),
             need / 1e9,
             memory as f64 / 1e9
@@ -370,9 +391,16 @@ mod tests {
         );
         // The comparison itself, independent of this machine.
         let small = T5Config::preset("flan-t5-small").unwrap();
-        assert!(check_memory(&spec, &small, Some(1 << 30)).is_ok());
-        assert!(check_memory(&spec, &small, Some(1 << 20)).is_err());
-        assert!(check_memory(&spec, &small, None).is_ok());
+        let f32 = DType::F32;
+        assert!(check_memory(&spec, &small, f32, Some(1 << 30)).is_ok());
+        assert!(check_memory(&spec, &small, f32, Some(1 << 20)).is_err());
+        assert!(check_memory(&spec, &small, f32, None).is_ok());
+        // 77 M parameters: 308 MB in f32, 154 MB in bf16.
+        let mb = |n: u64| Some(n << 20);
+        assert!(check_memory(&spec, &small, f32, mb(200)).is_err());
+        let err = check_memory(&spec, &small, DType::BF16, mb(100)).unwrap_err();
+        assert!(err.to_string().contains("bf16 weights"), "{err}");
+        assert!(check_memory(&spec, &small, DType::BF16, mb(200)).is_ok());
     }
 
     #[test]

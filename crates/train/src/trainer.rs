@@ -669,6 +669,9 @@ fn add_lora(model: &mut T5Model, config: &RunConfig) -> Result<Option<BaseModel>
     let Some(lora) = config.lora()? else {
         return Ok(None);
     };
+    // Kept in the run's precision from here on (the loader may have done it).
+    model.set_precision(config.precision);
+    model.store_weights_in_precision()?;
     let fingerprint = model.params().fingerprint();
     model
         .add_lora(lora, config.seed)
@@ -676,6 +679,7 @@ fn add_lora(model: &mut T5Model, config: &RunConfig) -> Result<Option<BaseModel>
     Ok(Some(BaseModel {
         model: config.model.clone(),
         seed: config.seed,
+        precision: config.precision,
         fingerprint,
     }))
 }
