@@ -116,6 +116,15 @@ impl Lora {
                 continue;
             };
             let (out, inp) = (entry.shape[0], entry.shape[1]);
+            if config.rank > out.min(inp) {
+                let reason = format!(
+                    "{} exceeds the {out}×{inp} weight {} adapts (B·A has rank at most {})",
+                    config.rank,
+                    entry.name,
+                    out.min(inp)
+                );
+                return Err(setting("rank", reason));
+            }
             let name = |which: &str| format!("base_model.model.{module}.lora_{which}.weight");
             let a = adapters.push(name("A"), vec![config.rank, inp]);
             let b = adapters.push(name("B"), vec![out, config.rank]);
