@@ -1,5 +1,6 @@
 //! Damaged input never panics: every parser of a user's files (checkpoint
-//! files, `config.json`, `tokenizer.json`, the dataset readers) is given
+//! files, `config.json`, `tokenizer.json`, PEFT adapter folders, the
+//! dataset readers) is given
 //! real files with random bytes flipped, inserted or cut off, and must
 //! return a value or an error. A short run of what `fuzz/` does for hours
 //! (docs/reliability.md).
@@ -127,6 +128,25 @@ proptest! {
         let dir = damaged(&tokenizer, "tokenizer.json", &m);
         if let Ok(t) = TextTokenizer::from_file(&dir.path().join("tokenizer.json")) {
             let _ = t.encode("mnli hypothesis: a premise: b", 16);
+        }
+    }
+
+    #[test]
+    fn damaged_peft_adapter_files_give_errors(m in mutations()) {
+        let adapter = repo().join("fixtures/data/lora/gated-all");
+        let base = T5Model::load(&repo().join("fixtures/data/models/t5-gated-untied-hf-init")).unwrap();
+        for name in [tessera_t5::ADAPTER_CONFIG_FILE, tessera_t5::ADAPTER_WEIGHTS_FILE] {
+            let dir = damaged(&adapter.join(name), name, &m);
+            let other = if name == tessera_t5::ADAPTER_CONFIG_FILE {
+                tessera_t5::ADAPTER_WEIGHTS_FILE
+            } else {
+                tessera_t5::ADAPTER_CONFIG_FILE
+            };
+            std::fs::copy(adapter.join(other), dir.path().join(other)).unwrap();
+            let mut model = base.clone();
+            if model.load_adapter(dir.path()).is_ok() {
+                let _ = model.generate(&[&[5, 9, 1]], 2);
+            }
         }
     }
 
