@@ -63,7 +63,7 @@ pub(crate) enum BPanels<'a, B> {
     Packed(&'a PackedB),
 }
 
-/// `op(B)` (`k × n`) packed once in the layout [`block`] reads: for each
+/// `op(B)` (`k × n`) packed once in the layout the blocked loops read: for each
 /// `KC`-deep slice `pc`, the `n.div_ceil(nr)` micro-panels of every column,
 /// `kc × nr` slots each, back to back. Products that share B then skip its
 /// packing; their results are bit-identical to packing it each time, as the
