@@ -15,7 +15,7 @@
 //! is skipped (at most one probe in ten, which the test also checks).
 
 use proptest::prelude::*;
-use tessera_t5::{Batch, T5Config, T5Model, TrainOptions};
+use tessera_t5::{Batch, CrossEntropy, T5Config, T5Model, TrainOptions};
 
 /// A random tiny config (odd shapes: inner ≠ d_model, decoder depth ≠ encoder depth).
 fn tiny_config(seed: u64) -> T5Config {
@@ -82,6 +82,94 @@ fn loss(model: &T5Model, batch: &Batch, opts: &TrainOptions) -> f64 {
     ce.sum / ce.count as f64
 }
 
+/// Probes three elements of every trainable tensor (every weight, or the
+/// LoRA adapters) with central differences against the backward.
+fn check_central_differences(
+    model: &mut T5Model,
+    batch: &Batch,
+    opts: &TrainOptions,
+) -> Result<(), TestCaseError> {
+    let mut grads = model.new_gradients();
+    model
+        .forward_backward(batch, &mut grads, opts)
+        .expect("backward");
+    let h = 1e-3f32;
+    let center = loss(model, batch, opts);
+    let ids: Vec<_> = model.trainable().ids().collect();
+    let (mut probes, mut kinks) = (0, 0);
+    for id in ids {
+        let n = model.trainable().get(id).len();
+        let name = model.trainable().entry(id).name.clone();
+        for probe in [0, n / 2, n - 1] {
+            let orig = model.trainable().get(id)[probe];
+            model.trainable_mut().get_mut(id)[probe] = orig + h;
+            let up = loss(model, batch, opts);
+            model.trainable_mut().get_mut(id)[probe] = orig - h;
+            let down = loss(model, batch, opts);
+            model.trainable_mut().get_mut(id)[probe] = orig;
+            let (right, left) = ((up - center) / f64::from(h), (center - down) / f64::from(h));
+            probes += 1;
+            if (right - left).abs() > 2e-3 + 2e-2 * right.abs() {
+                kinks += 1;
+                continue;
+            }
+            let fd = (up - down) / (2.0 * f64::from(h));
+            let g = f64::from(grads.get(id)[probe]);
+            prop_assert!(
+                (fd - g).abs() <= 2e-3 + 2e-2 * g.abs(),
+                "{name}[{probe}]: finite difference {fd} vs backward {g}"
+            );
+        }
+    }
+    prop_assert!(
+        kinks * 10 <= probes,
+        "{kinks} of {probes} probes hit a ReLU kink"
+    );
+    Ok(())
+}
+
+/// Rows of a batch: example id, source tokens, target ids.
+type Rows = Vec<(u64, Vec<u32>, Vec<i64>)>;
+
+/// `batch` (made of `rows`) gives the loss and every trainable gradient its
+/// rows give one by one (≤ 1e-5 relative): dropout masks follow tokens, not
+/// batches. Returns the batch's loss.
+fn assert_rows_add_up(
+    model: &T5Model,
+    batch: &Batch,
+    rows: &Rows,
+    opts: &TrainOptions,
+) -> CrossEntropy {
+    let mut together = model.new_gradients();
+    let loss = model
+        .forward_backward(batch, &mut together, opts)
+        .expect("batch");
+    let mut alone = model.new_gradients();
+    let mut sum = 0.0;
+    for (e, s, t) in rows {
+        let one = Batch::new([(*e, &s[..], &t[..])]);
+        sum += model
+            .forward_backward(&one, &mut alone, opts)
+            .expect("row")
+            .sum;
+    }
+    assert!(
+        (loss.sum - sum).abs() <= 1e-5 * sum.abs(),
+        "{} vs {sum}",
+        loss.sum
+    );
+    for ((entry, a), (_, b)) in together.iter().zip(alone.iter()) {
+        let scale = b.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+        let err = a
+            .iter()
+            .zip(b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale;
+        assert!(err <= 1e-5, "{}: relative error {err:.2e}", entry.name);
+    }
+    loss
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(12))]
     #[test]
@@ -91,35 +179,7 @@ proptest! {
         let mut opts = TrainOptions::from_config(model.config());
         opts.dropout = if dropout { 0.2 } else { 0.0 };
         opts.seed = seed;
-        let mut grads = model.new_gradients();
-        model.forward_backward(&batch, &mut grads, &opts).expect("backward");
-        let h = 1e-3f32;
-        let center = loss(&model, &batch, &opts);
-        let ids: Vec<_> = model.params().ids().collect();
-        let (mut probes, mut kinks) = (0, 0);
-        for id in ids {
-            let n = model.params().get(id).len();
-            let name = model.params().entry(id).name.clone();
-            for probe in [0, n / 2, n - 1] {
-                let orig = model.params().get(id)[probe];
-                model.params_mut().get_mut(id)[probe] = orig + h;
-                let up = loss(&model, &batch, &opts);
-                model.params_mut().get_mut(id)[probe] = orig - h;
-                let down = loss(&model, &batch, &opts);
-                model.params_mut().get_mut(id)[probe] = orig;
-                let (right, left) = ((up - center) / f64::from(h), (center - down) / f64::from(h));
-                probes += 1;
-                if (right - left).abs() > 2e-3 + 2e-2 * right.abs() {
-                    kinks += 1;
-                    continue;
-                }
-                let fd = (up - down) / (2.0 * f64::from(h));
-                let g = f64::from(grads.get(id)[probe]);
-                prop_assert!((fd - g).abs() <= 2e-3 + 2e-2 * g.abs(),
-                    "{name}[{probe}]: finite difference {fd} vs backward {g}");
-            }
-        }
-        prop_assert!(kinks * 10 <= probes, "{kinks} of {probes} probes hit a ReLU kink");
+        check_central_differences(&mut model, &batch, &opts)?;
     }
 }
 
@@ -265,7 +325,7 @@ fn a_packed_batch_computes_what_its_rows_compute_alone() {
             .map(|i| ((i * 13 + salt) % c.vocab_size) as i64)
             .collect()
     };
-    let rows: Vec<(u64, Vec<u32>, Vec<i64>)> = vec![
+    let rows: Rows = vec![
         (40, source(23, 1), target(3, 1)),
         (7, source(1, 2), target(1, 2)),
         (12, source(9, 3), target(6, 3)),
@@ -276,33 +336,7 @@ fn a_packed_batch_computes_what_its_rows_compute_alone() {
     opts.seed = 99;
     let total = batch.labels.len() as f32;
     opts.loss_divisor = Some(total);
-    let mut together = model.new_gradients();
-    let loss = model
-        .forward_backward(&batch, &mut together, &opts)
-        .expect("batch");
-    let mut alone = model.new_gradients();
-    let mut sum = 0.0;
-    for (e, s, t) in &rows {
-        let one = Batch::new([(*e, &s[..], &t[..])]);
-        sum += model
-            .forward_backward(&one, &mut alone, &opts)
-            .expect("row")
-            .sum;
-    }
-    assert!(
-        (loss.sum - sum).abs() <= 1e-5 * sum.abs(),
-        "{} vs {sum}",
-        loss.sum
-    );
-    for ((entry, a), (_, b)) in together.iter().zip(alone.iter()) {
-        let scale = b.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
-        let err = a
-            .iter()
-            .zip(b)
-            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
-            / scale;
-        assert!(err <= 1e-5, "{}: relative error {err:.2e}", entry.name);
-    }
+    let loss = assert_rows_add_up(&model, &batch, &rows, &opts);
     // Evaluation logits too, and a batch of one row is a batch.
     let out = model.forward(&batch).expect("forward");
     let mut at = 0;
@@ -369,36 +403,9 @@ proptest! {
         let mut opts = TrainOptions::from_config(model.config());
         opts.dropout = 0.1;
         opts.seed = seed;
-        let mut grads = model.new_gradients();
-        model.forward_backward(&batch, &mut grads, &opts).expect("backward");
-        let h = 1e-3f32;
-        let center = loss(&model, &batch, &opts);
-        let ids: Vec<_> = model.trainable().ids().collect();
-        let (mut probes, mut kinks) = (0, 0);
-        for id in ids {
-            let n = model.trainable().get(id).len();
-            let name = model.trainable().entry(id).name.clone();
-            for probe in [0, n / 2, n - 1] {
-                let orig = model.trainable().get(id)[probe];
-                model.trainable_mut().get_mut(id)[probe] = orig + h;
-                let up = loss(&model, &batch, &opts);
-                model.trainable_mut().get_mut(id)[probe] = orig - h;
-                let down = loss(&model, &batch, &opts);
-                model.trainable_mut().get_mut(id)[probe] = orig;
-                let (right, left) = ((up - center) / f64::from(h), (center - down) / f64::from(h));
-                probes += 1;
-                if (right - left).abs() > 2e-3 + 2e-2 * right.abs() {
-                    kinks += 1;
-                    continue;
-                }
-                let fd = (up - down) / (2.0 * f64::from(h));
-                let g = f64::from(grads.get(id)[probe]);
-                prop_assert!((fd - g).abs() <= 2e-3 + 2e-2 * g.abs(),
-                    "{name}[{probe}]: finite difference {fd} vs backward {g}");
-            }
-        }
-        prop_assert!(kinks * 10 <= probes, "{kinks} of {probes} probes hit a ReLU kink");
-        // The base is frozen: a base weight moves the loss but has no gradient sink.
+        check_central_differences(&mut model, &batch, &opts)?;
+        // The base is frozen: the gradients are the adapters' alone.
+        let grads = model.new_gradients();
         prop_assert_eq!(grads.entries(), model.lora().expect("lora").adapters().entries());
     }
 }
@@ -407,7 +414,7 @@ proptest! {
 fn adapter_dropout_follows_tokens_not_batches() {
     let model = adapted(tiny_model(5), 5, 0.4);
     let c = model.config().clone();
-    let rows: Vec<(u64, Vec<u32>, Vec<i64>)> = (0..3u64)
+    let rows: Rows = (0..3u64)
         .map(|r| {
             let n = [7, 1, 4][r as usize];
             let src = (0..n).map(|i| 2 + ((i * 5 + r as usize) % (c.vocab_size - 2)) as u32);
@@ -419,33 +426,7 @@ fn adapter_dropout_follows_tokens_not_batches() {
     let mut opts = TrainOptions::from_config(&c);
     opts.seed = 3;
     opts.loss_divisor = Some(batch.labels.len() as f32);
-    let mut together = model.new_gradients();
-    let loss = model
-        .forward_backward(&batch, &mut together, &opts)
-        .expect("batch");
-    let mut alone = model.new_gradients();
-    let mut sum = 0.0;
-    for (e, s, t) in &rows {
-        let one = Batch::new([(*e, &s[..], &t[..])]);
-        sum += model
-            .forward_backward(&one, &mut alone, &opts)
-            .expect("row")
-            .sum;
-    }
-    assert!(
-        (loss.sum - sum).abs() <= 1e-5 * sum.abs(),
-        "{} vs {sum}",
-        loss.sum
-    );
-    for ((entry, a), (_, b)) in together.iter().zip(alone.iter()) {
-        let scale = b.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
-        let err = a
-            .iter()
-            .zip(b)
-            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
-            / scale;
-        assert!(err <= 1e-5, "{}: relative error {err:.2e}", entry.name);
-    }
+    let loss = assert_rows_add_up(&model, &batch, &rows, &opts);
     // The masks are drawn: without adapter dropout the loss is another.
     let plain = adapted(tiny_model(5), 5, 0.0);
     let mut g = plain.new_gradients();

@@ -3,14 +3,13 @@
 //! every adapter gradient match PEFT's (relative error ≤ 1e-5, the norm of
 //! `tessera_fixtures`); the base weights get no gradient.
 
-use tessera_fixtures::{check_close, data_dir, load, Fixture};
-use tessera_t5::{Batch, CheckpointError, T5Model, TrainOptions};
+mod common;
+
+use common::{batch, tolerance};
+use tessera_fixtures::{check_close, data_dir, load, real_positions, Fixture};
+use tessera_t5::{CheckpointError, T5Model, TrainOptions};
 
 const CASES: [&str; 3] = ["lora/qv", "lora/gated-all", "lora/relu-all"];
-
-fn ids(values: &[i64]) -> Vec<u32> {
-    values.iter().map(|&v| v as u32).collect()
-}
 
 /// The base model with the fixture's PEFT adapter loaded, and the fixture.
 fn adapted(case: &str) -> (T5Model, Fixture) {
@@ -21,43 +20,14 @@ fn adapted(case: &str) -> (T5Model, Fixture) {
     (model, fx)
 }
 
-fn batch(fx: &Fixture, prefix: &str) -> Batch {
-    let input = fx.tensor(&format!("{prefix}input_ids")).expect("ids");
-    let rows = input.shape()[0];
-    let mask: Vec<u8> = fx
-        .i64s(&format!("{prefix}attention_mask"))
-        .expect("mask")
-        .iter()
-        .map(|&m| m as u8)
-        .collect();
-    let input_ids = ids(&fx.i64s(&format!("{prefix}input_ids")).expect("ids"));
-    let labels = fx.i64s(&format!("{prefix}labels")).expect("labels");
-    Batch::from_padded(&input_ids, &mask, &labels, rows).expect("a right-padded batch")
-}
-
-fn tolerance(fx: &Fixture, what: &str) -> f64 {
-    fx.number(&format!("/tolerances/{what}"))
-        .expect("tolerance")
-}
-
-/// The real positions of a padded `[rows, len, width]` reference.
-fn real(padded: &[f32], lens: &[usize], width: usize) -> Vec<f32> {
-    let len = padded.len() / width / lens.len();
-    lens.iter()
-        .enumerate()
-        .flat_map(|(b, &n)| &padded[b * len * width..(b * len + n) * width])
-        .copied()
-        .collect()
-}
-
 #[test]
 fn adapted_logits_loss_and_adapter_gradients_match_peft() {
     for case in CASES {
         let (model, fx) = adapted(case);
-        let batch = batch(&fx, "");
+        let batch = batch(&fx);
         let out = model.forward(&batch).expect("forward");
         let vocab = model.config().vocab_size;
-        let want = real(&fx.f32s("logits").expect("logits"), &batch.tgt_lens, vocab);
+        let want = real_positions(&fx.f32s("logits").expect("logits"), &batch.tgt_lens, vocab);
         let c = check_close(
             &format!("{case}/logits"),
             &out.logits,
@@ -106,7 +76,7 @@ fn a_model_without_its_adapter_is_the_base_and_bad_adapters_are_named() {
     let (model, fx) = adapted("lora/qv");
     let base =
         T5Model::load(load("models/t5-gated-untied-hf-init").expect("base").dir()).expect("base");
-    let batch = batch(&fx, "");
+    let batch = batch(&fx);
     let adapted = model.forward(&batch).expect("forward").logits;
     let plain = base.forward(&batch).expect("forward").logits;
     assert!(
@@ -169,7 +139,7 @@ fn saved_adapters_load_back_exactly() {
 fn merged_adapters_compute_what_the_adapted_model_did() {
     for case in CASES {
         let (model, fx) = adapted(case);
-        let batch = batch(&fx, "");
+        let batch = batch(&fx);
         let adapted = model.forward(&batch).expect("forward").logits;
         let mut merged = model.clone();
         merged.merge_lora().expect("merge");
@@ -197,7 +167,7 @@ fn the_fingerprint_of_the_base_sees_any_change() {
 fn adapted_generation_is_the_merged_models() {
     for case in CASES {
         let (model, fx) = adapted(case);
-        let batch = batch(&fx, "");
+        let batch = batch(&fx);
         let mut merged = model.clone();
         merged.merge_lora().expect("merge");
         let sources = batch.source_rows();

@@ -6,7 +6,10 @@
 //! fp16 passes against PyTorch's CPU autocast within the `mixed-precision`
 //! fixture's per-quantity tolerances.
 
-use tessera_fixtures::{check_close, load, Fixture};
+mod common;
+
+use common::{batch, tolerance};
+use tessera_fixtures::{check_close, load, real_positions, Fixture};
 use tessera_t5::attention::{bucket_table, position_bias_forward, relative_position_bucket};
 use tessera_t5::{Batch, Precision, T5Model, TrainOptions};
 
@@ -23,36 +26,6 @@ fn model(name: &str) -> (T5Model, Fixture) {
     let fx = load(&format!("models/{name}")).expect("fixture group");
     let model = T5Model::load(fx.dir()).expect("fixture checkpoint loads");
     (model, fx)
-}
-
-/// The fixture's padded batch as tessera runs it: real tokens only.
-fn batch(fx: &Fixture) -> Batch {
-    let rows = fx.tensor("input_ids").expect("tensor").shape()[0];
-    let mask: Vec<u8> = fx
-        .i64s("attention_mask")
-        .expect("mask")
-        .iter()
-        .map(|&m| m as u8)
-        .collect();
-    let input_ids = ids(&fx.i64s("input_ids").expect("input_ids"));
-    let labels = fx.i64s("labels").expect("labels");
-    Batch::from_padded(&input_ids, &mask, &labels, rows).expect("a right-padded batch")
-}
-
-/// The real positions of a padded `[rows, len, width]` reference: each
-/// row's first `lens[row]` positions, packed as tessera's outputs are.
-fn real<T: Copy>(padded: &[T], lens: &[usize], width: usize) -> Vec<T> {
-    let len = padded.len() / width / lens.len();
-    lens.iter()
-        .enumerate()
-        .flat_map(|(b, &n)| &padded[b * len * width..(b * len + n) * width])
-        .copied()
-        .collect()
-}
-
-fn tolerance(fx: &Fixture, what: &str) -> f64 {
-    fx.number(&format!("/tolerances/{what}"))
-        .expect("tolerance in meta.json")
 }
 
 #[test]
@@ -118,7 +91,7 @@ fn forward_matches_transformers() {
         let dec = ids(&fx.i64s("decoder_input_ids").expect("decoder ids"));
         assert_eq!(
             batch.decoder_input_ids(model.config()),
-            real(&dec, &batch.tgt_lens, 1),
+            real_positions(&dec, &batch.tgt_lens, 1),
             "{name}: shift right"
         );
         let out = model.forward(&batch).expect("forward");
@@ -138,7 +111,7 @@ fn forward_matches_transformers() {
             ),
             ("logits", &out.logits, &batch.tgt_lens, c.vocab_size),
         ] {
-            let want = real(&fx.f32s(what).expect("reference"), lens, width);
+            let want = real_positions(&fx.f32s(what).expect("reference"), lens, width);
             let c = check_close(&format!("{name}/{what}"), got, &want, tolerance(&fx, what))
                 .unwrap_or_else(|e| panic!("{e}"));
             eprintln!("{name} {what}: rel err {:.2e}", c.rel_error);
@@ -233,7 +206,12 @@ fn sixteen_bit_passes_match_autocast() {
             ),
             ("logits", &out.logits, &batch.tgt_lens, c.vocab_size),
         ] {
-            let err = close(what, got, &real(&want(what), lens, width), tol(what));
+            let err = close(
+                what,
+                got,
+                &real_positions(&want(what), lens, width),
+                tol(what),
+            );
             eprintln!(
                 "{case} {what}: rel err {err:.2e} (tolerance {:.2e})",
                 tol(what)

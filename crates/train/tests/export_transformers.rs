@@ -11,6 +11,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use tessera_fixtures::require_python;
 use tessera_glue::OWN_TOKENIZER_JSON;
 use tessera_t5::safetensors::StoredDType;
 use tessera_t5::{Batch, T5Config, T5Model};
@@ -19,19 +20,6 @@ use tessera_train::model_source::own_tokenizer;
 
 const PROMPT: &str =
     "mnli hypothesis: The farmer repaired the bridge. premise: The farmer repaired it.";
-
-/// Fails the test, naming the fix, unless python3 can import torch and
-/// transformers.
-fn require_transformers() {
-    let found = Command::new("python3")
-        .args(["-c", "import torch, transformers"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "python3 cannot import torch and transformers (pip install torch transformers), so the export cannot be checked"
-    );
-}
 
 /// A two-layer encoder, one-layer decoder T5 over the built-in tokenizer.
 fn small_model() -> T5Model {
@@ -64,7 +52,7 @@ fn reference(model: &T5Model, stored_dtype: &str) -> serde_json::Value {
 #[test]
 #[ignore = "needs python3 with torch and transformers"]
 fn transformers_loads_the_export_and_agrees_with_tessera() {
-    require_transformers();
+    require_python(&["torch", "transformers"]);
     let tmp = tempfile::tempdir().unwrap();
     let ckpt = tmp.path().join("checkpoint");
     small_model().save(&ckpt).unwrap();

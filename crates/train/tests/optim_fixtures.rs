@@ -8,23 +8,10 @@ use tessera_t5::{Batch, T5Model, TrainOptions};
 use tessera_train::optim::{clip_grad_norm, Optimizer, OptimizerConfig, OptimizerKind};
 
 fn batch(fx: &Fixture, step: usize) -> Batch {
-    let tensor = |what: &str| {
-        let name = format!("step{step}.{what}");
-        let t = fx.tensor(&name).expect("batch tensor");
-        (t.shape().to_vec(), fx.i64s(&name).expect("i64 tensor"))
-    };
-    let (src_shape, input_ids) = tensor("input_ids");
-    let (_, labels) = tensor("labels");
-    let ids: Vec<u32> = input_ids
-        .iter()
-        .map(|&v| u32::try_from(v).expect("small ids"))
-        .collect();
-    let mask: Vec<u8> = tensor("attention_mask")
-        .1
-        .iter()
-        .map(|&m| m as u8)
-        .collect();
-    Batch::from_padded(&ids, &mask, &labels, src_shape[0]).expect("right padding")
+    let b = fx
+        .padded_batch(&format!("step{step}."))
+        .expect("the step's batch");
+    Batch::from_padded(&b.input_ids, &b.attention_mask, &b.labels, b.rows).expect("right padding")
 }
 
 fn setting(fx: &Fixture, key: &str) -> f32 {

@@ -14,7 +14,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use tessera_fixtures::shared_data;
+use tessera_fixtures::{require_python, shared_data};
 use tessera_glue::{read_file, ReadOptions, Task, TextTokenizer};
 use tessera_t5::{LoraConfig, T5Config, T5Model};
 use tessera_tensor::rng::SplitMix64;
@@ -23,17 +23,6 @@ use tessera_train::generation::{generate_ids, GenerateOptions};
 
 const ROWS: usize = 160;
 const MAX_NEW_TOKENS: usize = 5;
-
-fn require_peft() {
-    let found = Command::new("python3")
-        .args(["-c", "import torch, transformers, peft"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "python3 cannot import torch, transformers and peft (pip install -r fixtures/requirements.txt), so PEFT cannot check the adapters"
-    );
-}
 
 /// The first `ROWS` prompts of the mismatched sample, as token ids.
 fn prompts(tokenizer: &TextTokenizer) -> Vec<Vec<u32>> {
@@ -62,7 +51,7 @@ fn save_with_tokenizer(model: &T5Model, dir: &Path) {
 #[test]
 #[ignore = "needs ../shared/data and python3 with torch, transformers and peft"]
 fn peft_loads_the_exported_adapter_and_generates_what_tessera_does() {
-    require_peft();
+    require_python(&["torch", "transformers", "peft"]);
     let tokenizer = TextTokenizer::from_file(&shared_data("t5-tokenizer/tokenizer.json")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let base = T5Model::init(T5Config::preset("flan-t5-small").unwrap(), 0);
