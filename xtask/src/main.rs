@@ -13,6 +13,7 @@ mod fixtures;
 mod generate;
 mod model_args;
 mod output;
+mod report;
 mod simulate;
 mod train;
 
@@ -40,6 +41,8 @@ enum Command {
     Fixtures(fixtures::Args),
     /// Generate text for prompts with a model (greedy decoding).
     Generate(generate::Args),
+    /// Draw training runs as one HTML page (charts, last evaluation, configuration).
+    Report(report::Args),
     /// Plan and time a T5 job on a Graphcore IPU pod (the IPU-topology simulator).
     Simulate(simulate::Args),
     /// Fine-tune a T5 on a GLUE task (no arguments: the offline quickstart).
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Export(args) => export::run(args),
         Command::Fixtures(args) => fixtures::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Report(args) => report::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Train(args) => train::run(*args),
     };

@@ -315,6 +315,10 @@ pub fn run(args: Args) -> Result<()> {
             *progress.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.to_path_buf());
             bar.println(format!("saved {}", dir.display()));
         }
+        Event::Report(page) => bar.println(format!("report: {}", page.display())),
+        Event::ReportFailed(why) => {
+            bar.println(format!("warning: the report page was not rewritten: {why}"))
+        }
     })?;
     bar.finish_and_clear();
     let checkpoint = match outcome {
@@ -353,11 +357,10 @@ fn describe(trainer: &Trainer, resumed: Option<&Path>) {
         None => "training".into(),
     };
     eprintln!(
-        "{what} {} ({} parameters, d_model {}, {} layers) on {} ({}), recipe {}, global batch {} = {} x {}, {} steps, {} threads -> {}",
+        "{what} {} ({} parameters, {}) on {} ({}), recipe {}, global batch {} = {} x {}, {} steps, {} threads -> {}",
         c.model,
         model.num_parameters(),
-        model.d_model,
-        model.num_layers,
+        model.describe(),
         c.task,
         c.train_file,
         c.recipe,

@@ -418,6 +418,19 @@ impl T5Config {
         }
     }
 
+    /// The shape in a few words, for reports: `d_model 512, 8+8 layers, 6
+    /// heads, gated-gelu`.
+    pub fn describe(&self) -> String {
+        format!(
+            "d_model {}, {}+{} layers, {} heads, {}",
+            self.d_model,
+            self.num_layers,
+            self.decoder_layers(),
+            self.num_heads,
+            self.feed_forward_proj.name()
+        )
+    }
+
     /// Number of parameters, counting `shared` once and `lm_head` when untied.
     pub fn num_parameters(&self) -> usize {
         let (d, inner, ff) = (self.d_model, self.inner_dim(), self.d_ff);

@@ -302,6 +302,33 @@ fn swap(staging: &Path, target: &Path) -> Result<(), FolderError> {
     sync_dir(parent)
 }
 
+/// Writes `bytes` as the file `path` atomically and durably: through a
+/// hidden temporary file beside it (`.NAME.tmp-PID`), fsynced, renamed over
+/// `path`, and the folder fsynced; a reader never sees half a file and an
+/// interrupted write leaves the previous one.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), FolderError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map_or_else(
+        || path.to_string_lossy().into_owned(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let write = || -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        FolderError::new("write", path)(e)
+    })?;
+    sync_dir(dir)
+}
+
 /// Fsyncs a folder, so the names in it (renames, new and removed entries)
 /// are durable.
 pub fn sync_dir(dir: &Path) -> Result<(), FolderError> {

@@ -19,6 +19,7 @@ mod convert;
 mod dtype;
 mod error;
 pub mod gemm;
+pub mod machine;
 pub mod memory;
 pub mod ops;
 pub mod rng;

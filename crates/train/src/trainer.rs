@@ -39,9 +39,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 use tessera_glue::{Dataset, EncodedDataset, Loader, LoaderConfig, Order, TextTokenizer};
 use tessera_t5::folder::HashingWriter;
-use tessera_t5::{ParamStore, T5Model, TrainOptions};
+use tessera_t5::{ParamStore, Precision, T5Model, TrainOptions};
 use tessera_tensor::ops::crossentropy::IGNORE_INDEX;
 use tessera_tensor::rng;
+use tessera_tensor::DType;
 
 /// What one optimizer step measured.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -98,6 +99,10 @@ pub enum Event<'a> {
     },
     /// A checkpoint was written.
     Checkpoint(&'a Path),
+    /// `OUTPUT/report.html` was rewritten.
+    Report(&'a Path),
+    /// The report could not be rewritten (the run goes on): why.
+    ReportFailed(String),
 }
 
 /// How [`Trainer::run`] ended.
@@ -621,16 +626,40 @@ impl Trainer {
                             step,
                             report: &report,
                         });
+                        self.report(&mut on_event);
                     }
                 }
             }
             if stop.load(Ordering::SeqCst) && self.state.step < self.config.steps {
-                return self.checkpoint(&mut on_event).map(Outcome::Interrupted);
+                let saved = self.checkpoint(&mut on_event);
+                self.report(&mut on_event);
+                return saved.map(Outcome::Interrupted);
             }
         }
         // Finished, or resumed at (or past) the last step: the newest
         // checkpoint is the result.
-        self.checkpoint(&mut on_event).map(Outcome::Finished)
+        let saved = self.checkpoint(&mut on_event);
+        self.report(&mut on_event);
+        saved.map(Outcome::Finished)
+    }
+
+    /// Rewrites `OUTPUT/report.html` from `metrics.jsonl`, atomically
+    /// ([`tessera_report`]), and says so; a failure is reported, not
+    /// fatal: the run and its checkpoints matter more than the page.
+    fn report(&self, on_event: &mut impl FnMut(Event<'_>)) {
+        let output = &self.config.output;
+        let path = output.join(tessera_report::REPORT_FILE);
+        let written = (|| -> std::result::Result<(), String> {
+            let name = output.display().to_string();
+            let run = tessera_report::RunLog::read(&output.join(METRICS_FILE), &name)
+                .map_err(|e| e.to_string())?;
+            let page = tessera_report::render(&[run]).map_err(|e| e.to_string())?;
+            tessera_t5::folder::write_file(&path, page.as_bytes()).map_err(|e| e.to_string())
+        })();
+        match written {
+            Ok(()) => on_event(Event::Report(&path)),
+            Err(e) => on_event(Event::ReportFailed(e)),
+        }
     }
 
     /// [`Trainer::save_checkpoint`], reporting the save if there was one.
@@ -657,12 +686,23 @@ impl Trainer {
             resumed_from: self.resumed.as_ref().map(|r| r.from.as_path()),
             config_changes: self.config_changes(),
             data: &self.data_report,
+            config: &self.config,
+            model: ModelLine {
+                parameters: self.model.config().num_parameters(),
+                trainable: self.model.trainable().len(),
+                precision: self.model.precision(),
+                shape: self.model.config().describe(),
+            },
+            machine: MachineLine {
+                cpu: tessera_tensor::machine::cpu_model(),
+                threads: tessera_tensor::num_threads(),
+                kernels: [DType::F32, DType::BF16].map(tessera_tensor::gemm::kernel_name),
+            },
+            tessera: env!("CARGO_PKG_VERSION"),
         }
     }
 }
 
-/// A fresh run's identity: start time, process and a counter, so two runs
-/// never share one.
 /// Adds the LoRA adapters of `config` to `model`, if it asks for them, and
 /// returns the frozen base's record for the checkpoints.
 fn add_lora(model: &mut T5Model, config: &RunConfig) -> Result<Option<BaseModel>> {
@@ -684,6 +724,8 @@ fn add_lora(model: &mut T5Model, config: &RunConfig) -> Result<Option<BaseModel>
     }))
 }
 
+/// A fresh run's identity: start time, process and a counter, so two runs
+/// never share one.
 fn new_run_id() -> String {
     static RUNS: AtomicU64 = AtomicU64::new(0);
     let secs = std::time::SystemTime::now()
@@ -773,6 +815,36 @@ struct RunLine<'a> {
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     config_changes: &'a [ConfigChange],
     data: &'a DataReport,
+    /// The configuration in force from here.
+    config: &'a RunConfig,
+    model: ModelLine,
+    machine: MachineLine,
+    /// The tessera version that ran it.
+    tessera: &'static str,
+}
+
+/// The model a run trains, as its first `metrics.jsonl` line names it.
+#[derive(Debug, Serialize)]
+struct ModelLine {
+    /// Parameters of the model.
+    parameters: usize,
+    /// Parameters the run trains (the LoRA adapters', or all).
+    trainable: usize,
+    /// The matmuls' number format.
+    precision: Precision,
+    /// `d_model`, layers, heads and the feed-forward kind.
+    shape: String,
+}
+
+/// Where a run ran.
+#[derive(Debug, Serialize)]
+struct MachineLine {
+    /// The CPU's model name (`/proc/cpuinfo`).
+    cpu: Option<String>,
+    /// Worker threads.
+    threads: usize,
+    /// The f32 and bf16 matmul kernels this CPU runs.
+    kernels: [&'static str; 2],
 }
 
 /// Cuts `rows` (in order) into passes of at most `budget` source + target

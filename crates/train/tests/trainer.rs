@@ -346,6 +346,10 @@ fn events(t: &mut Trainer, stop_after: Option<u64>) -> (Outcome, Vec<String>) {
                     format!("checkpoint {}", dir.file_name().unwrap().to_string_lossy())
                 }
                 Event::Eval { step, .. } => format!("eval {step}"),
+                Event::Report(page) => {
+                    format!("report {}", page.file_name().unwrap().to_string_lossy())
+                }
+                Event::ReportFailed(why) => format!("report failed: {why}"),
             })
         })
         .unwrap();
@@ -365,9 +369,24 @@ fn a_step_is_checkpointed_before_its_evaluation_and_saved_once_when_interrupted(
     let (outcome, seen) = events(&mut t, Some(3));
     assert_eq!(
         seen,
-        ["step 1", "step 2", "step 3", "checkpoint step-3", "eval 3"]
+        [
+            "step 1",
+            "step 2",
+            "step 3",
+            "checkpoint step-3",
+            "eval 3",
+            "report report.html",
+            "report report.html"
+        ]
     );
     assert!(matches!(outcome, Outcome::Interrupted(d) if d.ends_with("step-3")));
+    // The page is the run's: its evaluation, its configuration.
+    let page = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(
+        page.contains("evaluation accuracy") && page.contains("<svg"),
+        "{}",
+        &page[..200]
+    );
 }
 
 #[test]
