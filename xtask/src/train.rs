@@ -264,6 +264,8 @@ struct Summary<'a> {
     seconds: f64,
     checkpoint: &'a Path,
     export: Option<&'a Path>,
+    /// The run's report page, when it was written.
+    report: Option<PathBuf>,
     eval: Option<&'a EvalReport>,
     /// What became of the training rows (as on `metrics.jsonl`'s first line).
     data: &'a DataReport,
@@ -339,6 +341,7 @@ pub fn run(args: Args) -> Result<()> {
         seconds: start.elapsed().as_secs_f64(),
         checkpoint: &checkpoint,
         export: Some(&export),
+        report: Some(config.output.join(tessera_report::REPORT_FILE)).filter(|p| p.is_file()),
         eval: last_eval.as_ref(),
         data: trainer.data_report(),
     };
@@ -396,6 +399,9 @@ fn print_summary(s: &Summary<'_>) {
     println!("checkpoint: {}", s.checkpoint.display());
     if let Some(export) = s.export {
         println!("Hugging Face export: {}", export.display());
+    }
+    if let Some(report) = &s.report {
+        println!("report: {}", report.display());
     }
 }
 

@@ -98,6 +98,7 @@ pub fn line_chart(
         chart
             .configure_mesh()
             .x_desc("step")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .y_desc(y_desc)
             .light_line_style(RGBColor(238, 238, 238))
             .draw()
