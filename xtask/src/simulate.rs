@@ -66,6 +66,9 @@ pub struct Args {
     /// Draw the step's schedule as an SVG picture to this file.
     #[arg(long, value_name = "FILE.svg")]
     timeline: Option<PathBuf>,
+    /// Write the plan and its timeline as one HTML page (as a training run's report).
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
 }
 
 /// Runs the simulation and prints (and optionally writes) the plan.
@@ -84,7 +87,20 @@ pub fn run(args: Args) -> Result<()> {
         }
         output::write_atomic(path, tessera_ipu::svg::timeline(&plan).as_bytes())?;
     }
+    if let Some(path) = &args.report {
+        output::write_atomic(path, report_page(&args.model, &plan).as_bytes())?;
+        println!("report: {}", path.display());
+    }
     Ok(())
+}
+
+/// The plan as printed and, when it fits, its timeline, as one page.
+fn report_page(model: &str, plan: &tessera_ipu::Plan) -> String {
+    let mut body = format!("<pre>{}</pre>\n", tessera_report::escape(&plan.to_string()));
+    if plan.fits {
+        body.push_str(&tessera_ipu::svg::timeline(plan));
+    }
+    tessera_report::page(&format!("tessera IPU plan: {model}"), &body)
 }
 
 /// The simulator request the flags describe: the seed's settings for the
@@ -179,6 +195,25 @@ mod tests {
         );
         assert_eq!(r.pod.ipus(), 8);
         assert_eq!(r.strategy, Strategy::Pipeline);
+    }
+
+    #[test]
+    fn the_report_page_holds_the_plan_and_its_timeline() {
+        let r = parse("--model flan-t5-xxl --system pod16 --strategy phased-tp --mode train")
+            .expect("valid flags");
+        let plan = simulate(&r).expect("the seed's plan");
+        let page = report_page("flan-t5-xxl", &plan);
+        let options = roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..roxmltree::ParsingOptions::default()
+        };
+        let doc = roxmltree::Document::parse_with_options(&page, options).expect("well-formed");
+        assert!(doc.descendants().any(|n| n.tag_name().name() == "svg"));
+        let pre = doc
+            .descendants()
+            .find(|n| n.tag_name().name() == "pre")
+            .expect("the plan");
+        assert_eq!(pre.text(), Some(plan.to_string().as_str()));
     }
 
     #[test]

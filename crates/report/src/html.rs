@@ -374,18 +374,21 @@ td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}\
 th{background:#f4f4f4}.note{font-size:12px;color:#666}.warn{color:#b00}\
 details{font-size:13px}section{margin-top:2em}";
 
+/// A report page around `body` (markup: charts, tables), titled `title`:
+/// the one page skeleton of the run reports and the simulator's.
+pub fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\"><head><meta charset=\"utf-8\"/><title>{0}</title><style>{STYLE}</style></head><body><h1>{0}</h1>\n{body}</body></html>\n",
+        escape(title)
+    )
+}
+
 /// The page for `runs` (one, or several overlaid); an error names a chart
 /// plotters could not draw.
 pub fn render(runs: &[RunLog]) -> Result<String, ChartError> {
     let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
     let title = format!("tessera report: {}", names.join(", "));
     let mut out = String::new();
-    let _ = write!(
-        out,
-        "<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\"><head><meta charset=\"utf-8\"/><title>{}</title><style>{STYLE}</style></head><body><h1>{}</h1>\n",
-        escape(&title),
-        escape(&title)
-    );
     let clip = runs
         .first()
         .and_then(|r| {
@@ -443,6 +446,5 @@ pub fn render(runs: &[RunLog]) -> Result<String, ChartError> {
     for run in runs {
         run_summary(&mut out, run);
     }
-    out.push_str("</body></html>\n");
-    Ok(out)
+    Ok(page(&title, &out))
 }

@@ -15,7 +15,7 @@ mod html;
 mod read;
 
 pub use chart::ChartError;
-pub use html::{escape, render};
+pub use html::{escape, page, render};
 pub use read::{Eval, ReadError, RunLog, Step};
 
 /// The report page's name in a run's output folder.
