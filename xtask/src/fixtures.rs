@@ -19,6 +19,7 @@ const MODULES: &[(&str, &str)] = &[
     ("sentencepiece", "sentencepiece"),
     ("google.protobuf", "protobuf"),
     ("numpy", "numpy"),
+    ("peft", "peft"),
 ];
 
 /// Options of `cargo xtask fixtures`.

@@ -188,3 +188,95 @@ fn an_offline_hub_download_fails_fast_with_advice() {
     );
     assert!(err.contains("pass --model /path/to/folder"), "{err}");
 }
+
+#[test]
+fn a_lora_run_exports_for_peft_evaluates_with_its_adapter_and_merges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, run) = (tmp.path().join("base"), tmp.path().join("run"));
+    model_folder(&base);
+    std::fs::remove_file(base.join("trainer_state.json")).unwrap();
+    let train = [
+        "train",
+        "--recipe",
+        "quickstart",
+        "--model",
+        s(&base),
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "0",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "0",
+        "--lora-rank",
+        "2",
+        "--lora-targets",
+        "q,v,o",
+        "--output",
+        s(&run),
+    ];
+    let text = stdout(&xtask(&train));
+    assert!(text.contains("report: "), "{text}");
+    let hf = run.join("hf");
+    assert!(hf.join("adapter_config.json").is_file() && !hf.join("model.safetensors").exists());
+    assert!(run.join("report.html").is_file());
+
+    let prompt = "mnli hypothesis: Anna is a pilot. premise: Anna works as a pilot.";
+    let adapted = stdout(&xtask(&[
+        "generate",
+        "--model",
+        s(&base),
+        "--adapter",
+        s(&hf),
+        prompt,
+    ]));
+    let merged = tmp.path().join("merged");
+    let step = run.join("checkpoints").join("step-2");
+    let args = [
+        "export",
+        "--checkpoint",
+        s(&step),
+        "--output",
+        s(&merged),
+        "--merge",
+    ];
+    stdout(&xtask(&args));
+    assert!(merged.join("model.safetensors").is_file());
+    assert_eq!(
+        stdout(&xtask(&["generate", "--model", s(&merged), prompt])),
+        adapted
+    );
+    // The checkpoint itself is a model, as a full one is.
+    assert_eq!(
+        stdout(&xtask(&["generate", "--model", s(&step), prompt])),
+        adapted
+    );
+
+    // Another base under the checkpoint's adapters is refused, naming both.
+    let other = tmp.path().join("other");
+    T5Model::init(
+        T5Config::tiny_with(|c| (c.vocab_size, c.d_kv, c.d_ff) = (740, 8, 16)).unwrap(),
+        6,
+    )
+    .save(&other)
+    .unwrap();
+    std::fs::write(other.join("tokenizer.json"), OWN_TOKENIZER_JSON).unwrap();
+    let err = error_line(&xtask(&[
+        "generate",
+        "--model",
+        s(&other),
+        "--adapter",
+        s(&step),
+        prompt,
+    ]));
+    assert!(
+        err.contains("--model") && err.contains("fingerprint"),
+        "{err}"
+    );
+
+    let text = stdout(&xtask(&["report", s(&run)]));
+    assert!(text.starts_with("report: "), "{text}");
+    let err = error_line(&xtask(&["report", s(&tmp.path().join("nothing"))]));
+    assert!(err.contains("no metrics.jsonl"), "{err}");
+}
