@@ -47,6 +47,10 @@ struct Quantity<'a> {
     title: &'a str,
     unit: &'a str,
     value: fn(&Step) -> Option<f64>,
+    /// Drawn raw and smoothed (the loss).
+    smoothed: bool,
+    /// Drawn with the clipping threshold (the gradient norm).
+    clipped: bool,
 }
 
 /// The exponential moving average of `points` (the smoothed loss).
@@ -138,7 +142,7 @@ fn quantity_figure(
         } else {
             String::new()
         };
-        if q.title == "loss" {
+        if q.smoothed {
             let s = smoothed(&p);
             series.push(Series {
                 name: format!("{label}raw"),
@@ -407,39 +411,47 @@ pub fn render(runs: &[RunLog]) -> Result<String, ChartError> {
             title: "loss",
             unit: "cross-entropy",
             value: |s| (!s.skipped).then_some(s.loss),
+            smoothed: true,
+            clipped: false,
         },
         Quantity {
             title: "learning rate",
             unit: "lr",
             value: |s| Some(s.lr),
+            smoothed: false,
+            clipped: false,
         },
         Quantity {
             title: "gradient norm before clipping",
             unit: "L2 norm",
             value: |s| (!s.skipped).then_some(s.grad_norm),
+            smoothed: false,
+            clipped: true,
         },
         Quantity {
             title: "examples per second",
             unit: "rows/s",
             value: |s| Some(s.examples_per_s),
+            smoothed: false,
+            clipped: false,
         },
         Quantity {
             title: "tokens per second",
             unit: "real tokens/s",
             value: |s| Some(s.tokens_per_s()),
+            smoothed: false,
+            clipped: false,
         },
         Quantity {
             title: "fp16 loss scale",
             unit: "scale",
             value: |s| s.loss_scale,
+            smoothed: false,
+            clipped: false,
         },
     ];
     for q in &quantities {
-        let threshold = if q.title.starts_with("gradient norm") {
-            clip.as_ref()
-        } else {
-            None
-        };
+        let threshold = if q.clipped { clip.as_ref() } else { None };
         quantity_figure(&mut out, runs, q, threshold)?;
     }
     eval_figures(&mut out, runs)?;
