@@ -54,7 +54,21 @@ fn main() -> ExitCode {
     // keeping freed memory spares a page fault per page per step.
     tessera_tensor::memory::retain_freed_memory();
     let cli = Cli::parse();
+    // Held for the whole program: MPI stays initialised until it drops.
+    let session = match tessera_dist::Session::init() {
+        Ok(session) => session,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let comm = session.comm();
     let result = match cli.command {
+        Command::Train(args) => train::run(*args, comm),
+        _ if comm.size() > 1 => Err(anyhow::anyhow!(
+            "only `train` runs across the {} ranks of an MPI job; start this command without mpirun",
+            comm.size()
+        )),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Eval(args) => eval::run(args),
         Command::Export(args) => export::run(args),
@@ -62,10 +76,20 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Report(args) => report::run(args),
         Command::Simulate(args) => simulate::run(args),
-        Command::Train(args) => train::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if comm.size() > 1 => {
+            // The other ranks may be waiting in a collective for this one:
+            // end the whole job now rather than leave them hanging.
+            eprintln!(
+                "error (rank {} of {}): {}",
+                comm.rank(),
+                comm.size(),
+                output::one_line(&err)
+            );
+            comm.abort(1)
+        }
         Err(err) => {
             eprintln!("error: {}", output::one_line(&err));
             ExitCode::FAILURE

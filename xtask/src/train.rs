@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tessera_dist::Comm;
 use tessera_t5::Precision;
 use tessera_train::data::DataReport;
 use tessera_train::eval::EvalReport;
@@ -85,6 +86,10 @@ pub struct Args {
     /// global batch is cut by tokens instead of rows (fairseq's max_tokens).
     #[arg(long)]
     max_tokens: Option<usize>,
+    /// Gradient groups of the canonical gradient (default: the number of
+    /// ranks): N ranks, N dividing it, give one process's bits exactly.
+    #[arg(long)]
+    grad_groups: Option<usize>,
     /// Peak learning rate.
     #[arg(long)]
     lr: Option<f32>,
@@ -271,10 +276,12 @@ struct Summary<'a> {
     data: &'a DataReport,
 }
 
-/// Runs `cargo xtask train`.
-pub fn run(args: Args) -> Result<()> {
+/// Runs `cargo xtask train` on this rank of `comm` (one process outside
+/// MPI): every rank trains; rank 0 alone prints, writes and exports.
+pub fn run(args: Args, comm: Comm) -> Result<()> {
+    let root = comm.is_root();
     let (config, resume) = args.run_config()?;
-    if resume.is_none() {
+    if resume.is_none() && root {
         run_folder::check_fresh(&config.output, args.overwrite_output)?;
     }
     if config.threads > 0 {
@@ -285,11 +292,15 @@ pub fn run(args: Args) -> Result<()> {
         Some(dir) => Trainer::resume(dir, config, &train, eval, args.allow_config_change)?,
         None => tessera_train::fresh_trainer(config, &train, eval)?,
     };
+    trainer.distribute(comm)?;
+    if !root {
+        return follow(&mut trainer);
+    }
     for note in trainer.claim_output(args.overwrite_output)? {
         eprintln!("{note}");
     }
     let config = trainer.config().clone();
-    describe(&trainer, resume.as_deref());
+    describe(&trainer, resume.as_deref(), comm);
     let progress = Arc::new(Progress::default());
     progress.step.store(trainer.step(), Ordering::SeqCst);
     *progress.saved.lock().unwrap_or_else(|e| e.into_inner()) = resume;
@@ -352,7 +363,21 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn describe(trainer: &Trainer, resumed: Option<&Path>) {
+/// A rank other than 0: trains in step with rank 0, silently, and stops
+/// when the run stops (a Ctrl-C reaches every rank; the ranks agree on the
+/// step to stop after).
+fn follow(trainer: &mut Trainer) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("cannot install the Ctrl-C handler")?;
+    match trainer.run(&stop, |_| {})? {
+        Outcome::Interrupted(_) => std::process::exit(130),
+        Outcome::Finished(_) => Ok(()),
+    }
+}
+
+fn describe(trainer: &Trainer, resumed: Option<&Path>, comm: Comm) {
     let c = trainer.config();
     let model = trainer.model().config();
     let what = match resumed {
@@ -360,7 +385,7 @@ fn describe(trainer: &Trainer, resumed: Option<&Path>) {
         None => "training".into(),
     };
     eprintln!(
-        "{what} {} ({} parameters, {}) on {} ({}), recipe {}, global batch {} = {} x {}, {} steps, {} threads -> {}",
+        "{what} {} ({} parameters, {}) on {} ({}), recipe {}, global batch {} = {} x {}, {} steps, {} threads{} -> {}",
         c.model,
         model.num_parameters(),
         model.describe(),
@@ -372,12 +397,25 @@ fn describe(trainer: &Trainer, resumed: Option<&Path>) {
         c.grad_accum,
         c.steps,
         tessera_tensor::num_threads(),
+        ranks(comm, c.grad_groups),
         c.output.display()
     );
     eprintln!("data: {}", trainer.data_report().summary());
     for change in trainer.config_changes() {
         eprintln!("--allow-config-change: {change}");
     }
+}
+
+/// `, 2 ranks (ZeRO-1), 4 gradient groups` under MPI; nothing alone.
+fn ranks(comm: Comm, groups: Option<usize>) -> String {
+    if comm.size() == 1 {
+        return String::new();
+    }
+    let groups = groups.unwrap_or(comm.size());
+    format!(
+        " per rank, {} ranks (ZeRO-1), {groups} gradient groups",
+        comm.size()
+    )
 }
 
 fn progress_bar(position: u64, steps: u64) -> ProgressBar {

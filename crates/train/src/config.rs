@@ -67,6 +67,14 @@ pub struct RunConfig {
     /// dropout masks follow each token); only the memory of a pass changes.
     #[serde(default)]
     pub max_tokens: Option<usize>,
+    /// `G`, the groups of the canonical gradient: the step's passes in `G`
+    /// contiguous groups, each summed into its own buffer, the groups then
+    /// added in order ([`crate::replicas`]). A run on `N` ranks (`N`
+    /// dividing `G`) is bit-identical to one process with the same `G`. By
+    /// default the number of ranks the run starts on (1 for one process);
+    /// a checkpoint records the value used.
+    #[serde(default)]
+    pub grad_groups: Option<usize>,
     /// Peak learning rate.
     pub lr: f32,
     /// Learning-rate schedule.
@@ -221,6 +229,7 @@ impl RunConfig {
             batch_size: 32,
             grad_accum: 1,
             max_tokens: None,
+            grad_groups: None,
             lr: 1e-3,
             schedule: ScheduleKind::LinearDecay,
             warmup_steps: 50,
@@ -339,6 +348,24 @@ impl RunConfig {
         })
     }
 
+    /// Checks that the step's micro-batches cut into `groups` gradient
+    /// groups evenly (any count does with `max_tokens`, whose passes vary).
+    pub fn check_groups(&self, groups: usize) -> Result<()> {
+        if groups == 0 {
+            return Err(TrainError::setting("--grad-groups", "must be at least 1"));
+        }
+        if self.max_tokens.is_none() && !self.grad_accum.is_multiple_of(groups) {
+            return Err(TrainError::setting(
+                "--grad-accum",
+                format!(
+                    "{} micro-batches cannot be cut into {groups} gradient groups (--grad-groups, by default one per rank); use a multiple of {groups}",
+                    self.grad_accum
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks ranges and combinations, naming the flag at fault.
     pub fn validate(&self) -> Result<()> {
         let positive = [
@@ -356,6 +383,9 @@ impl RunConfig {
         }
         if self.max_tokens == Some(0) {
             return Err(TrainError::setting("--max-tokens", "must be at least 1"));
+        }
+        if let Some(groups) = self.grad_groups {
+            self.check_groups(groups)?;
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(TrainError::setting(

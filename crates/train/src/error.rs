@@ -17,6 +17,9 @@ pub enum TrainError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// The ranks of a distributed run could not exchange a record.
+    #[error("the ranks of this run disagree: {0}")]
+    Distributed(String),
     /// A setting is out of range or inconsistent with another.
     #[error("invalid setting {name}: {reason}")]
     Setting {

@@ -18,6 +18,7 @@ use crate::generation::{
     check_options, decode_all, generated as generated_tokens, GenerateOptions,
 };
 use serde::{Deserialize, Serialize};
+use tessera_dist::Comm;
 use tessera_glue::{parse_answer, Dataset, EncodedDataset, Label, Lengths, Summary, TextTokenizer};
 use tessera_t5::{CrossEntropy, T5Model};
 
@@ -113,21 +114,40 @@ impl Evaluator {
 
     /// Generates an answer for every example, scores them and computes the loss.
     pub fn run(&self, model: &T5Model) -> Result<EvalReport> {
+        self.run_split(model, Comm::SINGLE)
+    }
+
+    /// [`Evaluator::run`] with the generation batches shared by the ranks of
+    /// `comm`: each rank runs a contiguous run of them, and every rank gets
+    /// the whole report, assembled in batch order (the loss summed in that
+    /// order too), so it is the one process's report exactly.
+    pub fn run_split(&self, model: &T5Model, comm: Comm) -> Result<EvalReport> {
         check_options(GenerateOptions {
             max_new_tokens: self.options.max_new_tokens,
             batch_size: self.options.batch_size,
         })?;
         let all: Vec<usize> = (0..self.data.len()).collect();
+        let batches: Vec<&[usize]> = all.chunks(self.options.batch_size).collect();
+        let (n, r) = (batches.len(), comm.rank());
+        let mine = &batches[n * r / comm.size()..n * (r + 1) / comm.size()];
+        let generator = model.generator()?;
+        let mut parts = Vec::with_capacity(mine.len());
+        for rows in mine {
+            let batch = model_batch(&self.data, rows)?;
+            let (loss, generated) =
+                generator.score_and_generate(&batch, self.options.max_new_tokens)?;
+            let ids: Vec<Vec<u32>> = generated
+                .iter()
+                .map(|row| generated_tokens(model, row))
+                .collect();
+            parts.push((loss.sum.to_bits(), loss.count, ids));
+        }
         let mut ids = Vec::with_capacity(all.len());
         let mut loss = CrossEntropy { sum: 0.0, count: 0 };
-        let generator = model.generator()?;
-        for rows in all.chunks(self.options.batch_size) {
-            let batch = model_batch(&self.data, rows)?;
-            let (part, generated) =
-                generator.score_and_generate(&batch, self.options.max_new_tokens)?;
-            loss.sum += part.sum;
-            loss.count += part.count;
-            ids.extend(generated.iter().map(|row| generated_tokens(model, row)));
+        for (sum, count, rows) in gather_parts(comm, &parts)? {
+            loss.sum += f64::from_bits(sum);
+            loss.count += count;
+            ids.extend(rows);
         }
         let generations = decode_all(&self.tokenizer, &ids)?;
         let answers: Vec<_> = generations
@@ -144,6 +164,26 @@ impl Evaluator {
             generated_tokens: ids.iter().map(Vec::len).collect(),
         })
     }
+}
+
+/// One generation batch's loss sum (as f64 bits: serde_json's default
+/// parser may round a decimal float off by one unit in the last place),
+/// target-token count and generated ids.
+type BatchPart = (u64, usize, Vec<Vec<u32>>);
+
+/// Every rank's batch parts, in rank order.
+fn gather_parts(comm: Comm, mine: &[BatchPart]) -> Result<Vec<BatchPart>> {
+    if comm.size() == 1 {
+        return Ok(mine.to_vec());
+    }
+    let bytes = serde_json::to_vec(mine).map_err(|e| TrainError::Distributed(e.to_string()))?;
+    let mut all = Vec::new();
+    for part in comm.all_gather_bytes(&bytes) {
+        let parts: Vec<BatchPart> =
+            serde_json::from_slice(&part).map_err(|e| TrainError::Distributed(e.to_string()))?;
+        all.extend(parts);
+    }
+    Ok(all)
 }
 
 /// Evaluates `model` on `dataset` once (tokenize, generate, score, loss).

@@ -22,6 +22,7 @@ pub mod hub;
 pub mod metrics;
 pub mod model_source;
 pub mod optim;
+pub mod replicas;
 pub mod run_folder;
 pub mod schedule;
 #[cfg(test)]

@@ -20,6 +20,14 @@
 //!
 //! **Output.** A run writes only into an output folder it has claimed
 //! ([`RunFolder`]): locked, and holding no other run's checkpoints.
+//!
+//! **Ranks.** [`Trainer::distribute`] shares the run among the processes
+//! of an MPI job ([`crate::replicas`]): each runs its groups of every
+//! step's micro-batches, the gradients are reduce-scattered, each rank
+//! updates its shard of the weights with its shard of the optimizer state
+//! (ZeRO-1), and the weights are all-gathered. Rank 0 alone claims the
+//! output folder, writes `metrics.jsonl`, the report and the checkpoints
+//! (the optimizer state gathered to it), and reports events.
 
 use crate::checkpoint::{
     self, BaseModel, CheckpointKind, Fingerprint, TokenizerFiles, TrainerState,
@@ -29,14 +37,17 @@ use crate::data::DataReport;
 use crate::eval::{model_batch, EvalOptions, EvalReport, Evaluator};
 use crate::metrics::{MetricsLog, METRICS_FILE};
 use crate::model_source::{check_fits, load_adapted};
-use crate::optim::{clip, Optimizer};
+use crate::optim::{clip_from_partials, clip_partials, shard_ranges, Optimizer};
+use crate::replicas::{self, add_into, gather_f64, group_ranges, parts_per_rank};
 use crate::run_folder::{RunFolder, CHECKPOINTS};
 use crate::{Result, TrainError};
 use serde::Serialize;
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
+use tessera_dist::Comm;
 use tessera_glue::{Dataset, EncodedDataset, Loader, LoaderConfig, Order, TextTokenizer};
 use tessera_t5::folder::HashingWriter;
 use tessera_t5::{ParamStore, Precision, T5Model, TrainOptions};
@@ -83,6 +94,11 @@ pub struct StepReport {
     /// Steps skipped so far (fp16 only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_steps: Option<u64>,
+    /// Processes (MPI ranks) the step ran on.
+    pub world_size: usize,
+    /// Seconds of this step spent in collectives between ranks, waiting for
+    /// the slowest included (microseconds alone).
+    pub comm_seconds: f64,
 }
 
 /// What [`Trainer::run`] reports as it goes.
@@ -120,7 +136,10 @@ pub enum Outcome {
 /// a `linear_decay` schedule.) `model`, `tokenizer` and `train_file` name
 /// where things came from; what matters of them is checked by content
 /// (the checkpoint's weights and tokenizer, the data's fingerprint).
-pub const FREE_KEYS: [&str; 14] = [
+/// `grad_groups` changes only the order in which the step's gradient is
+/// summed (its last bits), and must change for a resume on a number of
+/// ranks that does not divide it.
+pub const FREE_KEYS: [&str; 15] = [
     "recipe",
     "model",
     "tokenizer",
@@ -134,6 +153,7 @@ pub const FREE_KEYS: [&str; 14] = [
     "max_new_tokens",
     "eval_batch_size",
     "threads",
+    "grad_groups",
     "output",
 ];
 
@@ -167,7 +187,18 @@ pub struct Trainer {
     model: T5Model,
     /// The frozen base of a LoRA run (`None`: full fine-tuning).
     base: Option<BaseModel>,
+    /// The gradients of this rank's first group of micro-batches; after
+    /// the reduction, the step's whole gradient in this rank's shard.
     grads: ParamStore,
+    /// More gradient buffers: rank 0's scratch to fold its later groups
+    /// into `grads`, another rank's later groups (sent apart).
+    parts: Vec<ParamStore>,
+    /// `G`, the groups of the canonical gradient ([`crate::replicas`]).
+    groups: usize,
+    comm: Comm,
+    /// Every rank's range of flat positions (ZeRO-1), in rank order.
+    shards: Vec<Range<usize>>,
+    /// The optimizer state of this rank's shard.
     optimizer: Optimizer,
     tokenizer_files: TokenizerFiles,
     loader: Loader,
@@ -364,8 +395,13 @@ impl Trainer {
                 Evaluator::new(&tokenizer, &data, opts)
             })
             .transpose()?;
-        Ok(Trainer {
+        let total = optimizer.shard();
+        let mut trainer = Trainer {
             grads: model.new_gradients(),
+            parts: Vec::new(),
+            groups: 1,
+            comm: Comm::SINGLE,
+            shards: vec![total],
             config,
             model,
             base,
@@ -378,7 +414,48 @@ impl Trainer {
             output: None,
             last_checkpoint: None,
             resumed: None,
-        })
+        };
+        trainer.set_groups(trainer.config.grad_groups.unwrap_or(1));
+        Ok(trainer)
+    }
+
+    /// Shares the run among the ranks of `comm` (call once, on every rank,
+    /// before training; a world of one changes nothing but the record).
+    /// The gradient is summed in `--grad-groups` groups (by default one
+    /// per rank), which the rank count must divide; the value is recorded
+    /// in the configuration, so a resume on another number of ranks sums
+    /// the same way. Each rank keeps the optimizer state of its shard only.
+    pub fn distribute(&mut self, comm: Comm) -> Result<()> {
+        let n = comm.size();
+        let groups = self.config.grad_groups.unwrap_or(n);
+        if !groups.is_multiple_of(n) {
+            return Err(TrainError::setting(
+                "--grad-groups",
+                format!(
+                    "{n} ranks cannot share {groups} gradient groups (this run sums its gradient in {groups}); use a multiple of {n} (bit-identical only with the same value)"
+                ),
+            ));
+        }
+        self.config.check_groups(groups)?;
+        self.config.grad_groups = Some(groups);
+        self.state.config.grad_groups = Some(groups);
+        self.shards = shard_ranges(self.config.optimizer, self.model.trainable().entries(), n);
+        self.optimizer.keep_shard(self.shards[comm.rank()].clone());
+        self.comm = comm;
+        self.set_groups(groups);
+        Ok(())
+    }
+
+    /// Sets `G` and makes the gradient buffers this rank needs for it.
+    fn set_groups(&mut self, groups: usize) {
+        let per_rank = groups / self.comm.size();
+        let extra = match (self.comm.is_root(), per_rank) {
+            (_, 0 | 1) => 0,
+            (true, _) => 1,
+            (false, k) => k - 1,
+        };
+        self.groups = groups;
+        self.parts = (0..extra).map(|_| self.grads.zeros_like()).collect();
     }
 
     /// The configuration in force.
@@ -430,6 +507,7 @@ impl Trainer {
     /// `skipped`; the step count does not advance).
     pub fn train_step(&mut self) -> Result<StepReport> {
         let start = Instant::now();
+        let mut comm_seconds = 0.0;
         let Accumulated {
             loss,
             passes,
@@ -437,15 +515,16 @@ impl Trainer {
             target_tokens,
             source_tokens,
             flops,
-        } = self.accumulate_gradients()?;
+        } = self.accumulate_gradients(&mut comm_seconds)?;
+        timed(&mut comm_seconds, || self.reduce_gradients());
         let step = self.state.step + 1;
         let loss_scale = self.state.loss_scaler.map(|s| s.scale);
-        let update = match self.unscale_gradients() {
+        let update = match self.unscale_gradients(&mut comm_seconds) {
             Some(false) if self.state.loss_scaler.is_some_and(|s| s.exhausted()) => {
                 return Err(self.diverged(step, loss, f32::INFINITY));
             }
             Some(false) => None,
-            _ => Some(self.update_weights(step, loss)?),
+            _ => Some(self.update_weights(step, loss, &mut comm_seconds)?),
         };
         self.state.cursor = self.loader.cursor();
         self.state.examples_seen += examples as u64;
@@ -466,12 +545,15 @@ impl Trainer {
             loss_scale,
             skipped: update.is_none(),
             skipped_steps: self.state.loss_scaler.map(|s| s.skipped),
+            world_size: self.comm.size(),
+            comm_seconds,
         })
     }
 
-    /// Forward and backward of the step's `grad_accum` micro-batches into
-    /// the zeroed gradients.
-    fn accumulate_gradients(&mut self) -> Result<Accumulated> {
+    /// Forward and backward of this rank's groups of the step's micro-batches
+    /// into the zeroed gradient buffers (see [`crate::replicas`]); the
+    /// loss is every rank's, summed in micro-batch order.
+    fn accumulate_gradients(&mut self, comm_seconds: &mut f64) -> Result<Accumulated> {
         let mut passes = Vec::with_capacity(self.config.grad_accum);
         for _ in 0..self.config.grad_accum {
             passes.push(self.loader.next_batch());
@@ -496,25 +578,30 @@ impl Trainer {
             .sum();
         let examples = micro.iter().map(tessera_t5::Batch::rows).sum();
         let source_tokens = micro.iter().map(|b| b.input_ids.len()).sum();
-        self.grads.zero();
-        let mut loss_sum = 0.0f64;
-        for batch in &micro {
-            // Masks are keyed by (run seed, step) here and by each token's
-            // example and position in the model, so they do not depend on
-            // how the global batch is cut into micro-batches.
-            let opts = TrainOptions {
-                dropout: self
-                    .config
-                    .dropout
-                    .unwrap_or(self.model.config().dropout_rate as f32),
-                seed: rng::key(self.config.seed, &[self.state.step]),
-                recompute_blocks: false,
-                loss_divisor: Some(target_tokens as f32),
-                loss_scale: self.state.loss_scaler.map_or(1.0, |s| s.scale),
+        let per_rank = self.groups / self.comm.size();
+        let mine = self.comm.rank() * per_rank..(self.comm.rank() + 1) * per_rank;
+        let opts = self.train_options(target_tokens);
+        let mut losses = Vec::new();
+        for (i, group) in group_ranges(micro.len(), self.groups)[mine]
+            .iter()
+            .enumerate()
+        {
+            let fold = self.comm.is_root() && i > 0;
+            let buffer = match (fold, i) {
+                (true, _) => &mut self.parts[0],
+                (false, 0) => &mut self.grads,
+                (false, i) => &mut self.parts[i - 1],
             };
-            let loss = self.model.forward_backward(batch, &mut self.grads, &opts)?;
-            loss_sum += loss.sum;
+            buffer.zero();
+            for batch in &micro[group.clone()] {
+                losses.push(self.model.forward_backward(batch, buffer, &opts)?.sum);
+            }
+            if fold {
+                add_into(self.grads.flat_mut(), self.parts[0].flat());
+            }
         }
+        let losses = timed(comm_seconds, || gather_f64(self.comm, &losses))?;
+        let loss_sum: f64 = losses.iter().sum();
         Ok(Accumulated {
             loss: (loss_sum / target_tokens.max(1) as f64) as f32,
             passes: micro.len(),
@@ -525,20 +612,63 @@ impl Trainer {
         })
     }
 
-    /// fp16: divides the gradients by the loss scale and updates the scaler;
-    /// `Some(false)` when they overflowed (the step is skipped). `None`
-    /// without a scaler.
-    fn unscale_gradients(&mut self) -> Option<bool> {
+    /// The options of this step's forward/backward passes. Masks are keyed
+    /// by (run seed, step) here and by each token's example and position
+    /// in the model, so they do not depend on how the global batch is cut
+    /// into micro-batches, groups or ranks.
+    fn train_options(&self, target_tokens: usize) -> TrainOptions {
+        TrainOptions {
+            dropout: self
+                .config
+                .dropout
+                .unwrap_or(self.model.config().dropout_rate as f32),
+            seed: rng::key(self.config.seed, &[self.state.step]),
+            recompute_blocks: false,
+            loss_divisor: Some(target_tokens as f32),
+            loss_scale: self.state.loss_scaler.map_or(1.0, |s| s.scale),
+        }
+    }
+
+    /// Sums every rank's gradient parts into their owners' shards.
+    fn reduce_gradients(&mut self) {
+        let per_rank = self.groups / self.comm.size();
+        let rest: Vec<&[f32]> = if self.comm.is_root() {
+            Vec::new()
+        } else {
+            self.parts.iter().map(ParamStore::flat).collect()
+        };
+        replicas::reduce_scatter(
+            self.comm,
+            self.grads.flat_mut(),
+            &rest,
+            &parts_per_rank(self.comm.size(), per_rank),
+            &self.shards,
+        );
+    }
+
+    /// fp16: divides this rank's shard of the gradients by the loss scale
+    /// and updates the scaler; `Some(false)` when a gradient of any rank
+    /// overflowed (the step is skipped). `None` without a scaler.
+    fn unscale_gradients(&mut self, comm_seconds: &mut f64) -> Option<bool> {
         let scaler = self.state.loss_scaler.as_mut()?;
-        let finite = scaler.unscale(&mut self.grads);
+        let shard = self.optimizer.shard();
+        let finite = scaler.unscale(&mut self.grads.flat_mut()[shard]);
+        let finite = !timed(comm_seconds, || self.comm.any(!finite));
         scaler.update(finite);
         Some(finite)
     }
 
     /// Clips the gradients and applies the optimizer: update `step`.
     /// Returns the learning rate and the gradient norm before clipping.
-    fn update_weights(&mut self, step: u64, loss: f32) -> Result<(f32, f32)> {
-        let clipped = clip(&self.grads, self.config.max_grad_norm);
+    fn update_weights(
+        &mut self,
+        step: u64,
+        loss: f32,
+        comm_seconds: &mut f64,
+    ) -> Result<(f32, f32)> {
+        let partials = clip_partials(&self.grads, self.optimizer.shard());
+        let partials = timed(comm_seconds, || gather_f64(self.comm, &partials))?;
+        let clipped = clip_from_partials(&partials, self.config.max_grad_norm);
         let grad_norm = clipped.norm;
         if !(loss.is_finite() && grad_norm.is_finite()) {
             return Err(self.diverged(step, loss, grad_norm));
@@ -550,6 +680,9 @@ impl Trainer {
             lr,
             clipped.scale,
         );
+        timed(comm_seconds, || {
+            replicas::share_shards(self.comm, self.model.trainable_mut(), &self.shards)
+        });
         self.state.step = step;
         Ok((lr, grad_norm))
     }
@@ -563,34 +696,60 @@ impl Trainer {
         }
     }
 
-    /// Evaluates by greedy generation on the validation set, if there is one.
+    /// Evaluates by greedy generation on the validation set, if there is
+    /// one (the batches shared among the ranks; every rank gets the report).
     pub fn evaluate(&self) -> Result<Option<EvalReport>> {
         self.evaluator
             .as_ref()
-            .map(|e| e.run(&self.model))
+            .map(|e| e.run_split(&self.model, self.comm))
             .transpose()
     }
 
     /// Saves a checkpoint of the current step under `OUTPUT/checkpoints`
     /// (claiming the output folder first if needed). A step already saved
     /// (or resumed from) is not saved again: its folder is returned.
+    /// Across ranks (every rank calls it) the optimizer's shards are
+    /// gathered to rank 0, which writes the one checkpoint, and every rank
+    /// returns its folder.
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
         if let Some((step, dir)) = &self.last_checkpoint {
             if *step == self.state.step {
                 return Ok(dir.clone());
             }
         }
-        self.claim_output(false)?;
-        let dir = checkpoint::save(
-            &self.config.output.join(CHECKPOINTS),
-            (&self.model, self.base.as_ref()),
-            &self.tokenizer_files,
-            &self.optimizer,
-            &self.state,
-            self.config.keep,
-        )?;
+        let whole = self.optimizer.gather(self.comm);
+        let mut saved = None;
+        if let Some(optimizer) = &whole {
+            self.claim_output(false)?;
+            saved = Some(checkpoint::save(
+                &self.config.output.join(CHECKPOINTS),
+                (&self.model, self.base.as_ref()),
+                &self.tokenizer_files,
+                optimizer,
+                &self.state,
+                self.config.keep,
+            )?);
+        }
+        drop(whole);
+        let dir = self.root_path(saved)?;
         self.last_checkpoint = Some((self.state.step, dir.clone()));
         Ok(dir)
+    }
+
+    /// Rank 0's `path` on every rank (rank 0 passes `Some`, the others `None`).
+    fn root_path(&self, path: Option<PathBuf>) -> Result<PathBuf> {
+        let sent = path.as_ref().map(|p| p.to_string_lossy().into_owned());
+        let all = self
+            .comm
+            .all_gather_bytes(sent.unwrap_or_default().as_bytes());
+        match path {
+            Some(path) => Ok(path),
+            None => String::from_utf8(all[0].clone())
+                .map(PathBuf::from)
+                .map_err(|_| {
+                    TrainError::Distributed("rank 0 sent a path that is not UTF-8".into())
+                }),
+        }
     }
 
     /// Trains until `config.steps`, checkpointing and then evaluating on
@@ -601,17 +760,31 @@ impl Trainer {
     /// step in flight finishes, a checkpoint is saved (once, even if the
     /// step was also a checkpoint step) and the run returns
     /// [`Outcome::Interrupted`].
+    ///
+    /// Across ranks every rank calls it; rank 0 alone writes and reports
+    /// events, and a stop asked on any rank stops all after the same step.
     pub fn run(
         &mut self,
         stop: &AtomicBool,
         mut on_event: impl FnMut(Event<'_>),
     ) -> Result<Outcome> {
-        self.claim_output(false)?;
-        let mut metrics = MetricsLog::open(&self.config.output.join(METRICS_FILE))?;
-        metrics.write(&self.run_line())?;
+        let root = self.comm.is_root();
+        let mut on_event = |event: Event<'_>| {
+            if root {
+                on_event(event);
+            }
+        };
+        let mut metrics = None;
+        if root {
+            self.claim_output(false)?;
+            let log = metrics.insert(MetricsLog::open(&self.config.output.join(METRICS_FILE))?);
+            log.write(&self.run_line())?;
+        }
         while self.state.step < self.config.steps {
             let report = self.train_step()?;
-            metrics.write(&report)?;
+            if let Some(log) = &mut metrics {
+                log.write(&report)?;
+            }
             on_event(Event::Step(&report));
             if !report.skipped {
                 let step = report.step;
@@ -621,7 +794,9 @@ impl Trainer {
                 }
                 if last || due(step, self.config.eval_every) {
                     if let Some(report) = self.evaluate()? {
-                        metrics.write(&EvalLine::new(step, &report))?;
+                        if let Some(log) = &mut metrics {
+                            log.write(&EvalLine::new(step, &report))?;
+                        }
                         on_event(Event::Eval {
                             step,
                             report: &report,
@@ -630,7 +805,8 @@ impl Trainer {
                     }
                 }
             }
-            if stop.load(Ordering::SeqCst) && self.state.step < self.config.steps {
+            let stopping = self.comm.any(stop.load(Ordering::SeqCst));
+            if stopping && self.state.step < self.config.steps {
                 let saved = self.checkpoint(&mut on_event);
                 self.report(&mut on_event);
                 return saved.map(Outcome::Interrupted);
@@ -647,6 +823,9 @@ impl Trainer {
     /// ([`tessera_report`]), and says so; a failure is reported, not
     /// fatal: the run and its checkpoints matter more than the page.
     fn report(&self, on_event: &mut impl FnMut(Event<'_>)) {
+        if !self.comm.is_root() {
+            return;
+        }
         let output = &self.config.output;
         let path = output.join(tessera_report::REPORT_FILE);
         let written = (|| -> std::result::Result<(), String> {
@@ -906,6 +1085,14 @@ impl<'a> EvalLine<'a> {
         };
         EvalLine { step, eval }
     }
+}
+
+/// Runs `f`, adding its wall time to `seconds`.
+fn timed<T>(seconds: &mut f64, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let out = f();
+    *seconds += start.elapsed().as_secs_f64();
+    out
 }
 
 fn due(step: u64, every: u64) -> bool {

@@ -28,15 +28,19 @@ use super::sums::{norm, norm_from_partials, sum_by, sum_squares};
 use super::{AdafactorConfig, OptimizerConfig, StateTensor};
 use crate::decimal::widen;
 use rayon::prelude::*;
+use std::ops::Range;
 use tessera_t5::{ParamEntry, ParamStore};
 
 /// Columns per parallel task of the column means.
 const COLUMN_BLOCK: usize = 256;
 
-/// The state of every parameter, in layout order.
+/// The state of every parameter in layout order, or of a shard's run of
+/// whole parameters from entry `first` (flat position `start`).
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Adafactor {
     slots: Vec<Slot>,
+    first: usize,
+    start: usize,
 }
 
 /// One parameter's state.
@@ -149,17 +153,46 @@ impl Hyper {
 }
 
 impl Adafactor {
-    /// Zero state for parameters laid out like `params`.
-    pub(super) fn new(config: &AdafactorConfig, params: &ParamStore) -> Self {
-        let slots = params
-            .entries()
+    /// Zero state for parameters laid out as `entries`.
+    pub(super) fn new(config: &AdafactorConfig, entries: &[ParamEntry]) -> Self {
+        let slots = entries
             .iter()
             .map(|e| Slot {
                 exp_avg: config.beta1.map(|_| vec![0.0; e.numel()]),
                 second: SecondMoment::zeros(&e.shape),
             })
             .collect();
-        Adafactor { slots }
+        Adafactor {
+            slots,
+            first: 0,
+            start: 0,
+        }
+    }
+
+    /// Keeps the state of the parameters in `range` only (whole
+    /// parameters of this state: see [`super::shard_ranges`]).
+    pub(super) fn keep_shard(&mut self, entries: &[ParamEntry], range: Range<usize>) {
+        let starts: Vec<usize> = super::pieces::entry_ranges(entries)
+            .map(|r| r.start)
+            .collect();
+        let (first, last) = (
+            starts.partition_point(|&s| s < range.start),
+            starts.partition_point(|&s| s < range.end),
+        );
+        self.slots.truncate(last - self.first);
+        self.slots.drain(..first - self.first);
+        self.first = first;
+        self.start = range.start;
+    }
+
+    /// The state as one stream of values (see [`super::Optimizer::gather`]).
+    pub(super) fn streams(&self) -> Vec<Vec<&[f32]>> {
+        vec![self.slots.iter().flat_map(Slot::buffers).collect()]
+    }
+
+    /// [`Adafactor::streams`], mutable.
+    pub(super) fn streams_mut(&mut self) -> Vec<Vec<&mut [f32]>> {
+        vec![self.slots.iter_mut().flat_map(Slot::buffers_mut).collect()]
     }
 
     /// One update of every parameter (parameters in parallel, and large
@@ -172,11 +205,21 @@ impl Adafactor {
         grads: &ParamStore,
         key: u64,
     ) {
-        let numels = grads.entries().iter().map(ParamEntry::numel);
-        let items: Vec<_> = self.slots.iter_mut().zip(grads.iter()).collect();
-        update_runs(params, numels, items, key, |p, (slot, (e, g))| {
-            slot.step(h, !e.is_layer_norm(), p, g)
-        });
+        let mine = &grads.entries()[self.first..self.first + self.slots.len()];
+        let numels = mine.iter().map(ParamEntry::numel);
+        let items: Vec<_> = self
+            .slots
+            .iter_mut()
+            .zip(grads.iter().skip(self.first))
+            .collect();
+        update_runs(
+            params,
+            self.start,
+            numels,
+            items,
+            key,
+            |p, (slot, (e, g))| slot.step(h, !e.is_layer_norm(), p, g),
+        );
     }
 
     /// The state tensors, named after the parameters, for saving.

@@ -18,14 +18,17 @@
 use super::pieces::{entry_ranges, lens, pieces, split_mut, update_runs, Piece};
 use super::{OptimizerConfig, StateTensor};
 use crate::decimal::widen;
+use std::ops::Range;
 use tessera_t5::{ParamEntry, ParamStore};
 
-/// First and second moments, laid out like the parameters.
+/// First and second moments, laid out like the parameters: of every value,
+/// or of a shard's run of whole pieces from flat position `start`.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct AdamW {
     exp_avg: Vec<f32>,
     exp_avg_sq: Vec<f32>,
     pieces: Vec<Piece>,
+    start: usize,
 }
 
 /// The f32 coefficients of one step.
@@ -67,17 +70,38 @@ impl Hyper {
 }
 
 impl AdamW {
-    /// Zero moments for parameters laid out like `params`.
-    pub(super) fn new(params: &ParamStore) -> Self {
-        let n = params.len();
+    /// Zero moments for parameters laid out as `entries`.
+    pub(super) fn new(entries: &[ParamEntry]) -> Self {
+        let n = entries.iter().map(ParamEntry::numel).sum();
         AdamW {
             exp_avg: vec![0.0; n],
             exp_avg_sq: vec![0.0; n],
-            pieces: pieces(params.entries()),
+            pieces: pieces(entries),
+            start: 0,
         }
     }
 
-    /// One update of every parameter; a 16-bit store is rounded back with
+    /// Keeps the moments of the values in `range` only (a run of whole
+    /// pieces of this state: see [`super::shard_ranges`]).
+    pub(super) fn keep_shard(&mut self, range: Range<usize>) {
+        let local = range.start - self.start..range.end - self.start;
+        self.exp_avg = self.exp_avg[local.clone()].to_vec();
+        self.exp_avg_sq = self.exp_avg_sq[local].to_vec();
+        self.pieces.retain(|p| range.contains(&p.range.start));
+        self.start = range.start;
+    }
+
+    /// The state as streams of values (see [`super::Optimizer::gather`]).
+    pub(super) fn streams(&self) -> Vec<Vec<&[f32]>> {
+        vec![vec![&self.exp_avg], vec![&self.exp_avg_sq]]
+    }
+
+    /// [`AdamW::streams`], mutable.
+    pub(super) fn streams_mut(&mut self) -> Vec<Vec<&mut [f32]>> {
+        vec![vec![&mut self.exp_avg], vec![&mut self.exp_avg_sq]]
+    }
+
+    /// One update of every value it holds state for; a 16-bit store is rounded back with
     /// the stochastic noise of `key`.
     pub(super) fn step(
         &mut self,
@@ -97,6 +121,7 @@ impl AdamW {
         let items: Vec<_> = m.into_iter().zip(v).zip(&self.pieces).collect();
         update_runs(
             params,
+            self.start,
             lens(&self.pieces),
             items,
             key,

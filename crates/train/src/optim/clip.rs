@@ -1,7 +1,9 @@
 //! Global-norm gradient clipping, as `torch.nn.utils.clip_grad_norm_`.
 
-use super::sums::norm;
+use super::pieces::pieces;
+use super::sums::{norm_from_partials, sum_squares};
 use rayon::prelude::*;
+use std::ops::Range;
 use tessera_t5::ParamStore;
 
 /// Values per parallel task of the scaling.
@@ -21,23 +23,43 @@ pub struct Clip {
 /// optimizer applies the coefficient as it reads them:
 /// [`super::Optimizer::step_scaled`]).
 pub fn clip(grads: &ParamStore, max_norm: f32) -> Clip {
+    clip_from_partials(&clip_partials(grads, 0..grads.len()), max_norm)
+}
+
+/// The f64 sums of squares of the gradients' pieces (runs of at most 2^16
+/// values within one parameter) that lie in `range`, in order. `range` is
+/// a run of whole pieces, as every shard of [`super::shard_ranges`] is, so
+/// the ranks' partials concatenated in rank order are one process's.
+pub fn clip_partials(grads: &ParamStore, range: Range<usize>) -> Vec<f64> {
+    let g = grads.flat();
+    let mine: Vec<_> = pieces(grads.entries())
+        .into_iter()
+        .filter(|p| range.contains(&p.range.start))
+        .collect();
     tessera_tensor::install(|| {
-        let norm = norm(grads.flat());
-        let coef = max_norm / (norm + 1e-6);
-        let clips = max_norm > 0.0 && max_norm.is_finite() && norm.is_finite() && coef < 1.0;
-        Clip {
-            norm,
-            scale: if clips { coef } else { 1.0 },
-        }
+        mine.par_iter()
+            .map(|p| sum_squares(&g[p.range.clone()]))
+            .collect()
     })
 }
 
+/// The norm of gradients whose pieces' sums of squares are `partials`
+/// (added in order) and the clipping coefficient for `max_norm`.
+pub fn clip_from_partials(partials: &[f64], max_norm: f32) -> Clip {
+    let norm = norm_from_partials(partials);
+    let coef = max_norm / (norm + 1e-6);
+    let clips = max_norm > 0.0 && max_norm.is_finite() && norm.is_finite() && coef < 1.0;
+    Clip {
+        norm,
+        scale: if clips { coef } else { 1.0 },
+    }
+}
+
 /// Multiplies every gradient by `scale` (nothing to do for 1).
-pub fn scale_gradients(grads: &mut ParamStore, scale: f32) {
+pub fn scale_gradients(grads: &mut [f32], scale: f32) {
     if scale != 1.0 {
         tessera_tensor::install(|| {
             grads
-                .flat_mut()
                 .par_chunks_mut(CHUNK)
                 .for_each(|c| c.iter_mut().for_each(|g| *g *= scale));
         });
@@ -55,7 +77,7 @@ pub fn scale_gradients(grads: &mut ParamStore, scale: f32) {
 /// gradients are left alone, so the caller can skip the step.
 pub fn clip_grad_norm(grads: &mut ParamStore, max_norm: f32) -> f32 {
     let c = clip(grads, max_norm);
-    scale_gradients(grads, c.scale);
+    scale_gradients(grads.flat_mut(), c.scale);
     c.norm
 }
 
@@ -80,7 +102,7 @@ mod tests {
         assert_eq!(total, want);
         let coef = 1.0 / (want + 1e-6);
         assert!(g.flat().iter().all(|&v| v == 0.5 * coef));
-        let after = norm(g.flat());
+        let after = super::super::sums::norm(g.flat());
         assert!((after - 1.0).abs() < 1e-5, "{after}");
     }
 

@@ -12,7 +12,6 @@
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tessera_t5::ParamStore;
 
 /// GradScaler's initial scale, 2¹⁶.
 pub const INITIAL_SCALE: f32 = 65_536.0;
@@ -59,10 +58,10 @@ impl LossScaler {
     /// Divides `grads` by the scale in place; returns whether every
     /// gradient is finite. After an overflow (`false`) the gradients are
     /// partly unscaled and must not be used: the step is to be skipped.
-    pub fn unscale(&self, grads: &mut ParamStore) -> bool {
+    pub fn unscale(&self, grads: &mut [f32]) -> bool {
         let inv = 1.0 / self.scale;
         tessera_tensor::install(|| {
-            grads.flat_mut().par_chunks_mut(CHUNK).all(|c| {
+            grads.par_chunks_mut(CHUNK).all(|c| {
                 let finite = c.iter().all(|g| g.is_finite());
                 if finite {
                     c.iter_mut().for_each(|g| *g *= inv);
@@ -110,13 +109,13 @@ mod tests {
         let want: Vec<f32> = (0..g.flat().len())
             .map(|i| (i as f32 - 7.0) * 0.25)
             .collect();
-        assert!(scaler.unscale(&mut g));
+        assert!(scaler.unscale(g.flat_mut()));
         assert_eq!(g.flat(), &want[..]);
         let last = g.flat().len() - 1;
         g.flat_mut()[last] = f32::INFINITY;
-        assert!(!scaler.unscale(&mut g));
+        assert!(!scaler.unscale(g.flat_mut()));
         g.flat_mut()[0] = f32::NAN;
-        assert!(!scaler.unscale(&mut g));
+        assert!(!scaler.unscale(g.flat_mut()));
     }
 
     #[test]

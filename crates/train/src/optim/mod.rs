@@ -33,10 +33,12 @@ mod state_file;
 mod sums;
 
 use crate::error::{Result, TrainError};
+use std::ops::Range;
 use std::path::Path;
+use tessera_dist::Comm;
 use tessera_t5::{ParamEntry, ParamStore};
 
-pub use clip::{clip, clip_grad_norm, scale_gradients, Clip};
+pub use clip::{clip, clip_from_partials, clip_grad_norm, clip_partials, scale_gradients, Clip};
 pub use loss_scale::LossScaler;
 
 /// Which update rule an [`Optimizer`] applies.
@@ -225,13 +227,44 @@ enum State {
     Adafactor(adafactor::Adafactor),
 }
 
-/// An optimizer with its state for one parameter layout.
+/// An optimizer with its state for one parameter layout: for every value,
+/// or for one rank's shard of them (ZeRO-1, [`Optimizer::keep_shard`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Optimizer {
     config: OptimizerConfig,
     entries: Vec<ParamEntry>,
     steps: u64,
     state: State,
+    /// The flat positions of the values it updates.
+    shard: Range<usize>,
+}
+
+/// How `n` ranks share the optimizer state of `entries` under ZeRO-1: one
+/// contiguous range of flat positions per rank, in rank order, covering
+/// the store. Each range is as near `1/n` of the values as cuts allow:
+/// AdamW, elementwise, is cut between pieces of at most 2^16 values;
+/// Adafactor, whose row and column statistics need whole tensors, between
+/// parameters. Either way a range is a run of whole pieces, so the
+/// gradient norm's partial sums ([`clip_partials`]) are the same however
+/// the store is shared. A range may be empty (more ranks than cuts).
+pub fn shard_ranges(kind: OptimizerKind, entries: &[ParamEntry], n: usize) -> Vec<Range<usize>> {
+    let cuts: Vec<usize> = match kind {
+        OptimizerKind::AdamW => pieces::pieces(entries)
+            .iter()
+            .map(|p| p.range.end)
+            .collect(),
+        OptimizerKind::Adafactor => pieces::entry_ranges(entries).map(|r| r.end).collect(),
+    };
+    let total = cuts.last().copied().unwrap_or(0);
+    let n = n.max(1);
+    let mut bounds = vec![0];
+    for r in 1..n {
+        let target = total * r / n;
+        let at = cuts[cuts.partition_point(|&c| c < target).min(cuts.len() - 1)];
+        bounds.push(at.max(bounds[r - 1]));
+    }
+    bounds.push(total);
+    bounds.windows(2).map(|w| w[0]..w[1]).collect()
 }
 
 impl Optimizer {
@@ -239,18 +272,85 @@ impl Optimizer {
     /// `params`; fails with the flag's name when the config is invalid.
     pub fn new(config: &OptimizerConfig, params: &ParamStore) -> Result<Self> {
         config.validate()?;
+        Ok(Self::fresh(config, params.entries()))
+    }
+
+    /// Zero state at step 0 for every value of a store laid out as `entries`.
+    fn fresh(config: &OptimizerConfig, entries: &[ParamEntry]) -> Self {
         let state = match config.kind {
-            OptimizerKind::AdamW => State::AdamW(adamw::AdamW::new(params)),
+            OptimizerKind::AdamW => State::AdamW(adamw::AdamW::new(entries)),
             OptimizerKind::Adafactor => {
-                State::Adafactor(adafactor::Adafactor::new(&config.adafactor, params))
+                State::Adafactor(adafactor::Adafactor::new(&config.adafactor, entries))
             }
         };
-        Ok(Optimizer {
+        Optimizer {
             config: config.clone(),
-            entries: params.entries().to_vec(),
+            entries: entries.to_vec(),
             steps: 0,
             state,
-        })
+            shard: 0..entries.iter().map(ParamEntry::numel).sum(),
+        }
+    }
+
+    /// Keeps the state of `range` only (one of [`shard_ranges`] for this
+    /// optimizer's kind): the rank that owns it then updates those values
+    /// and no others.
+    ///
+    /// # Panics
+    /// If `range` is not within the values this optimizer holds.
+    pub fn keep_shard(&mut self, range: Range<usize>) {
+        assert!(
+            self.shard.start <= range.start && range.end <= self.shard.end,
+            "a shard within the optimizer's values"
+        );
+        match &mut self.state {
+            State::AdamW(s) => s.keep_shard(range.clone()),
+            State::Adafactor(s) => s.keep_shard(&self.entries, range.clone()),
+        }
+        self.shard = range;
+    }
+
+    /// The flat positions of the values this optimizer updates.
+    pub fn shard(&self) -> Range<usize> {
+        self.shard.clone()
+    }
+
+    /// Every rank's shard gathered into one whole optimizer on rank 0 (to
+    /// save it); `None` on the other ranks. Each rank's state is sent as
+    /// the kind's streams of values, whose rank-order concatenation is the
+    /// whole state's.
+    pub fn gather(&self, comm: Comm) -> Option<Optimizer> {
+        let streams: Vec<Vec<f32>> = self.streams().iter().map(|s| s.concat()).collect();
+        let mut whole = comm.is_root().then(|| Optimizer {
+            steps: self.steps,
+            ..Self::fresh(&self.config, &self.entries)
+        });
+        for (i, mine) in streams.iter().enumerate() {
+            let gathered = comm.gather_to_root(mine);
+            if let (Some(whole), Some(values)) = (whole.as_mut(), gathered) {
+                let mut rest = values.as_slice();
+                for segment in whole.streams_mut().swap_remove(i) {
+                    let (head, tail) = rest.split_at(segment.len());
+                    segment.copy_from_slice(head);
+                    rest = tail;
+                }
+            }
+        }
+        whole
+    }
+
+    fn streams(&self) -> Vec<Vec<&[f32]>> {
+        match &self.state {
+            State::AdamW(s) => s.streams(),
+            State::Adafactor(s) => s.streams(),
+        }
+    }
+
+    fn streams_mut(&mut self) -> Vec<Vec<&mut [f32]>> {
+        match &mut self.state {
+            State::AdamW(s) => s.streams_mut(),
+            State::Adafactor(s) => s.streams_mut(),
+        }
     }
 
     /// One update of `params` from `grads` (same layout) at learning rate
@@ -282,7 +382,7 @@ impl Optimizer {
         match self.state {
             State::AdamW(_) => self.update(params, grads, lr, grad_scale),
             State::Adafactor(_) => {
-                scale_gradients(grads, grad_scale);
+                scale_gradients(&mut grads.flat_mut()[self.shard.clone()], grad_scale);
                 self.update(params, grads, lr, 1.0);
             }
         }
@@ -550,6 +650,75 @@ mod tests {
                     "{:?} on {dtype} weights depends on the thread count",
                     optimizer.kind
                 );
+            }
+        }
+    }
+
+    /// `src`'s values in `range` copied into `dst` (same layout and type).
+    fn copy_range(dst: &mut ParamStore, mut src: ParamStore, range: Range<usize>) {
+        use tessera_t5::FlatMut;
+        match (dst.flat_values_mut(), src.flat_values_mut()) {
+            (FlatMut::F32(d), FlatMut::F32(s)) => d[range.clone()].copy_from_slice(&s[range]),
+            (FlatMut::Bf16(d), FlatMut::Bf16(s)) => d[range.clone()].copy_from_slice(&s[range]),
+            _ => panic!("the stores differ in type"),
+        }
+    }
+
+    #[test]
+    fn shards_update_their_values_as_the_whole_optimizer_does() {
+        let mut config = tiny_config();
+        (config.vocab_size, config.d_model) = (2_000, 300);
+        let start = T5Model::init(config, 5).params().clone();
+        for optimizer in [adamw(0.01), adafactor(Some(0.9))] {
+            for dtype in [DType::F32, DType::BF16] {
+                let mut whole = start.converted(dtype);
+                let mut one = Optimizer::new(&optimizer, &whole).unwrap();
+                for n in [2, 3] {
+                    let ranges = shard_ranges(optimizer.kind, whole.entries(), n);
+                    assert_eq!(ranges.first().unwrap().start, 0);
+                    assert_eq!(ranges.last().unwrap().end, whole.len());
+                    assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+                    if optimizer.kind == OptimizerKind::Adafactor {
+                        let ends: Vec<usize> = pieces::entry_ranges(whole.entries())
+                            .map(|r| r.end)
+                            .collect();
+                        assert!(ranges.iter().all(|r| r.end == 0 || ends.contains(&r.end)));
+                    }
+                    let mut split = start.converted(dtype);
+                    let mut shards: Vec<Optimizer> = ranges
+                        .iter()
+                        .map(|r| {
+                            let mut o = Optimizer::new(&optimizer, &split).unwrap();
+                            o.keep_shard(r.clone());
+                            o
+                        })
+                        .collect();
+                    let mut whole_n = start.converted(dtype);
+                    let mut one_n = Optimizer::new(&optimizer, &whole_n).unwrap();
+                    for s in 0..3 {
+                        let g = grads_for(&whole_n, s);
+                        one_n.step(&mut whole_n, &g, 1e-3);
+                        let before = split.clone();
+                        for (shard, range) in shards.iter_mut().zip(&ranges) {
+                            let mut mine = before.clone();
+                            shard.step(&mut mine, &g, 1e-3);
+                            copy_range(&mut split, mine, range.clone());
+                        }
+                    }
+                    let what = format!("{:?} on {dtype} in {n} shards", optimizer.kind);
+                    assert!(split == whole_n, "{what}: weights differ");
+                    for (i, stream) in one_n.streams().iter().enumerate() {
+                        let joined: Vec<f32> = shards
+                            .iter()
+                            .flat_map(|o| o.streams()[i].concat())
+                            .collect();
+                        assert!(stream.concat() == joined, "{what}: state differs");
+                    }
+                }
+                // The whole optimizer is its own single shard.
+                let g = grads_for(&whole, 0);
+                one.step(&mut whole, &g, 1e-3);
+                assert_eq!(one.gather(Comm::SINGLE), Some(one.clone()));
             }
         }
     }

@@ -56,30 +56,32 @@ pub(super) fn split_mut<E>(
 }
 
 /// Applies `update` to consecutive runs of the parameters' values (lengths
-/// `lens`, from the start of the store), in parallel, each run with its
-/// item. The update sees f32 values: an f32 store is updated in place; a
+/// `lens`, from position `start` of the store: a shard's first value), in
+/// parallel, each run with its item. The update sees f32 values: an f32 store is updated in place; a
 /// bf16 or fp16 store's run is widened, updated, and rounded back
 /// stochastically with the noise of `key` (one per step), drawn by position
 /// in the store so the result does not depend on the thread count.
 pub(super) fn update_runs<T: Send>(
     params: &mut ParamStore,
+    start: usize,
     lens: impl IntoIterator<Item = usize>,
     items: Vec<T>,
     key: u64,
     update: impl Fn(&mut [f32], T) + Sync,
 ) {
     match params.flat_values_mut() {
-        FlatMut::F32(p) => split_mut(p, lens)
+        FlatMut::F32(p) => split_mut(&mut p[start..], lens)
             .into_par_iter()
             .zip(items)
             .for_each(|(p, item)| update(p, item)),
-        FlatMut::Bf16(p) => update_narrow(p, lens, items, key, update),
-        FlatMut::F16(p) => update_narrow(p, lens, items, key, update),
+        FlatMut::Bf16(p) => update_narrow(p, start, lens, items, key, update),
+        FlatMut::F16(p) => update_narrow(p, start, lens, items, key, update),
     }
 }
 
 fn update_narrow<E: Element, T: Send>(
     p: &mut [E],
+    start: usize,
     lens: impl IntoIterator<Item = usize>,
     items: Vec<T>,
     key: u64,
@@ -87,9 +89,9 @@ fn update_narrow<E: Element, T: Send>(
 ) {
     let lens: Vec<usize> = lens.into_iter().collect();
     let starts: Vec<u64> = ranges(lens.iter().copied())
-        .map(|r| r.start as u64)
+        .map(|r| (start + r.start) as u64)
         .collect();
-    split_mut(p, lens)
+    split_mut(&mut p[start..], lens)
         .into_par_iter()
         .zip(items)
         .zip(starts)
