@@ -3,8 +3,10 @@
 //! one-process run with the same `--grad-groups`, bit for bit (weights,
 //! optimizer state, losses, evaluation); a run saved on N ranks resumes on
 //! M; a rank's error ends the job with its rank and message; SIGTERM saves a
-//! consistent checkpoint. Built only with `--features mpi`; `.ci/run` runs
-//! it (`cargo test -p xtask --features mpi --test distributed`).
+//! consistent checkpoint; two "hosts" (network namespaces) train over TCP.
+//! Built only with `--features mpi`; `.ci/run` runs it
+//! (`cargo test -p xtask --features mpi --test distributed`, and as root
+//! `-- --ignored` for the two hosts).
 #![cfg(feature = "mpi")]
 // Test helpers outside #[test] functions unwrap too: a failure is a test failure.
 #![allow(clippy::unwrap_used)]
@@ -309,4 +311,118 @@ fn sigterm_to_mpirun_saves_one_consistent_checkpoint() {
     let next = (step + 1).to_string();
     let resume = [&args(&out, &next, &[])[..], &["--resume", "latest"]].concat();
     ok(train(1, &resume));
+}
+
+/// Two "hosts" on this machine: network namespaces joined by a veth pair
+/// (10.77.0.1 and 10.77.0.2), each rank in its own namespace and UTS
+/// hostname, removed again when dropped. Needs root (CAP_NET_ADMIN).
+struct TwoHosts {
+    names: [String; 2],
+    agent: PathBuf,
+}
+
+impl TwoHosts {
+    fn new(dir: &Path) -> TwoHosts {
+        let id = std::process::id();
+        let names = [format!("tessera-a-{id}"), format!("tessera-b-{id}")];
+        let veth = [format!("tsa{id}"), format!("tsb{id}")];
+        let ip = |args: &[&str]| {
+            let status = Command::new("ip").args(args).status().unwrap();
+            assert!(status.success(), "ip {args:?}");
+        };
+        let hosts = TwoHosts {
+            agent: dir.join("netns-agent"),
+            names: names.clone(),
+        };
+        for n in &names {
+            ip(&["netns", "add", n]);
+        }
+        ip(&[
+            "link", "add", &veth[0], "type", "veth", "peer", "name", &veth[1],
+        ]);
+        for (i, (n, v)) in names.iter().zip(&veth).enumerate() {
+            let addr = format!("10.77.0.{}/24", i + 1);
+            ip(&["link", "set", v, "netns", n]);
+            ip(&["-n", n, "addr", "add", &addr, "dev", v]);
+            ip(&["-n", n, "link", "set", v, "up"]);
+            ip(&["-n", n, "link", "set", "lo", "up"]);
+        }
+        // Open MPI's rsh agent: `HOST COMMAND…` runs COMMAND on HOST, here
+        // inside that host's namespace under its own hostname.
+        let script = format!(
+            "#!/bin/sh\nhost=$1; shift\ncase \"$host\" in\n  10.77.0.1) ns={};;\n  10.77.0.2) ns={};;\n  *) echo \"unknown host $host\" >&2; exit 1;;\nesac\nexec ip netns exec \"$ns\" unshare --uts sh -c \"hostname $ns; exec $*\"\n",
+            names[0], names[1]
+        );
+        std::fs::write(&hosts.agent, script).unwrap();
+        let chmod = Command::new("chmod").arg("+x").arg(&hosts.agent).status();
+        assert!(chmod.unwrap().success());
+        hosts
+    }
+
+    /// Bytes received by the first host's end of the veth pair.
+    fn received(&self) -> u64 {
+        let stats = format!(
+            "/sys/class/net/tsa{}/statistics/rx_bytes",
+            std::process::id()
+        );
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.names[0], "cat", &stats])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// Ignored by `cargo test`: it needs root to make network namespaces.
+/// `.ci/run` runs it (as root) with `--ignored`.
+#[test]
+#[ignore]
+fn two_hosts_train_over_tcp_across_a_veth_pair() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new(tmp.path());
+    let (one, split) = (tmp.path().join("one"), tmp.path().join("split"));
+    let flags = ["--grad-accum", "2"];
+    ok(train(
+        1,
+        &args(&one, "3", &[&flags[..], &["--grad-groups", "2"]].concat()),
+    ));
+    let before = hosts.received();
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &hosts.names[0],
+        "mpirun",
+        "--allow-run-as-root",
+    ]);
+    cmd.args(["--bind-to", "none", "-n", "2", "-x", "TESSERA_THREADS=1"]);
+    cmd.args(["--host", "10.77.0.1,10.77.0.2", "--mca", "plm_rsh_agent"]);
+    cmd.arg(&hosts.agent);
+    // TCP between the ranks, on the veth subnet only (no shared memory).
+    for (key, value) in [
+        ("btl", "tcp,self"),
+        ("btl_tcp_if_include", "10.77.0.0/24"),
+        ("oob_tcp_if_include", "10.77.0.0/24"),
+    ] {
+        cmd.args(["--mca", key, value]);
+    }
+    cmd.arg(env!("CARGO_BIN_EXE_xtask")).arg("train");
+    cmd.args(args(&split, "3", &flags)).stdin(Stdio::null());
+    ok(cmd.output().unwrap());
+    same_state(&one, &split, 3);
+    // Three steps of the 1.3 M-parameter model: each way, the gradient
+    // parts and weights (5 MB in f32) several times over.
+    let crossed = hosts.received() - before;
+    assert!(
+        crossed > 10_000_000,
+        "only {crossed} bytes crossed the veth pair"
+    );
 }
