@@ -50,14 +50,6 @@ fn count(n: usize) -> Count {
     Count::try_from(n).expect("a round's counts fit an MPI int")
 }
 
-/// A staging buffer of `len` bytes that is never Rust's dangling empty
-/// pointer: an empty `Vec<u8>` points at address 1, which Open MPI reads
-/// as `MPI_IN_PLACE`, so an empty part would not mean "nothing" to it.
-/// Slice it to `len` before passing it.
-fn staging(len: usize) -> Vec<u8> {
-    vec![0u8; len.max(1)]
-}
-
 /// Offsets of consecutive parts of the given lengths.
 fn offsets(counts: &[usize]) -> Vec<usize> {
     counts
@@ -82,9 +74,10 @@ fn unstage(dst: &mut [u8], staged: &[u8], parts: &[std::ops::Range<usize>], star
     }
 }
 
-/// `buf`, or when it is empty a zero-length slice of `spare`: a real
-/// address, not the dangling one Open MPI would take for `MPI_IN_PLACE`
-/// (see [`staging`]).
+/// `buf`, or when it is empty a zero-length slice of `spare`. Every buffer
+/// reaches MPI through it: an empty Rust slice may point at address 1,
+/// which Open MPI reads as `MPI_IN_PLACE`, so an empty part would not mean
+/// "nothing" to it.
 fn real<'a>(buf: &'a [u8], spare: &'a [u8; 1]) -> &'a [u8] {
     if buf.is_empty() {
         &spare[..0]
@@ -119,14 +112,11 @@ pub(crate) fn all_gather(mine: &[u8], all: &mut [u8], counts: &[usize]) {
     for r in 0..rounds {
         let parts: Vec<_> = counts.iter().map(|&c| share(c, r, per)).collect();
         let (rc, displs) = layout(parts.iter().map(|p| p.len()));
-        let total = parts.iter().map(|p| p.len()).sum();
-        let mut staged = staging(total);
-        let own = share(mine.len(), r, per);
-        let mut out = staging(own.len());
-        out[..own.len()].copy_from_slice(&mine[own.clone()]);
+        let mut staged = vec![0u8; parts.iter().map(|p| p.len()).sum()];
+        let (a, mut b) = ([0u8], [0u8]);
         world().all_gather_varcount_into(
-            &out[..own.len()],
-            &mut PartitionMut::new(&mut staged[..total], &rc[..], &displs[..]),
+            real(&mine[share(mine.len(), r, per)], &a),
+            &mut PartitionMut::new(real_mut(&mut staged, &mut b), &rc[..], &displs[..]),
         );
         unstage(all, &staged, &parts, &starts);
     }
@@ -165,21 +155,17 @@ pub(crate) fn all_to_all(
     for r in 0..rounds as usize {
         let out: Vec<_> = send_counts.iter().map(|&c| share(c, r, per)).collect();
         let inc: Vec<_> = recv_counts.iter().map(|&c| share(c, r, per)).collect();
-        let out_total: usize = out.iter().map(|p| p.len()).sum();
-        let mut staged_out = staging(out_total);
-        let mut at = 0;
+        let mut staged_out = Vec::with_capacity(out.iter().map(|p| p.len()).sum());
         for (part, start) in out.iter().zip(&send_starts) {
-            staged_out[at..at + part.len()]
-                .copy_from_slice(&send[start + part.start..start + part.end]);
-            at += part.len();
+            staged_out.extend_from_slice(&send[start + part.start..start + part.end]);
         }
-        let in_total = inc.iter().map(|p| p.len()).sum();
-        let mut staged_in = staging(in_total);
+        let mut staged_in = vec![0u8; inc.iter().map(|p| p.len()).sum()];
         let (sc, sd) = layout(out.iter().map(|p| p.len()));
         let (rc, rd) = layout(inc.iter().map(|p| p.len()));
+        let (a, mut b) = ([0u8], [0u8]);
         world().all_to_all_varcount_into(
-            &Partition::new(&staged_out[..out_total], &sc[..], &sd[..]),
-            &mut PartitionMut::new(&mut staged_in[..in_total], &rc[..], &rd[..]),
+            &Partition::new(real(&staged_out, &a), &sc[..], &sd[..]),
+            &mut PartitionMut::new(real_mut(&mut staged_in, &mut b), &rc[..], &rd[..]),
         );
         unstage(recv, &staged_in, &inc, &recv_starts);
     }

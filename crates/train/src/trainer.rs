@@ -448,13 +448,12 @@ impl Trainer {
 
     /// Sets `G` and makes the gradient buffers this rank needs for it.
     fn set_groups(&mut self, groups: usize) {
-        let per_rank = groups / self.comm.size();
-        let extra = match (self.comm.is_root(), per_rank) {
+        self.groups = groups;
+        let extra = match (self.comm.is_root(), self.groups_per_rank()) {
             (_, 0 | 1) => 0,
             (true, _) => 1,
             (false, k) => k - 1,
         };
-        self.groups = groups;
         self.parts = (0..extra).map(|_| self.grads.zeros_like()).collect();
     }
 
@@ -578,7 +577,7 @@ impl Trainer {
             .sum();
         let examples = micro.iter().map(tessera_t5::Batch::rows).sum();
         let source_tokens = micro.iter().map(|b| b.input_ids.len()).sum();
-        let per_rank = self.groups / self.comm.size();
+        let per_rank = self.groups_per_rank();
         let mine = self.comm.rank() * per_rank..(self.comm.rank() + 1) * per_rank;
         let opts = self.train_options(target_tokens);
         let mut losses = Vec::new();
@@ -612,6 +611,11 @@ impl Trainer {
         })
     }
 
+    /// The consecutive gradient groups each rank runs: `G / N`.
+    fn groups_per_rank(&self) -> usize {
+        self.groups / self.comm.size()
+    }
+
     /// The options of this step's forward/backward passes. Masks are keyed
     /// by (run seed, step) here and by each token's example and position
     /// in the model, so they do not depend on how the global batch is cut
@@ -631,7 +635,7 @@ impl Trainer {
 
     /// Sums every rank's gradient parts into their owners' shards.
     fn reduce_gradients(&mut self) {
-        let per_rank = self.groups / self.comm.size();
+        let parts = parts_per_rank(self.comm.size(), self.groups_per_rank());
         let rest: Vec<&[f32]> = if self.comm.is_root() {
             Vec::new()
         } else {
@@ -641,7 +645,7 @@ impl Trainer {
             self.comm,
             self.grads.flat_mut(),
             &rest,
-            &parts_per_rank(self.comm.size(), per_rank),
+            &parts,
             &self.shards,
         );
     }
