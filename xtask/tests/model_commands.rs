@@ -44,6 +44,18 @@ fn model_folder(dir: &Path) {
     std::fs::write(dir.join("trainer_state.json"), "{}").unwrap();
 }
 
+/// Train flags of a two-step run with no warm-up and no evaluation.
+const SHORT_RUN: [&str; 8] = [
+    "--steps",
+    "2",
+    "--warmup-steps",
+    "0",
+    "--batch-size",
+    "4",
+    "--eval-every",
+    "0",
+];
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -52,20 +64,8 @@ fn s(p: &Path) -> &str {
 fn train_writes_a_json_summary_with_the_data_report() {
     let tmp = tempfile::tempdir().unwrap();
     let (out, json) = (tmp.path().join("run"), tmp.path().join("summary.json"));
-    let args = [
-        "train",
-        "--steps",
-        "2",
-        "--warmup-steps",
-        "0",
-        "--batch-size",
-        "4",
-        "--eval-every",
-        "0",
-    ];
-    stdout(&xtask(
-        &[&args[..], &["--output", s(&out), "--json", s(&json)]].concat(),
-    ));
+    let args = ["--output", s(&out), "--json", s(&json)];
+    stdout(&xtask(&[&["train"][..], &SHORT_RUN, &args].concat()));
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(summary["steps"], 2);
@@ -195,20 +195,8 @@ fn a_lora_run_exports_for_peft_evaluates_with_its_adapter_and_merges() {
     let (base, run) = (tmp.path().join("base"), tmp.path().join("run"));
     model_folder(&base);
     std::fs::remove_file(base.join("trainer_state.json")).unwrap();
-    let train = [
-        "train",
-        "--recipe",
-        "quickstart",
-        "--model",
-        s(&base),
-        "--steps",
-        "2",
-        "--warmup-steps",
-        "0",
-        "--batch-size",
-        "4",
-        "--eval-every",
-        "0",
+    let model = ["train", "--recipe", "quickstart", "--model", s(&base)];
+    let lora = [
         "--lora-rank",
         "2",
         "--lora-targets",
@@ -216,7 +204,7 @@ fn a_lora_run_exports_for_peft_evaluates_with_its_adapter_and_merges() {
         "--output",
         s(&run),
     ];
-    let text = stdout(&xtask(&train));
+    let text = stdout(&xtask(&[&model[..], &SHORT_RUN, &lora].concat()));
     assert!(text.contains("report: "), "{text}");
     let hf = run.join("hf");
     assert!(hf.join("adapter_config.json").is_file() && !hf.join("model.safetensors").exists());

@@ -106,20 +106,56 @@ fn figure(out: &mut String, svg: &str, columns: &[String], rows: &[(f64, Vec<Opt
 }
 
 /// The series of `columns` joined on the step into table rows.
-fn join(columns: &[Vec<(f64, f64)>]) -> Vec<(f64, Vec<Option<f64>>)> {
-    let mut steps: Vec<f64> = columns.iter().flatten().map(|p| p.0).collect();
+///
+/// Each column is in step order with one point per step (as the log's
+/// maps hold them), so one cursor per column walks the steps once.
+fn join(columns: &[&[(f64, f64)]]) -> Vec<(f64, Vec<Option<f64>>)> {
+    let mut steps: Vec<f64> = columns.iter().copied().flatten().map(|p| p.0).collect();
     steps.sort_by(f64::total_cmp);
     steps.dedup();
+    let mut cursors = vec![0; columns.len()];
     steps
         .into_iter()
         .map(|s| {
             let values = columns
                 .iter()
-                .map(|c| c.iter().find(|p| p.0 == s).map(|p| p.1))
+                .zip(&mut cursors)
+                .map(|(c, at)| {
+                    let hit = c.get(*at).filter(|p| p.0 == s).map(|p| p.1);
+                    *at += usize::from(hit.is_some());
+                    hit
+                })
                 .collect();
             (s, values)
         })
         .collect()
+}
+
+/// A chart of `series` with the table of their numbers (nothing without any).
+fn series_figure(
+    out: &mut String,
+    title: &str,
+    unit: &str,
+    series: &[Series],
+    threshold: Option<&Threshold>,
+) -> Result<(), ChartError> {
+    if series.is_empty() {
+        return Ok(());
+    }
+    let svg = line_chart(title, unit, series, threshold)?;
+    let names: Vec<String> = series.iter().map(|s| s.name.clone()).collect();
+    let columns: Vec<&[(f64, f64)]> = series.iter().map(|s| s.points.as_slice()).collect();
+    figure(out, &svg, &names, &join(&columns));
+    Ok(())
+}
+
+/// The legend prefix naming a run when the page compares several.
+fn run_label(runs: &[RunLog], run: &RunLog) -> String {
+    if runs.len() > 1 {
+        format!("{} ", run.name)
+    } else {
+        String::new()
+    }
 }
 
 /// A chart of one quantity over every run (with the smoothed loss for `loss`).
@@ -130,51 +166,27 @@ fn quantity_figure(
     threshold: Option<&Threshold>,
 ) -> Result<(), ChartError> {
     let mut series = Vec::new();
-    let mut columns = Vec::new();
-    let mut names = Vec::new();
-    for (i, run) in runs.iter().enumerate() {
-        let p = points(run, q.value);
-        if p.is_empty() {
+    for (colour, run) in runs.iter().enumerate() {
+        let points = points(run, q.value);
+        if points.is_empty() {
             continue;
         }
-        let label = if runs.len() > 1 {
-            format!("{} ", run.name)
-        } else {
-            String::new()
-        };
-        if q.smoothed {
-            let s = smoothed(&p);
-            series.push(Series {
-                name: format!("{label}raw"),
-                points: p.clone(),
-                faint: true,
-                colour: i,
-            });
-            series.push(Series {
-                name: format!("{label}smoothed"),
-                points: s.clone(),
-                faint: false,
-                colour: i,
-            });
-            names.extend([format!("{label}loss"), format!("{label}smoothed")]);
-            columns.extend([p, s]);
-        } else {
-            series.push(Series {
-                name: format!("{label}{}", q.title),
-                points: p.clone(),
-                faint: false,
-                colour: i,
-            });
-            names.push(format!("{label}{}", q.title));
-            columns.push(p);
-        }
+        let label = run_label(runs, run);
+        let smooth = q.smoothed.then(|| smoothed(&points));
+        series.push(Series {
+            name: format!("{label}{}", q.title),
+            points,
+            faint: q.smoothed,
+            colour,
+        });
+        series.extend(smooth.map(|points| Series {
+            name: format!("{label}smoothed"),
+            points,
+            faint: false,
+            colour,
+        }));
     }
-    if series.is_empty() {
-        return Ok(());
-    }
-    let svg = line_chart(q.title, q.unit, &series, threshold)?;
-    figure(out, &svg, &names, &join(&columns));
-    Ok(())
+    series_figure(out, q.title, q.unit, &series, threshold)
 }
 
 /// Accuracy and loss of every evaluation, per run.
@@ -184,35 +196,22 @@ fn eval_figures(out: &mut String, runs: &[RunLog]) -> Result<(), ChartError> {
         ("loss", "evaluation loss"),
     ] {
         let mut series = Vec::new();
-        let mut columns = Vec::new();
-        let mut names = Vec::new();
-        for (i, run) in runs.iter().enumerate() {
-            let p: Vec<(f64, f64)> = run
+        for (colour, run) in runs.iter().enumerate() {
+            let points: Vec<(f64, f64)> = run
                 .evals
                 .values()
                 .filter_map(|e| Some((e.step as f64, e.number(key)?)))
                 .collect();
-            if p.is_empty() {
-                continue;
+            if !points.is_empty() {
+                series.push(Series {
+                    name: format!("{}{key}", run_label(runs, run)),
+                    points,
+                    faint: false,
+                    colour,
+                });
             }
-            let name = if runs.len() > 1 {
-                format!("{} {key}", run.name)
-            } else {
-                key.to_string()
-            };
-            series.push(Series {
-                name: name.clone(),
-                points: p.clone(),
-                faint: false,
-                colour: i,
-            });
-            names.push(name);
-            columns.push(p);
         }
-        if !series.is_empty() {
-            let svg = line_chart(title, key, &series, None)?;
-            figure(out, &svg, &names, &join(&columns));
-        }
+        series_figure(out, title, key, &series, None)?;
     }
     Ok(())
 }
