@@ -209,11 +209,18 @@ fn transpose<const R: usize>(dst: &mut [[f32; R]], src: &[f32], ls: usize, lines
     let last = (lines - 1) * ls + kc;
     let src = &src[..last];
     #[cfg(target_arch = "x86_64")]
-    if R.is_multiple_of(8) && lines == R && std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was detected; `src` holds `lines` lines of `kc` floats
-        // `ls` apart (sliced just above) and `dst` holds `kc` groups of R.
-        unsafe { x86::transpose_full(dst, src, ls) };
-        return;
+    if lines == R && std::arch::is_x86_feature_detected!("avx2") {
+        if R.is_multiple_of(8) {
+            // SAFETY: AVX2 was detected; `src` holds `lines` lines of `kc`
+            // floats `ls` apart (sliced just above), `dst` `kc` groups of R.
+            unsafe { x86::transpose_full(dst, src, ls) };
+            return;
+        }
+        if R == 4 || R == 6 {
+            // SAFETY: as above, and R is 4 or 6.
+            unsafe { x86::transpose_narrow(dst, src, ls) };
+            return;
+        }
     }
     for p0 in (0..kc).step_by(8) {
         let block = &mut dst[p0..(p0 + 8).min(kc)];
@@ -255,7 +262,49 @@ mod x86 {
                 }
             }
         }
-        for (p, g) in dst.iter_mut().enumerate().skip(full) {
+        tail(dst, src, ls, full);
+    }
+
+    /// [`transpose_full`] for the 4 or 6 lines of a narrow A sliver (the
+    /// AVX2 kernel's MR = 6): each 8 × 8 transpose takes the lines and zero
+    /// rows, and the first R floats of each column are stored (128 bits,
+    /// then 64 for the last two of six).
+    ///
+    /// # Safety
+    /// As [`transpose_full`]; `R` must be 4 or 6.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn transpose_narrow<const R: usize>(dst: &mut [[f32; R]], src: &[f32], ls: usize) {
+        debug_assert!(R == 4 || R == 6);
+        let kc = dst.len();
+        let full = kc / 8 * 8;
+        for p0 in (0..full).step_by(8) {
+            // SAFETY: lines i < R and steps p0..p0+8 <= kc are inside `src`
+            // by the caller's contract; group p0 + q < kc holds R floats, and
+            // the stores write 4, then 2 more when R is 6.
+            unsafe {
+                let rows: [__m256; 8] = std::array::from_fn(|i| {
+                    if i < R {
+                        _mm256_loadu_ps(src.as_ptr().add(i * ls + p0))
+                    } else {
+                        _mm256_setzero_ps()
+                    }
+                });
+                for (q, col) in transpose8(rows).into_iter().enumerate() {
+                    let out = dst[p0 + q].as_mut_ptr();
+                    _mm_storeu_ps(out, _mm256_castps256_ps128(col));
+                    if R == 6 {
+                        let hi = _mm_castps_pd(_mm256_extractf128_ps::<1>(col));
+                        _mm_storel_pd(out.add(4).cast(), hi);
+                    }
+                }
+            }
+        }
+        tail(dst, src, ls, full);
+    }
+
+    /// The groups from `from` on, one value at a time.
+    fn tail<const R: usize>(dst: &mut [[f32; R]], src: &[f32], ls: usize, from: usize) {
+        for (p, g) in dst.iter_mut().enumerate().skip(from) {
             for (l, v) in g.iter_mut().enumerate() {
                 *v = src[l * ls + p];
             }
@@ -293,6 +342,8 @@ mod tests {
             (8, 1, 8),
             (5, 130, 16),
             (6, 257, 6),
+            (4, 21, 4),
+            (6, 8, 6),
         ] {
             let (p1, p2) = both(lines, kc, r);
             assert_eq!(p1, p2, "lines={lines} kc={kc} r={r}");

@@ -6,6 +6,7 @@
 //! a gradient-accumulation normaliser); it keeps each row's log-sum-exp for
 //! the backward.
 
+use super::vmath::{exp_nonpositive, simd_fn};
 use super::{check_len, rows_of, rows_per_task};
 use crate::error::{shape_err, Result};
 use rayon::prelude::*;
@@ -81,8 +82,39 @@ pub fn cross_entropy_forward(
 
 fn log_sum_exp(row: &[f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+    let mut sum = 0.0;
+    sum_exp_below(row, max, &mut sum);
     max + sum.ln()
+}
+
+/// Interleaved partial sums of [`sum_exp_below`].
+const LANES: usize = 8;
+
+simd_fn! {
+    /// `Σ exp(v − max)` over `row`, into `sum`: element `i` goes to partial
+    /// sum `i mod 8` and the partial sums are added in order, so the loop
+    /// runs 8 lanes wide and gives the same bits everywhere.
+    fn sum_exp_below(row: &[f32], max: f32, sum: &mut f32) {
+        let mut lanes = [0.0f32; LANES];
+        let (chunks, tail) = row.as_chunks::<LANES>();
+        for chunk in chunks {
+            for (lane, &v) in lanes.iter_mut().zip(chunk) {
+                *lane += exp_nonpositive(v - max);
+            }
+        }
+        let rest: f32 = tail.iter().map(|&v| exp_nonpositive(v - max)).sum();
+        *sum = lanes.iter().sum::<f32>() + rest;
+    }
+}
+
+simd_fn! {
+    /// `scale · softmax`: every logit `v` of a row becomes `scale · exp(v − lse)`
+    /// (`v ≤ lse`, as the log-sum-exp is at least the row's maximum).
+    fn scaled_softmax(row: &mut [f32], lse: f32, scale: f32) {
+        for v in row.iter_mut() {
+            *v = scale * exp_nonpositive(*v - lse);
+        }
+    }
 }
 
 /// Backward, in place: turns `logits` into `d(scale · Σ loss)/dlogits`,
@@ -109,9 +141,7 @@ pub fn cross_entropy_backward_inplace(
                     row.fill(0.0);
                     return;
                 }
-                for v in row.iter_mut() {
-                    *v = scale * (*v - lse).exp();
-                }
+                scaled_softmax(row, lse, scale);
                 row[t as usize] -= scale;
             });
     });
