@@ -10,19 +10,18 @@
 //! `generate`: `[decoder_start_token_id, t1, t2, …]`, padded after `</s>`
 //! to the longest row.
 //!
-//! A [`Generator`] packs the weights every step reads once ([`Prepacked`]):
-//! a step multiplies each by a few rows, so packing it anew each time would
-//! cost as much as the product. [`Generator::score_and_generate`] serves
-//! evaluation: one encoder pass feeds both the teacher-forced loss and the
-//! generation.
+//! A [`Generator`] packs every linear weight once ([`Prepacked`]): a step
+//! multiplies each decoder weight by a few rows, so packing it anew each
+//! time would cost as much as the product, and the encoder's weights,
+//! packed once, serve every batch of an evaluation.
+//! [`Generator::score_and_generate`] serves evaluation: one encoder pass
+//! feeds both the teacher-forced loss and the generation.
 
 use crate::attention::{
     offset_buckets, position_bias_forward, split_heads, Attention, Bias, ProbDropout, Qkv, SeqRows,
     Seqs,
 };
-use crate::layers::{
-    norm_forward, sublayer_forward, DropoutPlan, Prepacked, Site, StackContext, Weights,
-};
+use crate::layers::{norm_forward, sublayer_forward, Prepacked, Site, StackContext, Weights};
 use crate::model::{Batch, Encoded, ModelError, T5Model};
 use crate::params::{AttentionIds, ParamId, SublayerIds, SublayerKind};
 use crate::precision::Operand;
@@ -122,7 +121,7 @@ impl T5Model {
 
 /// Greedy generation with a model's decoding weights packed once.
 ///
-/// The packed copy holds every decoder weight a step reads and the LM head
+/// The packed copy holds every linear weight of both stacks and the LM head
 /// again (in the precision the matmuls read), so the generator borrows the
 /// model: its weights cannot change while the copy exists. When that copy
 /// would take more than a quarter of the machine's memory (a model of
@@ -139,7 +138,7 @@ const PACKED_MEMORY_SHARE: u64 = 4;
 
 impl<'m> Generator<'m> {
     fn new(model: &'m T5Model) -> Result<Self> {
-        let ids = model.step_weights();
+        let ids = model.eval_weights();
         let bytes: u64 = ids
             .iter()
             .map(|&id| model.params().entry(id).numel() as u64 * 4)
@@ -171,7 +170,7 @@ impl<'m> Generator<'m> {
         );
         let model = self.model;
         batch.validate(model.config())?;
-        let enc = model.encode(&batch, DropoutPlan::OFF, Keep::Nothing)?;
+        let enc = model.encode(self.weights(), &batch, Keep::Nothing)?;
         Ok(self.generate_from(&enc, max_new_tokens)?)
     }
 
@@ -185,8 +184,8 @@ impl<'m> Generator<'m> {
     ) -> std::result::Result<(CrossEntropy, Vec<Vec<u32>>), ModelError> {
         let model = self.model;
         batch.validate(model.config())?;
-        let enc = model.encode(batch, DropoutPlan::OFF, Keep::Nothing)?;
-        let loss = model.target_loss(batch, &enc)?;
+        let enc = model.encode(self.weights(), batch, Keep::Nothing)?;
+        let loss = model.target_loss(self.weights(), batch, &enc)?;
         Ok((loss, self.generate_from(&enc, max_new_tokens)?))
     }
 
@@ -196,7 +195,7 @@ impl<'m> Generator<'m> {
         let c = model.config();
         let sources = &enc.side.seqs;
         let rows = sources.count();
-        let mut kv = model.cross_kv(enc, max_new_tokens)?;
+        let mut kv = model.cross_kv(self.weights(), enc, max_new_tokens)?;
         let mut out: Vec<Vec<u32>> = vec![vec![c.decoder_start_token_id]; rows];
         let mut active: Vec<usize> = (0..rows).collect();
         let table = model.params().widened(model.ids().decoder.relative_bias);
@@ -231,14 +230,17 @@ impl<'m> Generator<'m> {
 
 impl T5Model {
     /// Cross-attention K/V of every decoder layer, and empty self-attention caches.
-    fn cross_kv(&self, enc: &Encoded, capacity: usize) -> Result<Vec<LayerKv>> {
+    fn cross_kv(
+        &self,
+        weights: Weights<'_>,
+        enc: &Encoded,
+        capacity: usize,
+    ) -> Result<Vec<LayerKv>> {
         let c = self.config();
         let (h, dk) = (c.num_heads, c.d_kv);
         let seqs = &enc.side.seqs;
         let heads = |w| -> Result<Vec<f32>> {
-            let y = self
-                .weights()
-                .linear(enc.operand(), w, (seqs.total(), &[]))?;
+            let y = weights.linear(enc.operand(), w, (seqs.total(), &[]))?;
             Ok(split_heads(&y, seqs, h, dk))
         };
         let cache_len = seqs.count() * h * capacity * dk;
@@ -264,15 +266,18 @@ impl T5Model {
             .collect()
     }
 
-    /// The linear weights a decoding step reads: every decoder block's
-    /// except the cross-attention keys and values (projected once per
-    /// source), and the LM head.
-    fn step_weights(&self) -> Vec<ParamId> {
+    /// The linear weights an evaluation reads: every projection of both
+    /// stacks (the encoder's run once per batch of sources, the cross-
+    /// attention keys and values once per source, the rest at every
+    /// decoding step and in the teacher-forced loss) and the LM head.
+    fn eval_weights(&self) -> Vec<ParamId> {
         let mut ids = vec![self.head_weight()];
-        for sublayer in self.ids().decoder.blocks.iter().flatten() {
+        let stacks = [&self.ids().encoder, &self.ids().decoder];
+        for sublayer in stacks.into_iter().flat_map(|s| s.blocks.iter().flatten()) {
             match sublayer.kind {
-                SublayerKind::SelfAttention(a) => ids.extend([a.q, a.k, a.v, a.o]),
-                SublayerKind::CrossAttention(a) => ids.extend([a.q, a.o]),
+                SublayerKind::SelfAttention(a) | SublayerKind::CrossAttention(a) => {
+                    ids.extend([a.q, a.k, a.v, a.o])
+                }
                 SublayerKind::FeedForward(f) => {
                     ids.extend([Some(f.wi), f.wi_gate, Some(f.wo)].into_iter().flatten())
                 }

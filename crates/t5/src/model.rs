@@ -532,13 +532,13 @@ impl T5Model {
 
     fn context<'a>(
         &'a self,
+        weights: Weights<'a>,
         side: &'a Side,
         encoder: Option<&'a Encoded>,
-        dropout: DropoutPlan,
     ) -> StackContext<'a> {
         StackContext {
             config: &self.config,
-            weights: self.weights().with_dropout(dropout),
+            weights,
             seqs: &side.seqs,
             tokens: &side.tokens,
             causal: encoder.is_some(),
@@ -554,12 +554,12 @@ impl T5Model {
     /// Runs the encoder on a batch's sources.
     pub(crate) fn encode(
         &self,
+        weights: Weights<'_>,
         batch: &Batch,
-        dropout: DropoutPlan,
         keep: Keep,
     ) -> Result<Encoded, ModelError> {
         let side = self.side(false, batch.sources(), &batch.examples);
-        let cx = self.context(&side, None, dropout);
+        let cx = self.context(weights, &side, None);
         let (hidden, cache) = stack_forward(
             &cx,
             self.stack_ref(false),
@@ -580,14 +580,14 @@ impl T5Model {
     /// Runs the decoder on a batch's targets (teacher forcing).
     fn decode_targets(
         &self,
+        weights: Weights<'_>,
         batch: &Batch,
         enc: &Encoded,
-        dropout: DropoutPlan,
         keep: Keep,
     ) -> Result<(Side, Vec<f32>, Option<StackCache>), ModelError> {
         let side = self.side(true, batch.targets(), &batch.examples);
         let dec_ids = batch.decoder_input_ids(&self.config);
-        let cx = self.context(&side, Some(enc), dropout);
+        let cx = self.context(weights, &side, Some(enc));
         let (out, cache) = stack_forward(
             &cx,
             self.stack_ref(true),
@@ -639,10 +639,10 @@ impl T5Model {
     /// Evaluation forward (no dropout): encoder and decoder states, logits, loss.
     pub fn forward(&self, batch: &Batch) -> Result<ForwardOutput, ModelError> {
         batch.validate(&self.config)?;
-        let enc = self.encode(batch, DropoutPlan::OFF, Keep::Nothing)?;
-        let (_, decoder_output, _) =
-            self.decode_targets(batch, &enc, DropoutPlan::OFF, Keep::Nothing)?;
-        let (logits, loss) = self.score(&decoder_output, &batch.labels)?;
+        let w = self.weights();
+        let enc = self.encode(w, batch, Keep::Nothing)?;
+        let (_, decoder_output, _) = self.decode_targets(w, batch, &enc, Keep::Nothing)?;
+        let (logits, loss) = self.score(w, &decoder_output, &batch.labels)?;
         Ok(ForwardOutput {
             encoder_output: enc.hidden,
             decoder_output,
@@ -651,24 +651,27 @@ impl T5Model {
         })
     }
 
-    /// The summed loss of a batch's labels given its encoder output.
+    /// The summed loss of a batch's labels given its encoder output, read
+    /// with `weights` (the model's, or a generator's packed ones).
     pub(crate) fn target_loss(
         &self,
+        weights: Weights<'_>,
         batch: &Batch,
         enc: &Encoded,
     ) -> Result<CrossEntropy, ModelError> {
-        let (_, hidden, _) = self.decode_targets(batch, enc, DropoutPlan::OFF, Keep::Nothing)?;
-        Ok(self.score(&hidden, &batch.labels)?.1)
+        let (_, hidden, _) = self.decode_targets(weights, batch, enc, Keep::Nothing)?;
+        Ok(self.score(weights, &hidden, &batch.labels)?.1)
     }
 
     /// The logits of decoder states and their summed loss against `labels`.
     pub(crate) fn score(
         &self,
+        weights: Weights<'_>,
         hidden: &[f32],
         labels: &[i64],
     ) -> Result<(Vec<f32>, CrossEntropy), ModelError> {
         let rows = labels.len();
-        let (logits, _) = self.head_forward(self.weights(), hidden, rows)?;
+        let (logits, _) = self.head_forward(weights, hidden, rows)?;
         let mut lse = vec![0.0; rows];
         let loss = cross_entropy_forward(&mut lse, &logits, labels, self.config.vocab_size)?;
         Ok((logits, loss))
@@ -694,8 +697,9 @@ impl T5Model {
         } else {
             Keep::Everything
         };
-        let enc = self.encode(batch, plan, keep)?;
-        let (dec_side, dec_out, dec_cache) = self.decode_targets(batch, &enc, plan, keep)?;
+        let w = self.weights().with_dropout(plan);
+        let enc = self.encode(w, batch, keep)?;
+        let (dec_side, dec_out, dec_cache) = self.decode_targets(w, batch, &enc, keep)?;
         let rows = batch.labels.len();
         let (mut logits, scaled) = self.head_forward(self.weights(), &dec_out, rows)?;
         let dec_out_len = dec_out.len();
@@ -722,7 +726,7 @@ impl T5Model {
         scale_inplace(&mut ddec, self.head_scale());
         let mut denc = vec![0.0; enc.hidden.len()];
         let dec_cache = dec_cache.expect("a training forward keeps its cache");
-        let dec_cx = self.context(&dec_side, Some(&enc), plan);
+        let dec_cx = self.context(w, &dec_side, Some(&enc));
         stack_backward(
             &dec_cx,
             self.stack_ref(true),
@@ -731,7 +735,7 @@ impl T5Model {
             grads.reborrow(),
             Some(&mut denc),
         )?;
-        let enc_cx = self.context(&enc.side, None, plan);
+        let enc_cx = self.context(w, &enc.side, None);
         let enc_cache = enc
             .cache
             .as_ref()
