@@ -18,10 +18,11 @@
 //! feeds both the teacher-forced loss and the generation.
 
 use crate::attention::{
-    offset_buckets, position_bias_forward, split_heads, Attention, Bias, ProbDropout, Qkv, SeqRows,
-    Seqs,
+    offset_buckets, position_bias_forward, Attention, Bias, ProbDropout, Qkv, SeqRows, Seqs,
 };
-use crate::layers::{norm_forward, sublayer_forward, Prepacked, Site, StackContext, Weights};
+use crate::layers::{
+    norm_forward, project_heads, sublayer_forward, Prepacked, Site, StackContext, Weights,
+};
 use crate::model::{Batch, Encoded, ModelError, T5Model};
 use crate::params::{AttentionIds, ParamId, SublayerIds, SublayerKind};
 use crate::precision::Operand;
@@ -39,6 +40,19 @@ struct LayerKv {
     /// back to back.
     cross_k: Vec<f32>,
     cross_v: Vec<f32>,
+}
+
+impl LayerKv {
+    /// Cross-attention keys and values (widened for the attention kernel)
+    /// and an empty self-attention cache of `cache_len` values each.
+    fn new(cross_k: Operand, cross_v: Operand, cache_len: usize) -> Self {
+        LayerKv {
+            self_k: vec![0.0; cache_len],
+            self_v: vec![0.0; cache_len],
+            cross_k: cross_k.into_widened(),
+            cross_v: cross_v.into_widened(),
+        }
+    }
 }
 
 /// The state of one decoding step shared by all layers: which rows run,
@@ -171,12 +185,15 @@ impl<'m> Generator<'m> {
         let model = self.model;
         batch.validate(model.config())?;
         let enc = model.encode(self.weights(), &batch, Keep::Nothing)?;
-        Ok(self.generate_from(&enc, max_new_tokens)?)
+        let keys = model.cross_keys(self.weights(), &enc)?;
+        Ok(self.generate_from(&enc, keys, max_new_tokens)?)
     }
 
     /// Evaluation of a batch from one encoder pass: the summed loss of its
     /// labels (teacher forcing) and the greedy generation of every row, as
-    /// [`T5Model::forward`] and [`T5Model::generate`] give them.
+    /// [`T5Model::forward`] and [`T5Model::generate`] give them. The
+    /// generation attends to the cross-attention keys and values the loss
+    /// projected.
     pub fn score_and_generate(
         &self,
         batch: &Batch,
@@ -185,17 +202,27 @@ impl<'m> Generator<'m> {
         let model = self.model;
         batch.validate(model.config())?;
         let enc = model.encode(self.weights(), batch, Keep::Nothing)?;
-        let loss = model.target_loss(self.weights(), batch, &enc)?;
-        Ok((loss, self.generate_from(&enc, max_new_tokens)?))
+        let (loss, keys) = model.target_loss(self.weights(), batch, &enc)?;
+        Ok((loss, self.generate_from(&enc, keys, max_new_tokens)?))
     }
 
-    /// Greedy decoding from an encoder output.
-    fn generate_from(&self, enc: &Encoded, max_new_tokens: usize) -> Result<Vec<Vec<u32>>> {
+    /// Greedy decoding from an encoder output and the cross-attention keys
+    /// and values every decoder block projected from it.
+    fn generate_from(
+        &self,
+        enc: &Encoded,
+        cross_keys: Vec<(Operand, Operand)>,
+        max_new_tokens: usize,
+    ) -> Result<Vec<Vec<u32>>> {
         let model = self.model;
         let c = model.config();
         let sources = &enc.side.seqs;
         let rows = sources.count();
-        let mut kv = model.cross_kv(self.weights(), enc, max_new_tokens)?;
+        let cache_len = rows * c.num_heads * max_new_tokens * c.d_kv;
+        let mut kv: Vec<LayerKv> = cross_keys
+            .into_iter()
+            .map(|(k, v)| LayerKv::new(k, v, cache_len))
+            .collect();
         let mut out: Vec<Vec<u32>> = vec![vec![c.decoder_start_token_id]; rows];
         let mut active: Vec<usize> = (0..rows).collect();
         let table = model.params().widened(model.ids().decoder.relative_bias);
@@ -229,21 +256,20 @@ impl<'m> Generator<'m> {
 }
 
 impl T5Model {
-    /// Cross-attention K/V of every decoder layer, and empty self-attention caches.
-    fn cross_kv(
-        &self,
-        weights: Weights<'_>,
-        enc: &Encoded,
-        capacity: usize,
-    ) -> Result<Vec<LayerKv>> {
+    /// The cross-attention keys and values of every decoder block, as the
+    /// teacher-forced forward projects them from `enc`.
+    fn cross_keys(&self, weights: Weights<'_>, enc: &Encoded) -> Result<Vec<(Operand, Operand)>> {
         let c = self.config();
-        let (h, dk) = (c.num_heads, c.d_kv);
-        let seqs = &enc.side.seqs;
-        let heads = |w| -> Result<Vec<f32>> {
-            let y = weights.linear(enc.operand(), w, (seqs.total(), &[]))?;
-            Ok(split_heads(&y, seqs, h, dk))
+        let side = &enc.side;
+        let heads = |w| {
+            project_heads(
+                weights,
+                enc.operand(),
+                w,
+                (&side.seqs, &side.tokens),
+                [c.num_heads, c.d_kv],
+            )
         };
-        let cache_len = seqs.count() * h * capacity * dk;
         self.ids()
             .decoder
             .blocks
@@ -256,12 +282,7 @@ impl T5Model {
                         _ => None,
                     })
                     .expect("every decoder block has cross-attention");
-                Ok(LayerKv {
-                    self_k: vec![0.0; cache_len],
-                    self_v: vec![0.0; cache_len],
-                    cross_k: heads(cross.k)?,
-                    cross_v: heads(cross.v)?,
-                })
+                Ok((heads(cross.k)?, heads(cross.v)?))
             })
             .collect()
     }

@@ -566,6 +566,13 @@ pub struct AttentionSublayerCache {
     ctx: Operand,
 }
 
+impl AttentionSublayerCache {
+    /// The keys and values the sublayer attended to.
+    pub(crate) fn into_keys(self) -> (Operand, Operand) {
+        (self.k, self.v)
+    }
+}
+
 /// What a feed-forward sublayer keeps for its backward.
 #[derive(Debug, Clone)]
 pub struct FeedForwardCache {
@@ -687,6 +694,21 @@ fn attention_call<'a>(
     }
 }
 
+/// `x · Wᵀ` split into `[heads, len, d_head]` per sequence of `seqs`
+/// (`tokens` identify its rows), kept in the pass's precision as autocast's
+/// 16-bit projections leave it; the attention kernels read it widened.
+pub(crate) fn project_heads(
+    weights: Weights<'_>,
+    x: OperandRef<'_>,
+    w: ParamId,
+    (seqs, tokens): (&Seqs, &[u64]),
+    [heads, d_head]: [usize; 2],
+) -> Result<Operand> {
+    let y = weights.linear(x, w, (seqs.total(), tokens))?;
+    let split = attention::split_heads(&y, seqs, heads, d_head);
+    Ok(weights.precision().keep_activation(split))
+}
+
 fn attention_sublayer_forward(
     cx: &StackContext<'_>,
     site: Site,
@@ -697,15 +719,7 @@ fn attention_sublayer_forward(
     let c = cx.config;
     let (h, dk) = (c.num_heads, c.d_kv);
     let keys = key_side(cx, normed.view(), cross);
-    // Q, K and V are kept in the pass's precision (as autocast's 16-bit
-    // projections leave them) and widened for the f32 attention kernels.
-    let heads = |x: OperandRef<'_>, w, seqs: &Seqs, tokens| -> Result<Operand> {
-        let y = cx.weights.linear(x, w, (seqs.total(), tokens))?;
-        Ok(cx
-            .weights
-            .precision()
-            .keep_activation(attention::split_heads(&y, seqs, h, dk)))
-    };
+    let heads = |x, w, seqs, tokens| project_heads(cx.weights, x, w, (seqs, tokens), [h, dk]);
     let q = heads(normed.view(), a.q, cx.seqs, cx.tokens)?;
     let k = heads(keys.source, a.k, keys.seqs, keys.tokens)?;
     let v = heads(keys.source, a.v, keys.seqs, keys.tokens)?;

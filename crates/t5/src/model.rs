@@ -282,7 +282,7 @@ pub(crate) struct PositionBias {
 /// dropout) and the position bias for their longest sequence.
 pub(crate) struct Side {
     pub(crate) seqs: Seqs,
-    tokens: Vec<u64>,
+    pub(crate) tokens: Vec<u64>,
     bias: PositionBias,
 }
 
@@ -652,15 +652,21 @@ impl T5Model {
     }
 
     /// The summed loss of a batch's labels given its encoder output, read
-    /// with `weights` (the model's, or a generator's packed ones).
+    /// with `weights` (the model's, or a generator's packed ones), and the
+    /// cross-attention keys and values of every decoder block, which
+    /// generation from the same encoder output reads again. The decoder
+    /// keeps its caches to hand those over; with a few target tokens per
+    /// row, the rest of them is small.
     pub(crate) fn target_loss(
         &self,
         weights: Weights<'_>,
         batch: &Batch,
         enc: &Encoded,
-    ) -> Result<CrossEntropy, ModelError> {
-        let (_, hidden, _) = self.decode_targets(weights, batch, enc, Keep::Nothing)?;
-        Ok(self.score(weights, &hidden, &batch.labels)?.1)
+    ) -> Result<(CrossEntropy, Vec<(Operand, Operand)>), ModelError> {
+        let (_, hidden, cache) = self.decode_targets(weights, batch, enc, Keep::Everything)?;
+        let loss = self.score(weights, &hidden, &batch.labels)?.1;
+        let keys = cache.map_or_else(Vec::new, |c| c.into_cross_keys(&self.ids.decoder));
+        Ok((loss, keys))
     }
 
     /// The logits of decoder states and their summed loss against `labels`.

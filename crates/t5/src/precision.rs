@@ -177,6 +177,14 @@ impl Operand {
     pub fn widened(&self) -> Cow<'_, [f32]> {
         self.view().widened()
     }
+
+    /// The values as f32, owned: moved when they are f32, else widened (exact).
+    pub fn into_widened(self) -> Vec<f32> {
+        match self {
+            Operand::F32(v) => v,
+            other => other.widened().into_owned(),
+        }
+    }
 }
 
 fn widen<E: Element>(x: &[E]) -> Vec<f32> {

@@ -10,8 +10,8 @@ use crate::layers::{
     norm_backward, norm_forward, sublayer_backward, sublayer_forward, GradSinks, NormCache,
     ParamGrads, Site, StackContext, SublayerCache,
 };
-use crate::params::{ParamId, StackIds, SublayerIds};
-use crate::precision::OperandRef;
+use crate::params::{ParamId, StackIds, SublayerIds, SublayerKind};
+use crate::precision::{Operand, OperandRef};
 use tessera_tensor::ops::embedding;
 use tessera_tensor::Result;
 
@@ -41,6 +41,29 @@ pub struct StackCache {
     buckets: Vec<usize>,
     blocks: Vec<BlockCache>,
     final_norm: NormCache,
+}
+
+impl StackCache {
+    /// The keys and values each block's cross-attention projected from the
+    /// encoder output, in block order: evaluation's generation attends to
+    /// the same ones as its teacher-forced loss. Empty unless the stack is
+    /// the decoder and its forward kept `Everything`.
+    pub(crate) fn into_cross_keys(self, ids: &StackIds) -> Vec<(Operand, Operand)> {
+        let stored = self.blocks.into_iter().filter_map(|block| match block {
+            BlockCache::Stored(caches) => Some(caches),
+            BlockCache::Recompute(_) => None,
+        });
+        stored
+            .zip(&ids.blocks)
+            .flat_map(|(caches, sublayers)| caches.into_iter().zip(sublayers))
+            .filter_map(|(cache, ids)| match (cache, ids.kind) {
+                (SublayerCache::Attention(c), SublayerKind::CrossAttention(_)) => {
+                    Some(c.into_keys())
+                }
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// Gathers the embedding rows of `tokens` from `table` (in its storage

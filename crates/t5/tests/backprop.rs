@@ -15,7 +15,7 @@
 //! is skipped (at most one probe in ten, which the test also checks).
 
 use proptest::prelude::*;
-use tessera_t5::{Batch, CrossEntropy, T5Config, T5Model, TrainOptions};
+use tessera_t5::{Batch, CrossEntropy, Precision, T5Config, T5Model, TrainOptions};
 
 /// A random tiny config (odd shapes: inner ≠ d_model, decoder depth ≠ encoder depth).
 fn tiny_config(seed: u64) -> T5Config {
@@ -302,6 +302,36 @@ fn cached_generation_equals_greedy_full_forward() {
                 };
                 assert_eq!(row[t], want, "seed {seed} row {b} step {t}");
             }
+        }
+    }
+}
+
+/// An evaluation's single encoder pass serves both halves: its loss is the
+/// forward's and its generation, which attends to the cross-attention keys
+/// and values the loss pass projected, is `generate`'s, in f32 and in the
+/// 16-bit precisions (where those keys are kept rounded).
+#[test]
+fn scoring_and_generating_from_one_encoder_pass_matches_each_alone() {
+    for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {
+        // Seeds whose decoder has two blocks, so handing a block another's keys shows.
+        for seed in [5u64, 6, 7, 9].map(|s| s | 1 << 24) {
+            let mut model = T5Model::init(tiny_config(seed), seed);
+            assert_eq!(model.config().num_decoder_layers, Some(2));
+            model
+                .params_mut()
+                .flat_mut()
+                .iter_mut()
+                .for_each(|v| *v *= 2.0);
+            model.set_precision(precision);
+            let batch = tiny_batch(model.config(), seed);
+            let generator = model.generator().expect("generator");
+            let (loss, rows) = generator
+                .score_and_generate(&batch, 5)
+                .expect("score and generate");
+            let alone = model.generate(&batch.source_rows(), 5).expect("generate");
+            assert_eq!(rows, alone, "{precision} seed {seed}: generation");
+            let forward = model.forward(&batch).expect("forward").loss;
+            assert_eq!(loss, forward, "{precision} seed {seed}: loss");
         }
     }
 }
