@@ -137,22 +137,21 @@ pub fn merge_heads(x: &[f32], seqs: &Seqs, heads: usize, d_head: usize) -> Vec<f
 /// Moves each `d_head` run between the interleaved layout (token-major)
 /// and the head layout, one sequence at a time.
 fn permute_heads(x: &[f32], seqs: &Seqs, [heads, d_head]: [usize; 2], to_heads: bool) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    for b in 0..seqs.count() {
-        let (start, len) = (seqs.starts()[b], seqs.lens()[b]);
-        for t in 0..len {
-            for h in 0..heads {
-                let interleaved = ((start + t) * heads + h) * d_head;
-                let split = (start * heads + h * len + t) * d_head;
-                let (src, dst) = if to_heads {
-                    (interleaved, split)
-                } else {
-                    (split, interleaved)
-                };
-                out[dst..dst + d_head].copy_from_slice(&x[src..src + d_head]);
-            }
+    // Sequences are packed in order, so the output is written front to
+    // back (no zero-filled buffer first): per sequence, head by head for
+    // the split layout, position by position for the interleaved one.
+    let mut out = Vec::with_capacity(x.len());
+    for (&start, &len) in seqs.starts().iter().zip(seqs.lens()) {
+        let interleaved = |t: usize, h: usize| ((start + t) * heads + h) * d_head;
+        let split = |t: usize, h: usize| (start * heads + h * len + t) * d_head;
+        let mut push = |src: usize| out.extend_from_slice(&x[src..src + d_head]);
+        if to_heads {
+            (0..heads).for_each(|h| (0..len).for_each(|t| push(interleaved(t, h))));
+        } else {
+            (0..len).for_each(|t| (0..heads).for_each(|h| push(split(t, h))));
         }
     }
+    debug_assert_eq!(out.len(), x.len(), "the sequences cover every row");
     out
 }
 

@@ -134,8 +134,12 @@ impl Evaluator {
         let mut parts = Vec::with_capacity(mine.len());
         for rows in mine {
             let batch = model_batch(&self.data, rows)?;
-            let (loss, generated) =
-                generator.score_and_generate(&batch, self.options.max_new_tokens)?;
+            // Inside the engine's pool, the many small products of the
+            // decoding steps split across the threads with a cheap join
+            // instead of a wake-up of the pool from outside each time.
+            let (loss, generated) = tessera_tensor::install(|| {
+                generator.score_and_generate(&batch, self.options.max_new_tokens)
+            })?;
             let ids: Vec<Vec<u32>> = generated
                 .iter()
                 .map(|row| generated_tokens(model, row))
