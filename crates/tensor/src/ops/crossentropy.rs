@@ -82,19 +82,17 @@ pub fn cross_entropy_forward(
 
 fn log_sum_exp(row: &[f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    sum_exp_below(row, max, &mut sum);
-    max + sum.ln()
+    max + sum_exp_below(row, max).ln()
 }
 
 /// Interleaved partial sums of [`sum_exp_below`].
 const LANES: usize = 8;
 
 simd_fn! {
-    /// `Σ exp(v − max)` over `row`, into `sum`: element `i` goes to partial
-    /// sum `i mod 8` and the partial sums are added in order, so the loop
-    /// runs 8 lanes wide and gives the same bits everywhere.
-    fn sum_exp_below(row: &[f32], max: f32, sum: &mut f32) {
+    /// `Σ exp(v − max)` over `row`: element `i` goes to partial sum
+    /// `i mod 8` and the partial sums are added in order, so the loop runs
+    /// 8 lanes wide and gives the same bits everywhere.
+    fn sum_exp_below(row: &[f32], max: f32) -> f32 {
         let mut lanes = [0.0f32; LANES];
         let (chunks, tail) = row.as_chunks::<LANES>();
         for chunk in chunks {
@@ -103,7 +101,7 @@ simd_fn! {
             }
         }
         let rest: f32 = tail.iter().map(|&v| exp_nonpositive(v - max)).sum();
-        *sum = lanes.iter().sum::<f32>() + rest;
+        lanes.iter().sum::<f32>() + rest
     }
 }
 
