@@ -49,13 +49,16 @@ impl StackCache {
     /// the same ones as its teacher-forced loss. Empty unless the stack is
     /// the decoder and its forward kept `Everything`.
     pub(crate) fn into_cross_keys(self, ids: &StackIds) -> Vec<(Operand, Operand)> {
-        let stored = self.blocks.into_iter().filter_map(|block| match block {
-            BlockCache::Stored(caches) => Some(caches),
-            BlockCache::Recompute(_) => None,
-        });
-        stored
+        self.blocks
+            .into_iter()
             .zip(&ids.blocks)
-            .flat_map(|(caches, sublayers)| caches.into_iter().zip(sublayers))
+            .flat_map(|(block, sublayers)| {
+                let caches = match block {
+                    BlockCache::Stored(caches) => caches,
+                    BlockCache::Recompute(_) => Vec::new(),
+                };
+                caches.into_iter().zip(sublayers)
+            })
             .filter_map(|(cache, ids)| match (cache, ids.kind) {
                 (SublayerCache::Attention(c), SublayerKind::CrossAttention(_)) => {
                     Some(c.into_keys())
