@@ -119,6 +119,8 @@ pub fn position_bias_backward(dtable: &mut [f32], dbias: &[f32], buckets: &[usiz
     }
 }
 
+use tessera_tensor::memory::build_regions;
+
 pub use tessera_tensor::attention::{
     Attention, AttentionGradsMut, Bias, BiasLayout, ProbDropout, Qkv, SeqRows, Seqs,
 };
@@ -135,13 +137,22 @@ pub fn merge_heads(x: &[f32], seqs: &Seqs, heads: usize, d_head: usize) -> Vec<f
 }
 
 /// Moves each `d_head` run between the interleaved layout (token-major)
-/// and the head layout, one sequence at a time.
+/// and the head layout, one sequence at a time: each sequence's rows are
+/// one region of the output, written front to back on the worker pool
+/// (head by head for the split layout, position by position for the
+/// interleaved one), never zero-filled first.
 fn permute_heads(x: &[f32], seqs: &Seqs, [heads, d_head]: [usize; 2], to_heads: bool) -> Vec<f32> {
-    // Sequences are packed in order, so the output is written front to
-    // back (no zero-filled buffer first): per sequence, head by head for
-    // the split layout, position by position for the interleaved one.
-    let mut out = Vec::with_capacity(x.len());
-    for (&start, &len) in seqs.starts().iter().zip(seqs.lens()) {
+    let width = heads * d_head;
+    let ends: Vec<usize> = (0..seqs.count())
+        .map(|b| seqs.range(b).end * width)
+        .collect();
+    assert_eq!(
+        ends.last().copied().unwrap_or(0),
+        x.len(),
+        "the sequences cover every row"
+    );
+    build_regions(x.len(), &ends, |b, out| {
+        let (start, len) = (seqs.starts()[b], seqs.lens()[b]);
         let interleaved = |t: usize, h: usize| ((start + t) * heads + h) * d_head;
         let split = |t: usize, h: usize| (start * heads + h * len + t) * d_head;
         let mut push = |src: usize| out.extend_from_slice(&x[src..src + d_head]);
@@ -150,9 +161,7 @@ fn permute_heads(x: &[f32], seqs: &Seqs, [heads, d_head]: [usize; 2], to_heads: 
         } else {
             (0..len).for_each(|t| (0..heads).for_each(|h| push(split(t, h))));
         }
-    }
-    debug_assert_eq!(out.len(), x.len(), "the sequences cover every row");
-    out
+    })
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::attention::{self, Attention, AttentionGradsMut, Bias, ProbDropout, Qk
 use crate::lora::Lora;
 use crate::params::{AttentionIds, FeedForwardIds, ParamId, ParamStore, SublayerIds, SublayerKind};
 use crate::precision::{
-    matmul, matmul_packed, Dense, Operand, OperandRef, PackedOperand, Precision,
+    matmul, matmul_new, matmul_packed_new, Dense, Operand, OperandRef, PackedOperand, Precision,
 };
 use tessera_t5_config::{FeedForward, T5Config};
 use tessera_tensor::ops::activation::Activation;
@@ -104,10 +104,7 @@ impl<'a> Weights<'a> {
             None => linear(x, self.get(id), rows, out_dim)?,
             Some(w) => {
                 let in_dim = self.params.entry(id).numel() / out_dim;
-                let mut y = vec![0.0; rows * out_dim];
-                let c = MatMut::dense(&mut y, rows, out_dim)?;
-                matmul_packed(1.0, (dense(x, rows, in_dim), Op::N), w, 0.0, c)?;
-                y
+                matmul_packed_new(1.0, (dense(x, rows, in_dim), Op::N), w)?
             }
         };
         if let Some(adapter) = self.adapter(id) {
@@ -122,32 +119,76 @@ impl<'a> Weights<'a> {
         Ok(y)
     }
 
-    /// Backward of [`Weights::linear`] for `dY` of `rows` rows: `dX = dY·W +
-    /// dx_beta·dX` (plus the adapter's share, through its dropout), `dW +=
-    /// dYᵀ·X` when `W` trains, and the adapter's `dA`, `dB` when LoRA
-    /// adapts `W`; `tokens` as for the forward.
+    /// Backward of [`Weights::linear`] for `dY` of `rows` rows: returns
+    /// `dX = dY·W` (plus the adapter's share, through its dropout), adds
+    /// `dYᵀ·X` into `dW` when `W` trains, and the adapter's `dA`, `dB` when
+    /// LoRA adapts `W`; `tokens` as for the forward.
     pub fn linear_backward(
+        &self,
+        (dy, x): (&[f32], OperandRef<'_>),
+        (id, rows_tokens): (ParamId, (usize, &[u64])),
+        grads: &mut ParamGrads<'_>,
+    ) -> Result<Vec<f32>> {
+        self.backward_with((dy, x), (id, rows_tokens), grads, |dy, w| {
+            matmul_new(1.0, (dy, Op::N), (w, Op::N))
+        })
+    }
+
+    /// [`Weights::linear_backward`] adding `dX` into `dx` (a sum of
+    /// branches: keys and values read the same input).
+    pub fn linear_backward_add(
+        &self,
+        (dy, x): (&[f32], OperandRef<'_>),
+        (id, rows_tokens): (ParamId, (usize, &[u64])),
+        grads: &mut ParamGrads<'_>,
+        dx: &mut [f32],
+    ) -> Result<()> {
+        self.backward_with((dy, x), (id, rows_tokens), grads, |dy, w| {
+            let c = MatMut::dense(&mut *dx, dy.rows, w.cols)?;
+            matmul(1.0, (dy, Op::N), (w, Op::N), 1.0, c)?;
+            Ok(&mut *dx)
+        })?;
+        Ok(())
+    }
+
+    /// The weight's and the adapter's gradients of a linear backward, with
+    /// `input(dY, W)` putting `dX = dY·W` where the caller wants it (the
+    /// adapter's share is then added there).
+    fn backward_with<D: AsMut<[f32]>>(
+        &self,
+        (dy, x): (&[f32], OperandRef<'_>),
+        (id, rows_tokens): (ParamId, (usize, &[u64])),
+        grads: &mut ParamGrads<'_>,
+        input: impl FnOnce(Dense<'_>, Dense<'_>) -> Result<D>,
+    ) -> Result<D> {
+        let (w, out_dim) = (self.get(id), self.params.entry(id).shape[0]);
+        let dyw = weight_backward(dy, x, w, (rows_tokens.0, out_dim), grads.base(id))?;
+        let mut dx = input(dyw, dense(w, out_dim, w.len() / out_dim))?;
+        self.adapter_backward((dy, x), (id, rows_tokens), grads, dx.as_mut())?;
+        Ok(dx)
+    }
+
+    /// The LoRA adapter's share of a linear backward, when `W` has one:
+    /// adds its `dX` into `dx` and its `dA`, `dB` into the gradients.
+    fn adapter_backward(
         &self,
         (dy, x): (&[f32], OperandRef<'_>),
         (id, (rows, tokens)): (ParamId, (usize, &[u64])),
         grads: &mut ParamGrads<'_>,
-        (dx, dx_beta): (&mut [f32], f32),
+        dx: &mut [f32],
     ) -> Result<()> {
-        let w = self.get(id);
-        let out_dim = self.params.entry(id).shape[0];
-        linear_backward(dy, x, w, (rows, out_dim), grads.base(id), dx, dx_beta)?;
         let Some(adapter) = self.adapter(id) else {
             return Ok(());
         };
+        let w = self.get(id);
+        let out_dim = self.params.entry(id).shape[0];
         let (r, in_dim, s) = (adapter.rank, w.len() / out_dim, adapter.scale);
         let dy = dense(w.precision().read(dy), rows, out_dim);
         let dropped = self.adapter_input(x, id, tokens)?;
         let x = dropped.as_ref().map_or(x, Operand::view);
         let u = self.precision.keep_activation(adapter.down(x, rows)?);
-        let mut g = vec![0.0; rows * r];
         let b = dense(adapter.b, out_dim, r);
-        let c = MatMut::dense(&mut g, rows, r)?;
-        matmul(1.0, (dy, Op::N), (b, Op::N), 0.0, c)?;
+        let g = matmul_new(1.0, (dy, Op::N), (b, Op::N))?;
         let g = self.precision.keep_activation(g);
         let g = dense(g.view(), rows, r);
         let a = dense(adapter.a, r, in_dim);
@@ -161,9 +202,7 @@ impl<'a> Weights<'a> {
             )?;
         } else {
             // Back through the dropout: the same mask, on the gradient.
-            let mut dxa = vec![0.0; rows * in_dim];
-            let c = MatMut::dense(&mut dxa, rows, in_dim)?;
-            matmul(s, (g, Op::N), (a, Op::N), 0.0, c)?;
+            let mut dxa = matmul_new(s, (g, Op::N), (a, Op::N))?;
             let site = Site::adapter(id);
             self.adapter_dropout().apply(&mut dxa, tokens, site, 0)?;
             residual::add_inplace(dx, &dxa)?;
@@ -329,33 +368,28 @@ pub fn linear(
     out_dim: usize,
 ) -> Result<Vec<f32>> {
     let in_dim = w.len() / out_dim;
-    let mut y = vec![0.0; rows * out_dim];
-    matmul(
+    matmul_new(
         1.0,
         (dense(x, rows, in_dim), Op::N),
         (dense(w, out_dim, in_dim), Op::T),
-        0.0,
-        MatMut::dense(&mut y, rows, out_dim)?,
-    )?;
-    Ok(y)
+    )
 }
 
 fn dense(data: OperandRef<'_>, rows: usize, cols: usize) -> Dense<'_> {
     Dense { data, rows, cols }
 }
 
-/// Backward of [`linear`] (`rows` rows, `W: [out_dim, in]`):
-/// `dW += dYᵀ·X` (when `dw` is given: a frozen weight has none) and
-/// `dX = dY·W + dx_beta·dX`, with `dY` read in the precision of `W`.
-pub fn linear_backward(
-    dy: &[f32],
+/// The weight's share of the backward of [`linear`] (`rows` rows, `W:
+/// [out_dim, in]`): `dW += dYᵀ·X` when `dw` is given (a frozen weight has
+/// none). Returns `dY` as the `dX = dY·W` product reads it (in the
+/// precision of `W`).
+fn weight_backward<'a>(
+    dy: &'a [f32],
     x: OperandRef<'_>,
     w: OperandRef<'_>,
     (rows, out_dim): (usize, usize),
     dw: Option<&mut [f32]>,
-    dx: &mut [f32],
-    dx_beta: f32,
-) -> Result<()> {
+) -> Result<Dense<'a>> {
     let in_dim = w.len() / out_dim;
     let dy = dense(w.precision().read(dy), rows, out_dim);
     if let Some(dw) = dw {
@@ -367,13 +401,7 @@ pub fn linear_backward(
             MatMut::dense(dw, out_dim, in_dim)?,
         )?;
     }
-    matmul(
-        1.0,
-        (dy, Op::N),
-        (dense(w, out_dim, in_dim), Op::N),
-        dx_beta,
-        MatMut::dense(dx, rows, in_dim)?,
-    )
+    Ok(dy)
 }
 
 /// Dropout of one pass: probability (0 in eval) and the seed its masks derive from.
@@ -762,14 +790,12 @@ fn attention_sublayer_backward(
     cross: bool,
 ) -> Result<Vec<f32>> {
     let c = cx.config;
-    let (h, dk, inner, rows) = (c.num_heads, c.d_kv, c.inner_dim(), cx.rows());
+    let (h, dk, rows) = (c.num_heads, c.d_kv, cx.rows());
     let keys = key_side(cx, cache.normed.view(), cross);
-    let mut dctx = vec![0.0; rows * inner];
-    cx.weights.linear_backward(
+    let dctx = cx.weights.linear_backward(
         (dy, cache.ctx.view()),
         (a.o, (rows, cx.tokens)),
         &mut sinks.grads,
-        (&mut dctx, 0.0),
     )?;
     let dctx_h = attention::split_heads(&dctx, cx.seqs, h, dk);
     let (qf, kf, vf) = (cache.q.widened(), cache.k.widened(), cache.v.widened());
@@ -795,12 +821,10 @@ fn attention_sublayer_backward(
     let dq = attention::merge_heads(&dq_h, cx.seqs, h, dk);
     let dkey = attention::merge_heads(&dk_h, keys.seqs, h, dk);
     let dval = attention::merge_heads(&dv_h, keys.seqs, h, dk);
-    let mut dn = vec![0.0; rows * c.d_model];
-    cx.weights.linear_backward(
+    let mut dn = cx.weights.linear_backward(
         (&dq, cache.normed.view()),
         (a.q, (rows, cx.tokens)),
         &mut sinks.grads,
-        (&mut dn, 0.0),
     )?;
     let krows = keys.seqs.total();
     let dsource: &mut [f32] = match (cross, sinks.dencoder.as_deref_mut()) {
@@ -808,17 +832,17 @@ fn attention_sublayer_backward(
         (true, None) => unreachable!("the decoder backward always provides an encoder gradient"),
         (false, _) => &mut dn,
     };
-    cx.weights.linear_backward(
+    cx.weights.linear_backward_add(
         (&dkey, keys.source),
         (a.k, (krows, keys.tokens)),
         &mut sinks.grads,
-        (dsource, 1.0),
+        dsource,
     )?;
-    cx.weights.linear_backward(
+    cx.weights.linear_backward_add(
         (&dval, keys.source),
         (a.v, (krows, keys.tokens)),
         &mut sinks.grads,
-        (dsource, 1.0),
+        dsource,
     )?;
     Ok(dn)
 }
@@ -881,34 +905,35 @@ fn feed_forward_backward(
 ) -> Result<Vec<f32>> {
     let c = cx.config;
     let (rows, act) = (cx.rows(), activation(c.feed_forward_proj));
-    let mut dg = vec![0.0; cache.g.view().len()];
-    cx.weights.linear_backward(
+    let mut dg = cx.weights.linear_backward(
         (dy, cache.g.view()),
         (f.wo, (rows, cx.tokens)),
         &mut sinks.grads,
-        (&mut dg, 0.0),
     )?;
     cx.dropout().apply(&mut dg, cx.tokens, site, DROP_INNER)?;
     let n = cache.normed.view();
-    let mut dn = vec![0.0; rows * c.d_model];
     let mut dh0 = vec![0.0; dg.len()];
-    if let (Some(w1), Some(h1)) = (f.wi_gate, &cache.h1) {
-        let mut dh1 = vec![0.0; dg.len()];
-        act.gated_backward(&mut dh0, &mut dh1, &cache.h0.widened(), &h1.widened(), &dg)?;
-        cx.weights.linear_backward(
-            (&dh1, n),
-            (w1, (rows, cx.tokens)),
-            &mut sinks.grads,
-            (&mut dn, 0.0),
-        )?;
-    } else {
-        act.backward(&mut dh0, &cache.h0.widened(), &dg)?;
-    }
-    cx.weights.linear_backward(
-        (&dh0, n),
-        (f.wi, (rows, cx.tokens)),
-        &mut sinks.grads,
-        (&mut dn, 1.0),
-    )?;
+    let dn = match (f.wi_gate, &cache.h1) {
+        (Some(w1), Some(h1)) => {
+            let mut dh1 = vec![0.0; dg.len()];
+            act.gated_backward(&mut dh0, &mut dh1, &cache.h0.widened(), &h1.widened(), &dg)?;
+            let mut dn =
+                cx.weights
+                    .linear_backward((&dh1, n), (w1, (rows, cx.tokens)), &mut sinks.grads)?;
+            cx.weights.linear_backward_add(
+                (&dh0, n),
+                (f.wi, (rows, cx.tokens)),
+                &mut sinks.grads,
+                &mut dn,
+            )?;
+            dn
+        }
+        _ => {
+            act.backward(&mut dh0, &cache.h0.widened(), &dg)?;
+            let wi = (f.wi, (rows, cx.tokens));
+            cx.weights
+                .linear_backward((&dh0, n), wi, &mut sinks.grads)?
+        }
+    };
     Ok(dn)
 }

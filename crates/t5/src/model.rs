@@ -708,7 +708,6 @@ impl T5Model {
         let (dec_side, dec_out, dec_cache) = self.decode_targets(w, batch, &enc, keep)?;
         let rows = batch.labels.len();
         let (mut logits, scaled) = self.head_forward(self.weights(), &dec_out, rows)?;
-        let dec_out_len = dec_out.len();
         drop(dec_out);
         let vocab = self.config.vocab_size;
         let mut lse = vec![0.0; rows];
@@ -721,12 +720,10 @@ impl T5Model {
         };
         cross_entropy_backward_inplace(&mut logits, &lse, &batch.labels, vocab, scale)?;
         let mut grads = self.grad_sink(grads)?;
-        let mut ddec = vec![0.0; dec_out_len];
-        self.weights().linear_backward(
+        let mut ddec = self.weights().linear_backward(
             (&logits, scaled.view()),
             (self.head_weight(), (rows, &[])),
             &mut grads,
-            (&mut ddec, 0.0),
         )?;
         drop(logits);
         scale_inplace(&mut ddec, self.head_scale());

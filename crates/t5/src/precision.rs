@@ -38,7 +38,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use tessera_tensor::{
-    bf16, f16, gemm, gemm_packed, DType, Element, MatMut, MatRef, Op, PackedB, Result, TensorError,
+    bf16, f16, gemm, gemm_new, gemm_packed, gemm_packed_new, DType, Element, MatMut, MatRef, Op,
+    PackedB, Result, TensorError,
 };
 
 /// The number format of the model's matmul operands.
@@ -324,15 +325,31 @@ pub fn matmul(
     beta: f32,
     c: MatMut<'_>,
 ) -> Result<()> {
-    let (pa, pb) = (a.data.precision(), b.data.precision());
-    if pa != pb {
+    same_precision(a.data.precision(), b.data.precision())?;
+    with_mat!(a, ma => with_mat!(b, mb => gemm(alpha, ma, opa, mb, opb, beta, c)))
+}
+
+/// `alpha·op(A)·op(B)` as a new buffer ([`gemm_new`]: written once, never
+/// zero-filled first), with [`matmul`]'s precision check.
+pub fn matmul_new(
+    alpha: f32,
+    (a, opa): (Dense<'_>, Op),
+    (b, opb): (Dense<'_>, Op),
+) -> Result<Vec<f32>> {
+    same_precision(a.data.precision(), b.data.precision())?;
+    with_mat!(a, ma => with_mat!(b, mb => gemm_new(alpha, (ma, opa), (mb, opb))))
+}
+
+/// Fails, naming both, unless the two sides of a matmul read one precision.
+fn same_precision(a: Precision, b: Precision) -> Result<()> {
+    if a != b {
         return Err(TensorError::DType {
             op: "mixed-precision matmul",
-            expected: pa.dtype(),
-            found: pb.dtype(),
+            expected: a.dtype(),
+            found: b.dtype(),
         });
     }
-    with_mat!(a, ma => with_mat!(b, mb => gemm(alpha, ma, opa, mb, opb, beta, c)))
+    Ok(())
 }
 
 /// A weight packed once for many matmuls ([`PackedB`]), with the precision
@@ -361,15 +378,18 @@ pub fn matmul_packed(
     beta: f32,
     c: MatMut<'_>,
 ) -> Result<()> {
-    let pa = a.data.precision();
-    if pa != b.precision {
-        return Err(TensorError::DType {
-            op: "mixed-precision matmul",
-            expected: pa.dtype(),
-            found: b.precision.dtype(),
-        });
-    }
+    same_precision(a.data.precision(), b.precision)?;
     with_mat!(a, ma => gemm_packed(alpha, ma, opa, &b.packed, beta, c))
+}
+
+/// [`matmul_new`] with B packed in advance.
+pub fn matmul_packed_new(
+    alpha: f32,
+    (a, opa): (Dense<'_>, Op),
+    b: &PackedOperand,
+) -> Result<Vec<f32>> {
+    same_precision(a.data.precision(), b.precision)?;
+    with_mat!(a, ma => gemm_packed_new(alpha, (ma, opa), &b.packed))
 }
 
 #[cfg(test)]

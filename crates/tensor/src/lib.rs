@@ -10,9 +10,11 @@
 //! buffers.
 //!
 //! `unsafe` code is in the SIMD kernels (gemm, attention, conversions,
-//! vector math) and in the one call that tunes glibc's allocator
-//! ([`memory`]); each is behind a safe function of this crate and each
-//! block is justified by a `SAFETY:` comment.
+//! vector math), in the one call that tunes glibc's allocator and in the
+//! two constructors of buffers written once without a zero fill
+//! ([`gemm_new`], [`memory::build_regions`]); each is behind a safe
+//! function of this crate and each block is justified by a `SAFETY:`
+//! comment.
 
 pub mod attention;
 mod convert;
@@ -30,6 +32,9 @@ mod threads;
 pub use convert::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, round_stochastic};
 pub use dtype::{DType, Element};
 pub use error::{Result, TensorError};
-pub use gemm::{gemm, gemm_batched, gemm_packed, BatchMut, BatchRef, MatMut, MatRef, Op, PackedB};
+pub use gemm::{
+    gemm, gemm_batched, gemm_new, gemm_packed, gemm_packed_new, BatchMut, BatchRef, MatMut, MatRef,
+    Op, PackedB,
+};
 pub use half::{bf16, f16};
 pub use threads::{install, num_threads, set_num_threads};

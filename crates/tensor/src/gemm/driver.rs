@@ -6,6 +6,7 @@ use super::pack::pack_block;
 use crate::{DType, Element};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// Sizes and scalars of one product `C = alpha * op(A) op(B) + beta * C`.
 pub(crate) struct Problem {
@@ -195,15 +196,10 @@ pub(crate) fn run_packed<A: Element>(
     packed: &PackedB,
     c: Output<'_>,
 ) {
-    let kern = packed.kernel;
-    assert!(
-        kern.packing == Packing::F32 || a.holds_bf16(),
-        "the {} kernel needs an A that holds bf16 values",
-        kern.name
-    );
     if p.m == 0 || p.n == 0 {
         return;
     }
+    let kern = packed_kernel(&a, packed);
     let b = BPanels::<f32>::Packed(packed);
     single(
         kern,
@@ -214,7 +210,49 @@ pub(crate) fn run_packed<A: Element>(
     );
 }
 
-/// A raw view of C that thread tasks share; each task writes a disjoint block.
+/// `C = alpha * op(A) op(B)` into `c`, a dense `m × n` buffer that may be
+/// uninitialised, with the kernel [`run_batch`] (or [`run_packed`]) would
+/// choose. Every element is written once and none is read.
+///
+/// # Panics
+/// If `beta` is not 0, `c` does not hold `m × n` elements, or B is packed
+/// for bf16 pairs and A does not hold bf16 values.
+pub(crate) fn run_fresh<A: Element, B: Element>(
+    p: &Problem,
+    a: Operand<'_, A>,
+    b: BPanels<'_, B>,
+    c: &mut [MaybeUninit<f32>],
+) {
+    assert!(p.beta == 0.0, "a fresh output is written, never read");
+    assert_eq!(c.len(), p.m * p.n, "a fresh output holds m × n elements");
+    if c.is_empty() {
+        return;
+    }
+    let kern = match b {
+        BPanels::Pack(b) => kernel::best(a.holds_bf16() && b.holds_bf16()),
+        BPanels::Packed(packed) => packed_kernel(&a, packed),
+    };
+    let tile = CTile {
+        ptr: c.as_mut_ptr().cast(),
+        ld: p.n,
+    };
+    single(kern, crate::num_threads(), p, (a, b, 0), tile);
+}
+
+/// The kernel `packed` was packed for, checked against A.
+fn packed_kernel<A: Element>(a: &Operand<'_, A>, packed: &PackedB) -> &'static Kernel {
+    let kern = packed.kernel;
+    assert!(
+        kern.packing == Packing::F32 || a.holds_bf16(),
+        "the {} kernel needs an A that holds bf16 values",
+        kern.name
+    );
+    kern
+}
+
+/// A raw view of C that thread tasks share; each task writes a disjoint
+/// block. C may be uninitialised when `beta == 0`: the kernels and
+/// [`scale`] then write through the pointer without reading.
 #[derive(Clone, Copy)]
 struct CTile {
     ptr: *mut f32,
@@ -281,11 +319,18 @@ fn single<A: Element, B: Element>(
 /// `C = beta * C` (the whole product when `k == 0` or `alpha == 0`).
 fn scale(p: &Problem, c: CTile) {
     for i in 0..p.m {
-        // SAFETY: row i of C has n valid elements (checked by the public API),
-        // and this runs on one thread.
-        let row = unsafe { std::slice::from_raw_parts_mut(c.ptr.add(i * c.ld), p.n) };
-        for x in row {
-            *x = if p.beta == 0.0 { 0.0 } else { p.beta * *x };
+        for j in 0..p.n {
+            // SAFETY: (i, j) is inside C (checked by the public API, or C is
+            // a fresh m × n buffer), this runs on one thread, and C is only
+            // read when beta != 0, when it was initialised by the caller.
+            unsafe {
+                let dst = c.ptr.add(i * c.ld + j);
+                dst.write(if p.beta == 0.0 {
+                    0.0
+                } else {
+                    p.beta * dst.read()
+                });
+            }
         }
     }
 }

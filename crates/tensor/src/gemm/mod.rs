@@ -354,13 +354,7 @@ pub fn gemm_packed<A: Element>(
         return Err(shape_err("gemm_packed", detail));
     }
     let a = driver::Operand::new(a.data, op_strides(op_a, a.ld), 0, a.round);
-    if b.needs_bf16() && !a.holds_bf16() {
-        return Err(TensorError::DType {
-            op: "gemm_packed (B packed as bf16 pairs)",
-            expected: DType::BF16,
-            found: A::DTYPE,
-        });
-    }
+    check_packed_a(&a, b)?;
     let problem = driver::Problem {
         m,
         n,
@@ -375,6 +369,85 @@ pub fn gemm_packed<A: Element>(
         stride: 0,
     };
     driver::run_packed(&problem, a, b, output);
+    Ok(())
+}
+
+/// `alpha * op(A) * op(B)` as a new `m × n` row-major buffer.
+///
+/// The product writes each element once into memory it has just
+/// allocated, where `vec![0.0; m * n]` and [`gemm`] with `beta = 0` write
+/// it twice (the zero fill, on one thread, then the product): for a
+/// layer's fresh activations and gradients. The same bits as [`gemm`].
+pub fn gemm_new<A: Element, B: Element>(
+    alpha: f32,
+    (a, op_a): (MatRef<'_, A>, Op),
+    (b, op_b): (MatRef<'_, B>, Op),
+) -> Result<Vec<f32>> {
+    let (m, ka) = op_shape(op_a, a.rows, a.cols);
+    let (kb, n) = op_shape(op_b, b.rows, b.cols);
+    if ka != kb {
+        let detail = format!("op(A) is {m}×{ka} ({op_a:?}), op(B) is {kb}×{n} ({op_b:?})");
+        return Err(shape_err("gemm_new", detail));
+    }
+    let a = driver::Operand::new(a.data, op_strides(op_a, a.ld), 0, a.round);
+    let b = driver::Operand::new(b.data, op_strides(op_b, b.ld), 0, b.round);
+    fresh(alpha, a, (m, kb, n), driver::BPanels::Pack(b))
+}
+
+/// [`gemm_new`] with B packed in advance ([`PackedB::pack`]).
+pub fn gemm_packed_new<A: Element>(
+    alpha: f32,
+    (a, op_a): (MatRef<'_, A>, Op),
+    b: &PackedB,
+) -> Result<Vec<f32>> {
+    let (m, ka) = op_shape(op_a, a.rows, a.cols);
+    let (kb, n) = b.shape();
+    if ka != kb {
+        let detail = format!("op(A) is {m}×{ka} ({op_a:?}), B is {kb}×{n}");
+        return Err(shape_err("gemm_packed_new", detail));
+    }
+    let a = driver::Operand::new(a.data, op_strides(op_a, a.ld), 0, a.round);
+    check_packed_a(&a, b)?;
+    fresh(alpha, a, (m, kb, n), driver::BPanels::<f32>::Packed(b))
+}
+
+/// Runs a product of conforming operands into a new buffer.
+fn fresh<A: Element, B: Element>(
+    alpha: f32,
+    a: driver::Operand<'_, A>,
+    (m, k, n): (usize, usize, usize),
+    b: driver::BPanels<'_, B>,
+) -> Result<Vec<f32>> {
+    let len = m.checked_mul(n).ok_or_else(|| {
+        shape_err(
+            "gemm_new",
+            format!("a {m}×{n} output overflows the address space"),
+        )
+    })?;
+    let problem = driver::Problem {
+        m,
+        n,
+        k,
+        alpha,
+        beta: 0.0,
+    };
+    let mut c = Vec::with_capacity(len);
+    driver::run_fresh(&problem, a, b, &mut c.spare_capacity_mut()[..len]);
+    // SAFETY: `run_fresh` wrote all `len` elements (with `beta = 0` every
+    // tile of C is stored before any is read, and `k == 0` stores zeros).
+    unsafe { c.set_len(len) };
+    Ok(c)
+}
+
+/// Fails when B is packed as bf16 pairs and A does not hold bf16 values.
+fn check_packed_a<A: Element>(a: &driver::Operand<'_, A>, b: &PackedB) -> Result<()> {
+    if b.needs_bf16() && !a.holds_bf16() {
+        return Err(TensorError::DType {
+            op: "gemm_packed (B packed as bf16 pairs)",
+            expected: DType::BF16,
+            found: A::DTYPE,
+        });
+    }
     Ok(())
 }
 

@@ -575,3 +575,53 @@ fn packed_b_refuses_a_mismatched_a() {
     // Only a B packed as bf16 pairs (a CPU with AVX-512 BF16) needs a bf16 A.
     assert_eq!(f32_a.is_err(), packed.needs_bf16(), "{f32_a:?}");
 }
+
+/// `gemm_new` and `gemm_packed_new` against `gemm` with `beta = 0`, to the
+/// bit (including `k == 0` and `alpha == 0`, which store zeros).
+fn fresh_matches_gemm<E: Element>(m: usize, n: usize, k: usize, ops: (Op, Op), alpha: f32) {
+    let s = Setup::<E>::new(m, n, k, ops, 1, 11);
+    let (ar, ac) = if ops.0 == Op::N { (m, k) } else { (k, m) };
+    let (br, bc) = if ops.1 == Op::N { (k, n) } else { (n, k) };
+    let a = MatRef::new(&s.a, ar, ac, s.lda).expect("A");
+    let b = MatRef::new(&s.b, br, bc, s.ldb).expect("B");
+    let mut want = vec![f32::NAN; m * n];
+    let c = MatMut::dense(&mut want, m, n).expect("C");
+    gemm(alpha, a, ops.0, b, ops.1, 0.0, c).expect("gemm");
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let got = gemm_new(alpha, (a, ops.0), (b, ops.1)).expect("gemm_new");
+    assert_eq!(bits(&got), bits(&want), "{m}×{n}×{k} {ops:?}: gemm_new");
+    let packed = PackedB::pack(b, ops.1);
+    let got = gemm_packed_new(alpha, (a, ops.0), &packed).expect("gemm_packed_new");
+    assert_eq!(bits(&got), bits(&want), "{m}×{n}×{k} {ops:?}: packed");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fresh_outputs_give_the_bits_of_gemm(m in dims(), n in dims(), k in dims(), ops in ops()) {
+        fresh_matches_gemm::<f32>(m, n, k, ops, 0.5);
+        fresh_matches_gemm::<bf16>(m, n, k, ops, 1.0);
+    }
+}
+
+#[test]
+fn fresh_outputs_across_block_edges_and_degenerate_products() {
+    // Several KC slices on two threads (later slices read what the first
+    // stored), no reduction at all, and a zero alpha.
+    for (m, n, k, alpha) in [
+        (145, 300, 600, 1.0),
+        (300, 33, 257, -2.0),
+        (7, 9, 0, 1.0),
+        (5, 6, 4, 0.0),
+        (0, 6, 4, 1.0),
+    ] {
+        for ops in [(Op::N, Op::T), (Op::T, Op::N)] {
+            fresh_matches_gemm::<f32>(m, n, k, ops, alpha);
+        }
+    }
+    let x = vec![1.0f32; 6];
+    let a = MatRef::dense(&x, 2, 3).expect("A");
+    let err = gemm_new(1.0, (a, Op::N), (a, Op::N)).expect_err("3 against 2");
+    assert!(err.to_string().contains("op(B) is 2×3"), "{err}");
+}

@@ -74,8 +74,8 @@ impl AdamW {
     pub(super) fn new(entries: &[ParamEntry]) -> Self {
         let n = entries.iter().map(ParamEntry::numel).sum();
         AdamW {
-            exp_avg: vec![0.0; n],
-            exp_avg_sq: vec![0.0; n],
+            exp_avg: tessera_tensor::memory::zeros(n),
+            exp_avg_sq: tessera_tensor::memory::zeros(n),
             pieces: pieces(entries),
             start: 0,
         }
