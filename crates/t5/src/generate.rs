@@ -21,7 +21,7 @@ use crate::attention::{
     offset_buckets, position_bias_forward, Attention, Bias, ProbDropout, Qkv, SeqRows, Seqs,
 };
 use crate::layers::{
-    norm_forward, project_heads, sublayer_forward, Prepacked, Site, StackContext, Weights,
+    norm_only, project_heads, sublayer_forward, Prepacked, Site, StackContext, Weights,
 };
 use crate::model::{Batch, Encoded, ModelError, T5Model};
 use crate::params::{AttentionIds, ParamId, SublayerIds, SublayerKind};
@@ -351,15 +351,14 @@ impl Generator<'_> {
             }
         }
         let eps = c.layer_norm_epsilon as f32;
-        let hidden = norm_forward(
+        let hidden = norm_only(
             &x,
             &self
                 .model
                 .params()
                 .widened(self.model.ids().decoder.final_norm),
             eps,
-        )?
-        .n;
+        )?;
         Ok(self.model.head_forward(self.weights(), &hidden, n)?.0)
     }
 
@@ -415,7 +414,7 @@ impl Generator<'_> {
     /// The sublayer's normed input as its projections' matmul operand.
     fn normed(&self, x: &[f32], ids: &SublayerIds) -> Result<Operand> {
         let eps = self.model.config().layer_norm_epsilon as f32;
-        let n = norm_forward(x, &self.model.params().widened(ids.norm), eps)?.n;
+        let n = norm_only(x, &self.model.params().widened(ids.norm), eps)?;
         Ok(self.model.precision().keep_activation(n))
     }
 

@@ -549,16 +549,24 @@ pub struct NormCache {
     pub n: Vec<f32>,
 }
 
-/// `rms_norm(x)` with what its backward needs.
-pub fn norm_forward(x: &[f32], weight: &[f32], eps: f32) -> Result<NormCache> {
+/// `rms_norm(x)` with what its backward needs; `x` is kept as it is, not
+/// copied.
+pub fn norm_forward(x: Vec<f32>, weight: &[f32], eps: f32) -> Result<NormCache> {
+    let mut n = vec![0.0; x.len()];
+    let mut rstd = vec![0.0; x.len() / weight.len()];
+    norm::rms_norm_forward(&mut n, &mut rstd, &x, weight, eps)?;
+    Ok(NormCache {
+        stats: NormStats { x, rstd },
+        n,
+    })
+}
+
+/// `rms_norm(x)` alone, for a pass with no backward.
+pub fn norm_only(x: &[f32], weight: &[f32], eps: f32) -> Result<Vec<f32>> {
     let mut n = vec![0.0; x.len()];
     let mut rstd = vec![0.0; x.len() / weight.len()];
     norm::rms_norm_forward(&mut n, &mut rstd, x, weight, eps)?;
-    let stats = NormStats {
-        x: x.to_vec(),
-        rstd,
-    };
-    Ok(NormCache { stats, n })
+    Ok(n)
 }
 
 /// Adds the norm's input gradient into `dx` and its weight gradient into `dweight`.
@@ -569,15 +577,13 @@ pub fn norm_backward(
     dn: &[f32],
     dx: &mut [f32],
 ) -> Result<()> {
-    let mut dxn = vec![0.0; dn.len()];
     // A frozen norm's weight gradient goes to a scratch row and is dropped.
     let mut scratch = Vec::new();
     let dweight = dweight.unwrap_or_else(|| {
         scratch.resize(weight.len(), 0.0);
         &mut scratch
     });
-    norm::rms_norm_backward(&mut dxn, dweight, dn, &stats.x, weight, &stats.rstd)?;
-    residual::add_inplace(dx, &dxn)
+    norm::rms_norm_backward(dx, dweight, dn, &stats.x, weight, &stats.rstd)
 }
 
 /// What an attention sublayer keeps for its backward.
@@ -620,15 +626,28 @@ pub enum SublayerCache {
     FeedForward(FeedForwardCache),
 }
 
-/// `x += dropout(f(rms_norm(x)))`; returns what the backward needs.
+impl SublayerCache {
+    /// The sublayer's norm input and statistics.
+    fn norm(&self) -> &NormStats {
+        match self {
+            SublayerCache::Attention(c) => &c.norm,
+            SublayerCache::FeedForward(c) => &c.norm,
+        }
+    }
+}
+
+/// `x += dropout(f(rms_norm(x)))`; returns what the backward needs. The
+/// cache keeps the input buffer itself, and `x` becomes the output buffer
+/// of `f` with the input added (`y + x`, the same bits as `x + y`).
 pub fn sublayer_forward(
     cx: &StackContext<'_>,
     site: Site,
     ids: &SublayerIds,
-    x: &mut [f32],
+    x: &mut Vec<f32>,
 ) -> Result<SublayerCache> {
     let eps = cx.config.layer_norm_epsilon as f32;
-    let NormCache { stats, n } = norm_forward(x, &cx.weights.params().widened(ids.norm), eps)?;
+    let input = std::mem::take(x);
+    let NormCache { stats, n } = norm_forward(input, &cx.weights.params().widened(ids.norm), eps)?;
     let normed = (stats, cx.weights.precision().keep_activation(n));
     let (mut y, cache) = match ids.kind {
         SublayerKind::SelfAttention(a) => attention_sublayer_forward(cx, site, &a, normed, false)?,
@@ -636,7 +655,8 @@ pub fn sublayer_forward(
         SublayerKind::FeedForward(f) => feed_forward_forward(cx, site, &f, normed)?,
     };
     cx.dropout().apply(&mut y, cx.tokens, site, DROP_OUTPUT)?;
-    residual::add_inplace(x, &y)?;
+    residual::add_inplace(&mut y, &cache.norm().x)?;
+    *x = y;
     Ok(cache)
 }
 
@@ -650,24 +670,27 @@ pub fn sublayer_backward(
     dx: &mut [f32],
     sinks: &mut GradSinks<'_>,
 ) -> Result<()> {
-    let mut dy = dx.to_vec();
-    cx.dropout().apply(&mut dy, cx.tokens, site, DROP_OUTPUT)?;
-    let (dn, norm) = match (ids.kind, cache) {
-        (SublayerKind::SelfAttention(a), SublayerCache::Attention(c)) => (
-            attention_sublayer_backward(cx, site, &a, c, &dy, sinks, false)?,
-            &c.norm,
-        ),
-        (SublayerKind::CrossAttention(a), SublayerCache::Attention(c)) => (
-            attention_sublayer_backward(cx, site, &a, c, &dy, sinks, true)?,
-            &c.norm,
-        ),
+    // The output's gradient through the dropout: a copy only when it drops.
+    let mut dropped = None;
+    if cx.dropout().p > 0.0 {
+        let dy = dropped.insert(dx.to_vec());
+        cx.dropout().apply(dy, cx.tokens, site, DROP_OUTPUT)?;
+    }
+    let dy = dropped.as_deref().unwrap_or(dx);
+    let dn = match (ids.kind, cache) {
+        (SublayerKind::SelfAttention(a), SublayerCache::Attention(c)) => {
+            attention_sublayer_backward(cx, site, &a, c, dy, sinks, false)?
+        }
+        (SublayerKind::CrossAttention(a), SublayerCache::Attention(c)) => {
+            attention_sublayer_backward(cx, site, &a, c, dy, sinks, true)?
+        }
         (SublayerKind::FeedForward(f), SublayerCache::FeedForward(c)) => {
-            (feed_forward_backward(cx, site, &f, c, &dy, sinks)?, &c.norm)
+            feed_forward_backward(cx, site, &f, c, dy, sinks)?
         }
         _ => unreachable!("caches are built by the matching forward"),
     };
     let w = cx.weights.params().widened(ids.norm);
-    norm_backward(norm, &w, sinks.grads.base(ids.norm), &dn, dx)
+    norm_backward(cache.norm(), &w, sinks.grads.base(ids.norm), &dn, dx)
 }
 
 /// Keys, values and bias an attention sublayer attends with.

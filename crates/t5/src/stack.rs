@@ -8,7 +8,7 @@
 use crate::attention::position_bias_backward;
 use crate::layers::{
     norm_backward, norm_forward, sublayer_backward, sublayer_forward, GradSinks, NormCache,
-    ParamGrads, Site, StackContext, SublayerCache,
+    NormStats, ParamGrads, Site, StackContext, SublayerCache,
 };
 use crate::params::{ParamId, StackIds, SublayerIds, SublayerKind};
 use crate::precision::{Operand, OperandRef};
@@ -40,7 +40,7 @@ pub struct StackCache {
     tokens: Vec<u32>,
     buckets: Vec<usize>,
     blocks: Vec<BlockCache>,
-    final_norm: NormCache,
+    final_norm: NormStats,
 }
 
 impl StackCache {
@@ -144,15 +144,15 @@ pub fn stack_forward(
         }
     }
     let eps = cx.config.layer_norm_epsilon as f32;
-    let final_norm = norm_forward(&x, &cx.weights.params().widened(stack.ids.final_norm), eps)?;
-    let mut out = final_norm.n.clone();
+    let final_w = cx.weights.params().widened(stack.ids.final_norm);
+    let NormCache { stats, n: mut out } = norm_forward(x, &final_w, eps)?;
     cx.dropout()
         .apply(&mut out, cx.tokens, stack_site(stack.number, 1), 0)?;
     let cache = (keep != Keep::Nothing).then(|| StackCache {
         tokens: tokens.to_vec(),
         buckets: buckets.to_vec(),
         blocks,
-        final_norm,
+        final_norm: stats,
     });
     Ok((out, cache))
 }
@@ -162,7 +162,7 @@ fn block_forward(
     stack: u64,
     block: usize,
     sublayers: &[SublayerIds],
-    x: &mut [f32],
+    x: &mut Vec<f32>,
 ) -> Result<Vec<SublayerCache>> {
     sublayers
         .iter()
@@ -188,7 +188,7 @@ pub fn stack_backward(
     let mut dx = vec![0.0; dout.len()];
     let final_w = cx.weights.params().widened(stack.ids.final_norm);
     norm_backward(
-        &cache.final_norm.stats,
+        &cache.final_norm,
         &final_w,
         grads.base(stack.ids.final_norm),
         &dout,

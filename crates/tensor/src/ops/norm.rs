@@ -41,10 +41,12 @@ pub fn rms_norm_forward(
     Ok(())
 }
 
-/// Backward of [`rms_norm_forward`]: writes `dx` and adds into `dweight`.
+/// Backward of [`rms_norm_forward`]: adds into `dx` and `dweight`.
 ///
 /// With `n = x * rstd`: `dweight += Σ_rows dout * n` and
-/// `dx = rstd * (w * dout - n * mean(w * dout * n))`.
+/// `dx += rstd * (w * dout - n * mean(w * dout * n))`. T5's norms sit on
+/// the residual stream, whose gradient `dx` already holds: adding here
+/// saves a buffer and a pass over it.
 pub fn rms_norm_backward(
     dx: &mut [f32],
     dweight: &mut [f32],
@@ -97,7 +99,7 @@ fn rms_norm_row_backward(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], 
     }
     let mean = dot / d;
     for i in 0..x.len() {
-        dx[i] = r * (w[i] * dy[i] - x[i] * r * mean);
+        dx[i] += r * (w[i] * dy[i] - x[i] * r * mean);
     }
 }
 
@@ -122,9 +124,12 @@ mod tests {
         rms_norm_forward(&mut out, &mut r, &x, &w, 1e-6).unwrap();
         let ms = (0.09f32 + 1.44 + 4.0) / 3.0;
         assert!((out[1] - (-0.5 * -1.2 / (ms + 1e-6).sqrt())).abs() < 1e-6);
-        let mut dx = [0.0; 6];
-        let mut dw = [0.0; 3];
+        // Both gradients are added to what the buffers hold.
+        let mut dx = [0.25; 6];
+        let mut dw = [0.5; 3];
         rms_norm_backward(&mut dx, &mut dw, &g, &x, &w, &r).unwrap();
+        dx.iter_mut().for_each(|v| *v -= 0.25);
+        dw.iter_mut().for_each(|v| *v -= 0.5);
         let h = 1e-2f32;
         for i in 0..6 {
             let (mut a, mut b) = (x, x);
