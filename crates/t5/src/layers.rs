@@ -8,7 +8,7 @@
 //! forward is `Y = X·Wᵀ`, and its backward `dX = dY·W`, `dW += dYᵀ·X`.
 //!
 //! Every matmul reads its operands in the pass's [`Precision`]: weights
-//! through [`Weights`] and gradients ([`linear_backward`]) rounded as the
+//! through [`Weights`] and gradients ([`Weights::linear_backward`]) rounded as the
 //! gemm packs them, activations rounded as they are kept for the backward
 //! ([`Precision::keep_activation`]). Outputs, norms, attention and the
 //! residual stream stay f32.
@@ -552,9 +552,7 @@ pub struct NormCache {
 /// `rms_norm(x)` with what its backward needs; `x` is kept as it is, not
 /// copied.
 pub fn norm_forward(x: Vec<f32>, weight: &[f32], eps: f32) -> Result<NormCache> {
-    let mut n = vec![0.0; x.len()];
-    let mut rstd = vec![0.0; x.len() / weight.len()];
-    norm::rms_norm_forward(&mut n, &mut rstd, &x, weight, eps)?;
+    let (n, rstd) = rms_norm(&x, weight, eps)?;
     Ok(NormCache {
         stats: NormStats { x, rstd },
         n,
@@ -563,10 +561,15 @@ pub fn norm_forward(x: Vec<f32>, weight: &[f32], eps: f32) -> Result<NormCache> 
 
 /// `rms_norm(x)` alone, for a pass with no backward.
 pub fn norm_only(x: &[f32], weight: &[f32], eps: f32) -> Result<Vec<f32>> {
+    Ok(rms_norm(x, weight, eps)?.0)
+}
+
+/// The normalised rows of `x` and each row's reciprocal RMS.
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Result<(Vec<f32>, Vec<f32>)> {
     let mut n = vec![0.0; x.len()];
     let mut rstd = vec![0.0; x.len() / weight.len()];
     norm::rms_norm_forward(&mut n, &mut rstd, x, weight, eps)?;
-    Ok(n)
+    Ok((n, rstd))
 }
 
 /// Adds the norm's input gradient into `dx` and its weight gradient into `dweight`.

@@ -38,8 +38,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use tessera_tensor::{
-    bf16, f16, gemm, gemm_new, gemm_packed, gemm_packed_new, DType, Element, MatMut, MatRef, Op,
-    PackedB, Result, TensorError,
+    bf16, f16, gemm, gemm_new, gemm_packed_new, DType, Element, MatMut, MatRef, Op, PackedB,
+    Result, TensorError,
 };
 
 /// The number format of the model's matmul operands.
@@ -369,20 +369,9 @@ impl PackedOperand {
     }
 }
 
-/// [`matmul`] with B packed in advance; the same bits as [`matmul`] with
-/// the operand `b` was packed from, and the same precision check.
-pub fn matmul_packed(
-    alpha: f32,
-    (a, opa): (Dense<'_>, Op),
-    b: &PackedOperand,
-    beta: f32,
-    c: MatMut<'_>,
-) -> Result<()> {
-    same_precision(a.data.precision(), b.precision)?;
-    with_mat!(a, ma => gemm_packed(alpha, ma, opa, &b.packed, beta, c))
-}
-
-/// [`matmul_new`] with B packed in advance.
+/// [`matmul_new`] with B packed in advance; the same bits as
+/// [`matmul_new`] with the operand `b` was packed from, and the same
+/// precision check.
 pub fn matmul_packed_new(
     alpha: f32,
     (a, opa): (Dense<'_>, Op),

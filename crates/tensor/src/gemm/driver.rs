@@ -212,7 +212,8 @@ pub(crate) fn run_packed<A: Element>(
 
 /// `C = alpha * op(A) op(B)` into `c`, a dense `m × n` buffer that may be
 /// uninitialised, with the kernel [`run_batch`] (or [`run_packed`]) would
-/// choose. Every element is written once and none is read.
+/// choose. The first `KC` slice of the reduction stores every tile before a
+/// later slice reads it back, so no element is read before it is stored.
 ///
 /// # Panics
 /// If `beta` is not 0, `c` does not hold `m × n` elements, or B is packed
@@ -252,7 +253,7 @@ fn packed_kernel<A: Element>(a: &Operand<'_, A>, packed: &PackedB) -> &'static K
 
 /// A raw view of C that thread tasks share; each task writes a disjoint
 /// block. C may be uninitialised when `beta == 0`: the kernels and
-/// [`scale`] then write through the pointer without reading.
+/// [`scale`] then store each element before anything reads it.
 #[derive(Clone, Copy)]
 struct CTile {
     ptr: *mut f32,
@@ -471,9 +472,12 @@ fn block<A: Element, B: Element>(
                             };
                             // SAFETY: the packed slivers hold kc * mr and kc * nr
                             // floats (a `PackedB` holds every column's slivers for
-                            // every slice, as its own packing wrote them); the tile lies inside this task's block of C,
-                            // which the public API checked against C's buffer and
-                            // no other task writes; the kernel was selected for
+                            // every slice, as its own packing wrote them); the tile
+                            // lies inside this task's block of C, which the public
+                            // API (or `run_fresh`'s length check) checked against
+                            // C's buffer and no other task writes; a slice after
+                            // the first reads only tiles the first stored; the
+                            // kernel was selected for
                             // this CPU (and, for bf16 pairs, these operands) by
                             // `kernel::best` / `available`.
                             unsafe {

@@ -354,7 +354,7 @@ pub fn gemm_packed<A: Element>(
         return Err(shape_err("gemm_packed", detail));
     }
     let a = driver::Operand::new(a.data, op_strides(op_a, a.ld), 0, a.round);
-    check_packed_a(&a, b)?;
+    check_packed_a("gemm_packed (B packed as bf16 pairs)", &a, b)?;
     let problem = driver::Problem {
         m,
         n,
@@ -374,10 +374,11 @@ pub fn gemm_packed<A: Element>(
 
 /// `alpha * op(A) * op(B)` as a new `m × n` row-major buffer.
 ///
-/// The product writes each element once into memory it has just
-/// allocated, where `vec![0.0; m * n]` and [`gemm`] with `beta = 0` write
-/// it twice (the zero fill, on one thread, then the product): for a
-/// layer's fresh activations and gradients. The same bits as [`gemm`].
+/// The product stores every element of memory it has just allocated (the
+/// first `KC` slice of the reduction stores each tile before any later one
+/// reads it back), where `vec![0.0; m * n]` and [`gemm`] with `beta = 0`
+/// write it once more first (the zero fill, on one thread): for a layer's
+/// fresh activations and gradients. The same bits as [`gemm`].
 pub fn gemm_new<A: Element, B: Element>(
     alpha: f32,
     (a, op_a): (MatRef<'_, A>, Op),
@@ -391,7 +392,7 @@ pub fn gemm_new<A: Element, B: Element>(
     }
     let a = driver::Operand::new(a.data, op_strides(op_a, a.ld), 0, a.round);
     let b = driver::Operand::new(b.data, op_strides(op_b, b.ld), 0, b.round);
-    fresh(alpha, a, (m, kb, n), driver::BPanels::Pack(b))
+    fresh("gemm_new", alpha, a, (m, kb, n), driver::BPanels::Pack(b))
 }
 
 /// [`gemm_new`] with B packed in advance ([`PackedB::pack`]).
@@ -407,23 +408,22 @@ pub fn gemm_packed_new<A: Element>(
         return Err(shape_err("gemm_packed_new", detail));
     }
     let a = driver::Operand::new(a.data, op_strides(op_a, a.ld), 0, a.round);
-    check_packed_a(&a, b)?;
-    fresh(alpha, a, (m, kb, n), driver::BPanels::<f32>::Packed(b))
+    check_packed_a("gemm_packed_new", &a, b)?;
+    let b = driver::BPanels::<f32>::Packed(b);
+    fresh("gemm_packed_new", alpha, a, (m, kb, n), b)
 }
 
 /// Runs a product of conforming operands into a new buffer.
 fn fresh<A: Element, B: Element>(
+    op: &'static str,
     alpha: f32,
     a: driver::Operand<'_, A>,
     (m, k, n): (usize, usize, usize),
     b: driver::BPanels<'_, B>,
 ) -> Result<Vec<f32>> {
-    let len = m.checked_mul(n).ok_or_else(|| {
-        shape_err(
-            "gemm_new",
-            format!("a {m}×{n} output overflows the address space"),
-        )
-    })?;
+    let len = m
+        .checked_mul(n)
+        .ok_or_else(|| shape_err(op, format!("a {m}×{n} output overflows the address space")))?;
     let problem = driver::Problem {
         m,
         n,
@@ -433,17 +433,22 @@ fn fresh<A: Element, B: Element>(
     };
     let mut c = Vec::with_capacity(len);
     driver::run_fresh(&problem, a, b, &mut c.spare_capacity_mut()[..len]);
-    // SAFETY: `run_fresh` wrote all `len` elements (with `beta = 0` every
-    // tile of C is stored before any is read, and `k == 0` stores zeros).
+    // SAFETY: `run_fresh` stored all `len` elements (with `beta = 0` the
+    // first KC slice stores every tile of C before a later slice reads it
+    // back, and `k == 0` or `alpha == 0` stores zeros).
     unsafe { c.set_len(len) };
     Ok(c)
 }
 
 /// Fails when B is packed as bf16 pairs and A does not hold bf16 values.
-fn check_packed_a<A: Element>(a: &driver::Operand<'_, A>, b: &PackedB) -> Result<()> {
+fn check_packed_a<A: Element>(
+    op: &'static str,
+    a: &driver::Operand<'_, A>,
+    b: &PackedB,
+) -> Result<()> {
     if b.needs_bf16() && !a.holds_bf16() {
         return Err(TensorError::DType {
-            op: "gemm_packed (B packed as bf16 pairs)",
+            op,
             expected: DType::BF16,
             found: A::DTYPE,
         });

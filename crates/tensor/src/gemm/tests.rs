@@ -607,8 +607,10 @@ proptest! {
 
 #[test]
 fn fresh_outputs_across_block_edges_and_degenerate_products() {
-    // Several KC slices on two threads (later slices read what the first
-    // stored), no reduction at all, and a zero alpha.
+    // Several KC slices split over two threads (later slices read what the
+    // first stored), no reduction at all, and a zero alpha. The pool's size
+    // changes no result, so setting it cannot disturb other tests.
+    crate::set_num_threads(2).expect("two threads");
     for (m, n, k, alpha) in [
         (145, 300, 600, 1.0),
         (300, 33, 257, -2.0),

@@ -148,7 +148,8 @@ unsafe fn prefetch(c: *const f32, ldc: usize, t: Tile) {
 /// registers, partial ones through [`store_tile`].
 ///
 /// # Safety
-/// `c` must be valid for reads and writes of the `t.m × t.n` tile.
+/// `c` must be valid for writes of the `t.m × t.n` tile, and for reads of
+/// initialised values when `t.beta != 0`.
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn store(acc: &Acc, c: *mut f32, ldc: usize, t: Tile) {

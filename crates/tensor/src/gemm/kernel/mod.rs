@@ -25,8 +25,10 @@ use std::sync::OnceLock;
 /// f32 (`a[p * mr + i]`) and `k * nr` f32 (`b[p * nr + j]`); for
 /// [`Packing::Bf16Pairs`], `k.div_ceil(2) * mr` and `k.div_ceil(2) * nr`
 /// pairs. `c` points to an `m × n` tile (with `m ≤ mr`, `n ≤ nr`) whose rows
-/// are `ldc` elements apart and valid for reads and writes; the CPU supports
-/// the kernel's instructions.
+/// are `ldc` elements apart and valid for writes, and for reads of
+/// initialised values when `tile.beta != 0` (with `beta == 0` the kernel
+/// never reads C, which may then be uninitialised); the CPU supports the
+/// kernel's instructions.
 pub(crate) type KernelFn =
     unsafe fn(k: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, tile: Tile);
 
@@ -111,7 +113,8 @@ pub(crate) fn available(bf16_operands: bool) -> Vec<&'static Kernel> {
 /// tiles of the SIMD kernels so that all paths round identically.
 ///
 /// # Safety
-/// `c` must be valid for reads and writes of an `m × n` tile with row stride `ldc`.
+/// `c` must be valid for writes of an `m × n` tile with row stride `ldc`,
+/// and for reads of initialised values when `t.beta != 0`.
 #[inline(always)]
 pub(crate) unsafe fn store_tile(acc: &[f32], nr: usize, c: *mut f32, ldc: usize, t: Tile) {
     for i in 0..t.m {
