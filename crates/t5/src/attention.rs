@@ -13,6 +13,8 @@
 //! `[heads, len, d_kv]`, back to back ([`split_heads`]); the bias is one row
 //! of `2·max_len - 1` offsets per head.
 
+use tessera_tensor::memory::build_regions;
+
 /// Hugging Face's `_relative_position_bucket` for `relative = key - query`.
 ///
 /// Bidirectional (encoder): half the buckets for keys after the query.
@@ -118,8 +120,6 @@ pub fn position_bias_backward(dtable: &mut [f32], dbias: &[f32], buckets: &[usiz
         }
     }
 }
-
-use tessera_tensor::memory::build_regions;
 
 pub use tessera_tensor::attention::{
     Attention, AttentionGradsMut, Bias, BiasLayout, ProbDropout, Qkv, SeqRows, Seqs,

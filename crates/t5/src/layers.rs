@@ -938,27 +938,21 @@ fn feed_forward_backward(
     )?;
     cx.dropout().apply(&mut dg, cx.tokens, site, DROP_INNER)?;
     let n = cache.normed.view();
+    let (wi, grads) = ((f.wi, (rows, cx.tokens)), &mut sinks.grads);
     let mut dh0 = vec![0.0; dg.len()];
     let dn = match (f.wi_gate, &cache.h1) {
         (Some(w1), Some(h1)) => {
             let mut dh1 = vec![0.0; dg.len()];
             act.gated_backward(&mut dh0, &mut dh1, &cache.h0.widened(), &h1.widened(), &dg)?;
-            let mut dn =
-                cx.weights
-                    .linear_backward((&dh1, n), (w1, (rows, cx.tokens)), &mut sinks.grads)?;
-            cx.weights.linear_backward_add(
-                (&dh0, n),
-                (f.wi, (rows, cx.tokens)),
-                &mut sinks.grads,
-                &mut dn,
-            )?;
+            let w1 = (w1, (rows, cx.tokens));
+            let mut dn = cx.weights.linear_backward((&dh1, n), w1, grads)?;
+            cx.weights
+                .linear_backward_add((&dh0, n), wi, grads, &mut dn)?;
             dn
         }
         _ => {
             act.backward(&mut dh0, &cache.h0.widened(), &dg)?;
-            let wi = (f.wi, (rows, cx.tokens));
-            cx.weights
-                .linear_backward((&dh0, n), wi, &mut sinks.grads)?
+            cx.weights.linear_backward((&dh0, n), wi, grads)?
         }
     };
     Ok(dn)
