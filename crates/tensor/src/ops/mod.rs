@@ -15,6 +15,7 @@ pub mod crossentropy;
 pub mod dropout;
 pub mod embedding;
 pub mod norm;
+pub mod optim;
 pub mod residual;
 pub mod softmax;
 #[macro_use]

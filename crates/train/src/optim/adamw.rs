@@ -20,6 +20,7 @@ use super::{OptimizerConfig, StateTensor};
 use crate::decimal::widen;
 use std::ops::Range;
 use tessera_t5::{ParamEntry, ParamStore};
+use tessera_tensor::ops::optim::{adamw, AdamWScalars};
 
 /// First and second moments, laid out like the parameters: of every value,
 /// or of a shard's run of whole pieces from flat position `start`.
@@ -34,18 +35,8 @@ pub(super) struct AdamW {
 /// The f32 coefficients of one step.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Hyper {
-    /// `1 − lr·wd`, or `None` when there is no weight decay.
-    decay: Option<f32>,
-    /// What each gradient is multiplied by as it is read (clipping).
-    grad_scale: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    /// `sqrt(1 − β2^t)`.
-    bias_correction2_sqrt: f32,
-    eps: f32,
-    /// `−lr / (1 − β1^t)`.
-    neg_step_size: f32,
+    /// The scalars of a weight that decays (`decay = 1 − lr·wd`).
+    decaying: AdamWScalars,
 }
 
 impl Hyper {
@@ -56,8 +47,8 @@ impl Hyper {
         let t = t as f64;
         let bias_correction1 = 1.0 - beta1.powf(t);
         let bias_correction2 = 1.0 - beta2.powf(t);
-        Hyper {
-            decay: (wd != 0.0).then_some((1.0 - lr * wd) as f32),
+        let decaying = AdamWScalars {
+            decay: (1.0 - lr * wd) as f32,
             grad_scale,
             one_minus_beta1: (1.0 - beta1) as f32,
             beta2: beta2 as f32,
@@ -65,6 +56,17 @@ impl Hyper {
             bias_correction2_sqrt: bias_correction2.powf(0.5) as f32,
             eps: widen(config.eps) as f32,
             neg_step_size: (-(lr / bias_correction1)) as f32,
+        };
+        Hyper { decaying }
+    }
+
+    /// The scalars of a weight that decays, or of one that does not (a
+    /// layer norm): `p · 1` is `p`, as skipping the decay leaves it.
+    fn scalars(&self, decays: bool) -> AdamWScalars {
+        let decay = if decays { self.decaying.decay } else { 1.0 };
+        AdamWScalars {
+            decay,
+            ..self.decaying
         }
     }
 }
@@ -126,8 +128,9 @@ impl AdamW {
             items,
             key,
             |p, ((m, v), piece)| {
-                let decay = if no_decay[piece.entry] { None } else { h.decay };
-                update(h, decay, p, &g[piece.range.clone()], m, v);
+                let s = h.scalars(!no_decay[piece.entry]);
+                // The four runs are cut from one layout, so they have one length.
+                adamw(&s, p, &g[piece.range.clone()], m, v).expect("runs of one piece");
             },
         );
     }
@@ -168,20 +171,5 @@ fn tensor<T>(e: &ParamEntry, what: &str, data: T) -> StateTensor<T> {
         name: format!("{}.{what}", e.name),
         shape: e.shape.clone(),
         data,
-    }
-}
-
-/// The update of one run of elements (see the module docs for the
-/// formulas), in one pass over the weights, gradients and moments: the
-/// decay and the gradient's scale are applied as each element is read,
-/// with the same f32 operations, in the same order, as separate passes.
-fn update(h: &Hyper, decay: Option<f32>, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-    let d = decay.unwrap_or(1.0);
-    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-        let g = g * h.grad_scale;
-        *m += h.one_minus_beta1 * (g - *m);
-        *v = *v * h.beta2 + (h.one_minus_beta2 * g) * g;
-        let denom = v.sqrt() / h.bias_correction2_sqrt + h.eps;
-        *p = *p * d + (h.neg_step_size * *m) / denom;
     }
 }
