@@ -12,13 +12,10 @@
 //! resolve to `shared.weight`.
 
 use crate::precision::{Operand, OperandRef, Precision};
-use rayon::prelude::*;
 use std::borrow::Cow;
 use tessera_t5_config::{FeedForward, T5Config};
+use tessera_tensor::memory::zero_fill;
 use tessera_tensor::{bf16, f16, DType, Element};
-
-/// Values per parallel task of [`ParamStore::zero`].
-const ZERO_CHUNK: usize = 1 << 18;
 
 /// Index of one parameter in a [`ParamStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -212,17 +209,12 @@ impl ParamStore {
     }
 
     /// Sets every value to zero (between optimizer steps), on every worker
-    /// thread: a whole model's gradients are hundreds of MB.
+    /// thread ([`zero_fill`]): a whole model's gradients are hundreds of MB.
     pub fn zero(&mut self) {
-        fn fill<T: Copy + Send + Sync>(values: &mut [T], zero: T) {
-            tessera_tensor::install(|| {
-                values.par_chunks_mut(ZERO_CHUNK).for_each(|c| c.fill(zero));
-            });
-        }
         match &mut self.values {
-            Operand::F32(v) => fill(v, 0.0),
-            Operand::Bf16(v) => fill(v, bf16::ZERO),
-            Operand::F16(v) => fill(v, f16::ZERO),
+            Operand::F32(v) => zero_fill(v),
+            Operand::Bf16(v) => zero_fill(v),
+            Operand::F16(v) => zero_fill(v),
         }
     }
 
