@@ -114,14 +114,14 @@ pub fn zeros(len: usize) -> Vec<f32> {
     build_regions(len, &ends, |_, out| out.fill_rest(0.0))
 }
 
-/// Bytes per work item of [`zero_fill`]: whole 4 KiB pages, enough to
-/// amortise scheduling, and a split that does not depend on the thread count.
+/// Bytes per work item of [`zero_fill`] (1 MiB): enough to amortise
+/// scheduling, and a split that does not depend on the thread count.
 const ZERO_FILL_CHUNK: usize = 1 << 20;
 
 /// Sets every value of `values` to zero (all bits clear), on the worker pool,
 /// with streaming stores where the CPU has AVX: a model's gradients between
-/// optimizer steps, hundreds of MB that nothing reads before the backward
-/// writes them again.
+/// optimizer steps, hundreds of MB, far more than the caches hold, so
+/// writing them past the caches loses nothing.
 ///
 /// An ordinary store first reads the cache line it writes (to merge the
 /// rest of the line), so zeroing moves every byte twice; a streaming store
