@@ -7,7 +7,7 @@
 //! square root and two divisions of each AdamW value run four lanes wide
 //! and the update takes about a third longer than the memory traffic
 //! alone. Each pass is therefore compiled twice and the AVX2 twin chosen
-//! at run time ([`simd_fn!`]). Both twins do the same f32 (or f64)
+//! at run time (`simd_fn!`). Both twins do the same f32 (or f64)
 //! operations in the same order, so the results are the same bits on every
 //! CPU.
 
